@@ -1,0 +1,37 @@
+//! # splitinv
+//!
+//! Model inversion attacks against split (collaborative) inference, after
+//! He, Zhang & Lee, "Model Inversion Attacks Against Collaborative
+//! Inference" (ACSAC 2019), on a from-scratch tensor engine.
+//!
+//! ## One gradient, from the loss back to the pixels
+//!
+//! The white-box attack minimises L(x) = mean((f1(x) − v)²) + λ·TV(x) over the
+//! image x. With f1 = conv → relu, the backward pass runs:
+//!
+//! 1. `mean((z − v)²)`: dL/dz = 2(z − v)/n (the `mse` rule);
+//! 2. `relu`: dL/da = dL/dz where a > 0, else 0;
+//! 3. `conv2d`: dL/dx = the *transposed* convolution of dL/da with the same
+//!    weights (the input-gradient kernel) — the weight-gradient kernel is
+//!    skipped, because the attacker's model is frozen;
+//! 4. the TV term adds its own gradient to dL/dx.
+//!
+//! Every op documents its rule next to its code (`ops/<op>/mod.rs`) and is
+//! checked against finite differences ([`autograd::gradcheck`]).
+
+#![warn(missing_docs)]
+
+pub mod autograd;
+pub mod cpu;
+pub mod cuda;
+pub mod device;
+pub mod error;
+pub mod ops;
+pub mod shape;
+pub mod tensor;
+
+pub use autograd::{no_grad, GradStore};
+pub use device::Device;
+pub use error::{Error, Result};
+pub use shape::Shape;
+pub use tensor::Tensor;

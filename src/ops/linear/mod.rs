@@ -1,0 +1,280 @@
+//! Matrix products: `matmul`, `linear` (a fully connected layer) and
+//! `transpose`.
+//!
+//! Backward of C = A·B (A: m×k, B: k×n), from G = dL/dC (m×n):
+//! each C_ij = Σ_p A_ip B_pj, so dL/dA_ip = Σ_j G_ij B_pj, i.e. dA = G·Bᵀ,
+//! and dL/dB_pj = Σ_i A_ip G_ij, i.e. dB = Aᵀ·G.
+//!
+//! `linear(x, W, b)` is y = x·Wᵀ + b with W stored out×in as in PyTorch, so
+//! dx = G·W, dW = Gᵀ·x (summed over the batch by the product itself), and
+//! db = Σ_batch G. Each is computed only when that input needs it.
+
+pub(crate) mod cpu;
+
+use crate::autograd::BackwardOp;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// A·B for matrices.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (m, k) = a.shape().matrix("matmul")?;
+    let (k2, n) = b.shape().matrix("matmul")?;
+    if k != k2 {
+        return Err(Error::shape(
+            "matmul",
+            format!("B with {k} rows"),
+            b.shape(),
+        ));
+    }
+    let data = match a.device() {
+        Device::Cpu => cpu::matmul(&a.cpu()?, &b.cpu()?, m, k, n, false, false),
+        Device::Cuda(_) => return crate::cuda::not_available("matmul"),
+    };
+    Ok(Tensor::from_cpu_op(
+        data,
+        Shape::new([m, n]),
+        &[a, b],
+        || {
+            Box::new(MatmulBackward {
+                a: a.clone(),
+                b: b.clone(),
+            })
+        },
+    ))
+}
+
+struct MatmulBackward {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl BackwardOp for MatmulBackward {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+    fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (m, k) = self.a.shape().matrix("matmul")?;
+        let n = g.dims()[1];
+        let gv = g.cpu()?;
+        let ga = if needs[0] {
+            // dA = G·Bᵀ
+            Some(Tensor::from_vec(
+                cpu::matmul(&gv, &self.b.cpu()?, m, n, k, false, true),
+                [m, k],
+            )?)
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            // dB = Aᵀ·G
+            Some(Tensor::from_vec(
+                cpu::matmul(&self.a.cpu()?, &gv, k, m, n, true, false),
+                [k, n],
+            )?)
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
+    }
+}
+
+/// y = x·Wᵀ + b; x: [N, in], W: [out, in], b: [out].
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (n, fin) = x.shape().matrix("linear input")?;
+    let (fout, fin2) = w.shape().matrix("linear weight")?;
+    if fin != fin2 {
+        return Err(Error::shape(
+            "linear",
+            format!("input with {fin2} features"),
+            x.shape(),
+        ));
+    }
+    if let Some(b) = b {
+        if b.dims() != [fout] {
+            return Err(Error::shape("linear bias", [fout], b.shape()));
+        }
+    }
+    let data = match x.device() {
+        Device::Cpu => {
+            let mut y = cpu::matmul(&x.cpu()?, &w.cpu()?, n, fin, fout, false, true);
+            if let Some(b) = b {
+                let bv = b.cpu()?;
+                for row in y.chunks_mut(fout) {
+                    for (o, &bb) in row.iter_mut().zip(bv.iter()) {
+                        *o += bb;
+                    }
+                }
+            }
+            y
+        }
+        Device::Cuda(_) => return crate::cuda::not_available("linear"),
+    };
+    let mut inputs = vec![x, w];
+    if let Some(b) = b {
+        inputs.push(b);
+    }
+    Ok(Tensor::from_cpu_op(
+        data,
+        Shape::new([n, fout]),
+        &inputs,
+        || {
+            Box::new(LinearBackward {
+                x: x.clone(),
+                w: w.clone(),
+                b: b.cloned(),
+            })
+        },
+    ))
+}
+
+struct LinearBackward {
+    x: Tensor,
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl BackwardOp for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        let mut v = vec![self.x.clone(), self.w.clone()];
+        if let Some(b) = &self.b {
+            v.push(b.clone());
+        }
+        v
+    }
+    fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (n, fin) = self.x.shape().matrix("linear")?;
+        let fout = self.w.dims()[0];
+        let gv = g.cpu()?;
+        let mut out = vec![None, None];
+        if needs[0] {
+            // dx = G·W : [n, out]·[out, in]
+            out[0] = Some(Tensor::from_vec(
+                cpu::matmul(&gv, &self.w.cpu()?, n, fout, fin, false, false),
+                [n, fin],
+            )?);
+        }
+        if needs[1] {
+            // dW = Gᵀ·x : [out, n]·[n, in]
+            out[1] = Some(Tensor::from_vec(
+                cpu::matmul(&gv, &self.x.cpu()?, fout, n, fin, true, false),
+                [fout, fin],
+            )?);
+        }
+        if self.b.is_some() {
+            out.push(if needs.get(2).copied().unwrap_or(false) {
+                let mut db = vec![0.0f32; fout];
+                for row in gv.chunks(fout) {
+                    for (d, &v) in db.iter_mut().zip(row) {
+                        *d += v;
+                    }
+                }
+                Some(Tensor::from_vec(db, [fout])?)
+            } else {
+                None
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The transpose of a matrix (a copy; gradients transpose back).
+pub fn transpose(x: &Tensor) -> Result<Tensor> {
+    let (r, c) = x.shape().matrix("transpose")?;
+    let data = match x.device() {
+        Device::Cpu => cpu::transpose(&x.cpu()?, r, c),
+        Device::Cuda(_) => return crate::cuda::not_available("transpose"),
+    };
+    Ok(Tensor::from_cpu_op(data, Shape::new([c, r]), &[x], || {
+        Box::new(TransposeBackward { x: x.clone() })
+    }))
+}
+
+struct TransposeBackward {
+    x: Tensor,
+}
+
+impl BackwardOp for TransposeBackward {
+    fn name(&self) -> &'static str {
+        "transpose"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    fn backward(&self, _out: &Tensor, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(transpose(g)?)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::gradcheck;
+    use rand::SeedableRng;
+
+    fn rnd(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Tensor::rand_uniform(shape.to_vec(), -1.0, 1.0, &mut rng)
+    }
+
+    #[test]
+    fn matmul_matches_reference() {
+        let a = rnd(&[5, 7], 1);
+        let b = rnd(&[7, 3], 2);
+        let c = matmul(&a, &b).unwrap().to_vec().unwrap();
+        let want =
+            crate::cpu::reference::matmul(&a.to_vec().unwrap(), &b.to_vec().unwrap(), 5, 7, 3);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        assert!(matmul(&a, &a).is_err());
+    }
+
+    #[test]
+    fn gradients() {
+        let a = rnd(&[4, 6], 3);
+        let b = rnd(&[6, 5], 4);
+        let r = gradcheck(
+            |v| matmul(&v[0], &v[1]),
+            &[a.clone(), b],
+            1e-2,
+            1e-3,
+            1e-2,
+            100,
+        )
+        .unwrap();
+        assert!(r.ok(), "{r}");
+        let w = rnd(&[3, 6], 5);
+        let bias = rnd(&[3], 6);
+        let r = gradcheck(
+            |v| linear(&v[0], &v[1], Some(&v[2])),
+            &[a.clone(), w, bias],
+            1e-2,
+            1e-3,
+            1e-2,
+            100,
+        )
+        .unwrap();
+        assert!(r.ok(), "{r}");
+        let r = gradcheck(|v| transpose(&v[0]), &[a], 1e-2, 1e-3, 1e-2, 100).unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn linear_skips_weight_gradient_when_frozen() {
+        let x = rnd(&[2, 3], 7).requires_grad();
+        let w = rnd(&[4, 3], 8); // frozen
+        let y = linear(&x, &w, None).unwrap();
+        let g = y.sum().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_some());
+        assert!(g.get(&w).is_none());
+        assert_eq!(g.len(), 1);
+    }
+}

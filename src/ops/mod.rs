@@ -1,0 +1,14 @@
+//! Every differentiable operation, one folder per op family: `mod.rs` holds
+//! the API, the backward rule and its derivation; `cpu.rs` the CPU kernels
+//! (and later `cuda.rs` the GPU launches).
+
+pub mod elementwise;
+pub mod linear;
+pub mod reduce;
+
+pub use elementwise::{
+    abs_pow, add, add_scalar, clamp, div, dropout, exp, ln, mul, relu, scale, sigmoid, sqrt,
+    square, sub, tanh,
+};
+pub use linear::{linear, matmul, transpose};
+pub use reduce::{mean, sum};

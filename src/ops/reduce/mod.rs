@@ -1,0 +1,91 @@
+//! Reductions to a scalar: sum and mean.
+//!
+//! Backward: L depends on every x_i with slope 1 (sum) or 1/n (mean), so
+//! dL/dx is the upstream scalar g spread over x's shape (times 1/n for mean).
+
+use crate::autograd::BackwardOp;
+use crate::device::Device;
+use crate::error::Result;
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// Σ x, as a rank-0 tensor. Accumulated in f64 blocks.
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    reduce(x, 1.0, "sum")
+}
+
+/// Σ x / n, as a rank-0 tensor.
+pub fn mean(x: &Tensor) -> Result<Tensor> {
+    reduce(x, 1.0 / x.numel().max(1) as f32, "mean")
+}
+
+fn reduce(x: &Tensor, factor: f32, name: &'static str) -> Result<Tensor> {
+    let s = match x.device() {
+        Device::Cpu => crate::cpu::simd::sum(&x.cpu()?) * factor as f64,
+        Device::Cuda(_) => return crate::cuda::not_available(name),
+    };
+    Ok(Tensor::from_cpu_op(
+        vec![s as f32],
+        Shape::new(Vec::<usize>::new()),
+        &[x],
+        || {
+            Box::new(ReduceBackward {
+                x: x.clone(),
+                factor,
+                name,
+            })
+        },
+    ))
+}
+
+struct ReduceBackward {
+    x: Tensor,
+    factor: f32,
+    name: &'static str,
+}
+
+impl BackwardOp for ReduceBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone()]
+    }
+    fn backward(&self, _out: &Tensor, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(Tensor::full(
+            self.x.shape().clone(),
+            g.item()? * self.factor,
+        ))])
+    }
+}
+
+impl Tensor {
+    /// See [`sum`].
+    pub fn sum(&self) -> Result<Tensor> {
+        sum(self)
+    }
+    /// See [`mean`].
+    pub fn mean(&self) -> Result<Tensor> {
+        mean(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::gradcheck;
+    use rand::SeedableRng;
+
+    #[test]
+    fn values_and_gradients() {
+        let x = Tensor::from_vec((0..10).map(|v| v as f32).collect(), [2, 5]).unwrap();
+        assert_eq!(sum(&x).unwrap().item().unwrap(), 45.0);
+        assert_eq!(mean(&x).unwrap().item().unwrap(), 4.5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let x = Tensor::rand_uniform([3, 4, 5], -1.0, 1.0, &mut rng);
+        for f in [sum, mean] {
+            let r = gradcheck(|v| f(&v[0]), &[x.clone()], 1e-2, 1e-3, 1e-2, 60).unwrap();
+            assert!(r.ok(), "{r}");
+        }
+    }
+}
