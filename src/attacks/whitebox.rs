@@ -1,0 +1,215 @@
+//! The white-box attack (the paper's Algorithm 1, regularised maximum
+//! likelihood): the attacker knows f1 and sees v = f1(x0); it searches for
+//!
+//!   x* = argmin_x  mean((f1(x) − v)²) + λ_TV·TV(x) + λ_L2·mean(x²)
+//!
+//! by gradient descent on x, starting from a constant image. All attacked
+//! images go through in one batch; v is computed once, without a graph, and
+//! the weights of f1 are frozen, so each step records only the path from x
+//! to the loss and runs only the input-gradient kernels.
+
+use crate::error::{Error, Result};
+use crate::nn::Sequential;
+use crate::ops::{self, TvKind};
+use crate::optim::{Adam, Optimizer, Sgd};
+use crate::tensor::Tensor;
+use rand::SeedableRng;
+
+/// The optimiser that moves the image.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AttackOptimizer {
+    /// Adam (the authors' choice: lr 1e-2; they left eps at 1e-8 and amsgrad off).
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Denominator epsilon.
+        eps: f32,
+        /// AMSGrad variant.
+        amsgrad: bool,
+    },
+    /// Plain gradient descent.
+    Gd {
+        /// Step size.
+        lr: f32,
+    },
+}
+
+/// Where the search starts.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Init {
+    /// Zeros in normalised space (the authors' choice: the data mean colour).
+    Zeros,
+    /// A constant pixel value in [0, 1].
+    Constant(f32),
+    /// Uniform random pixels in [0, 1] (seeded).
+    Random,
+}
+
+/// Every knob of the white-box attack.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WhiteBoxConfig {
+    /// Optimiser.
+    pub optimizer: AttackOptimizer,
+    /// Gradient steps.
+    pub iterations: usize,
+    /// Starting image.
+    pub init: Init,
+    /// Weight of the total-variation prior.
+    pub lambda_tv: f32,
+    /// TV exponent β (2 = the authors' squared form).
+    pub tv_beta: f32,
+    /// Weight of an L2 prior on the (normalised) image.
+    pub lambda_l2: f32,
+    /// Project onto the valid pixel box after every step.
+    pub box_constraint: bool,
+    /// Seed for random initialisation.
+    pub seed: u64,
+}
+
+impl Default for WhiteBoxConfig {
+    /// The authors' settings: Adam lr 1e-2, 5000 steps, zeros, λ_TV = 0.
+    fn default() -> Self {
+        WhiteBoxConfig {
+            optimizer: AttackOptimizer::Adam { lr: 1e-2, eps: 1e-8, amsgrad: false },
+            iterations: 5000,
+            init: Init::Zeros,
+            lambda_tv: 0.0,
+            tv_beta: 2.0,
+            lambda_l2: 0.0,
+            box_constraint: false,
+            seed: 0,
+        }
+    }
+}
+
+impl WhiteBoxConfig {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid("whitebox", m));
+        match self.optimizer {
+            AttackOptimizer::Adam { lr, eps, .. } if !(lr > 0.0 && eps > 0.0) => return bad(format!("Adam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")),
+            AttackOptimizer::Gd { lr } if lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) => return bad(format!("GD needs lr > 0, got {lr}")),
+            _ => {}
+        }
+        if self.lambda_tv < 0.0 || self.lambda_l2 < 0.0 || !self.lambda_tv.is_finite() || !self.lambda_l2.is_finite() {
+            return bad(format!("λ_TV and λ_L2 must be finite and >= 0, got {} and {}", self.lambda_tv, self.lambda_l2));
+        }
+        if self.tv_beta <= 0.0 {
+            return bad(format!("TV β must be > 0, got {}", self.tv_beta));
+        }
+        if let Init::Constant(v) = self.init {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("constant init must be a pixel value in [0, 1], got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-channel affine map between pixel space [0, 1] and the net's input space.
+#[derive(Clone, Debug)]
+pub struct Normalization {
+    /// Channel means.
+    pub mean: Vec<f32>,
+    /// Channel standard deviations.
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// From slices.
+    pub fn new(mean: &[f32], std: &[f32]) -> Self {
+        Normalization { mean: mean.to_vec(), std: std.to_vec() }
+    }
+
+    fn channel(&self, c: usize) -> (f32, f32) {
+        let m = self.mean.get(c).or(self.mean.first()).copied().unwrap_or(0.0);
+        let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
+        (m, s)
+    }
+
+    fn map(&self, x: &Tensor, f: impl Fn(f32, f32, f32) -> f32) -> Result<Tensor> {
+        let (n, c, h, w) = x.shape().nchw("normalize")?;
+        let mut v = x.to_vec()?;
+        let plane = h * w;
+        for i in 0..n * c {
+            let (m, s) = self.channel(i % c);
+            for p in &mut v[i * plane..(i + 1) * plane] {
+                *p = f(*p, m, s);
+            }
+        }
+        Tensor::from_vec(v, [n, c, h, w])
+    }
+
+    /// Pixels → net input.
+    pub fn normalize(&self, x: &Tensor) -> Result<Tensor> {
+        self.map(x, |p, m, s| (p - m) / s)
+    }
+
+    /// Net input → pixels (not clipped).
+    pub fn denormalize(&self, x: &Tensor) -> Result<Tensor> {
+        self.map(x, |p, m, s| p * s + m)
+    }
+}
+
+/// What the caller sees every `report_every` steps.
+pub struct Progress<'a> {
+    /// Step just taken (1-based).
+    pub iteration: usize,
+    /// Loss before that step.
+    pub loss: f32,
+    /// The current estimate, normalised space.
+    pub x: &'a Tensor,
+}
+
+/// Runs the attack against observed features `target` (one row per image).
+/// Returns the reconstruction in *normalised* space, `[N, C, H, W]`.
+pub fn invert(f1: &Sequential, target: &Tensor, chw: [usize; 3], norm: &Normalization, cfg: &WhiteBoxConfig, on_progress: &mut dyn FnMut(Progress) -> Result<()>) -> Result<Tensor> {
+    cfg.validate()?;
+    let n = target.shape().dim(0)?;
+    let [c, h, w] = chw;
+    let pixels = match cfg.init {
+        Init::Zeros => norm.denormalize(&Tensor::zeros([n, c, h, w]))?,
+        Init::Constant(v) => Tensor::full([n, c, h, w], v),
+        Init::Random => Tensor::rand_uniform([n, c, h, w], 0.0, 1.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed)),
+    };
+    let x = norm.normalize(&pixels)?.requires_grad();
+    let target = target.detach();
+    let (lo, hi) = (norm.normalize(&Tensor::zeros([1, c, 1, 1]))?.to_vec()?, norm.normalize(&Tensor::ones([1, c, 1, 1]))?.to_vec()?);
+    let tv_kind = if cfg.tv_beta == 2.0 { TvKind::Squared } else { TvKind::Power { beta: cfg.tv_beta, eps: 1e-8 } };
+    let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
+        AttackOptimizer::Adam { lr, eps, amsgrad } => Box::new(Adam::new(lr).with_eps(eps).with_amsgrad(amsgrad)),
+        AttackOptimizer::Gd { lr } => Box::new(Sgd::new(lr)),
+    };
+    for it in 1..=cfg.iterations {
+        let feats = f1.forward(&x)?;
+        if feats.shape() != target.shape() {
+            return Err(Error::shape("whitebox target features", feats.shape(), target.shape()));
+        }
+        let mut loss = ops::mse_loss(&feats, &target)?;
+        if cfg.lambda_tv > 0.0 {
+            loss = ops::add(&loss, &ops::scale(&ops::tv_loss(&x, tv_kind)?, cfg.lambda_tv)?)?;
+        }
+        if cfg.lambda_l2 > 0.0 {
+            loss = ops::add(&loss, &ops::scale(&ops::mean(&ops::square(&x)?)?, cfg.lambda_l2)?)?;
+        }
+        let lv = loss.item()?;
+        if !lv.is_finite() {
+            return Err(Error::NonFinite(format!("white-box loss is {lv} at iteration {it}; lower the learning rate")));
+        }
+        let grads = loss.backward()?;
+        drop(loss);
+        opt.step(std::slice::from_ref(&x), &grads)?;
+        if cfg.box_constraint {
+            let mut v = x.cpu_mut()?;
+            let plane = h * w;
+            for (i, chunk) in v.chunks_mut(plane).enumerate() {
+                let ch = i % c;
+                for p in chunk {
+                    *p = p.clamp(lo[ch], hi[ch]);
+                }
+            }
+        }
+        on_progress(Progress { iteration: it, loss: lv, x: &x })?;
+    }
+    Ok(x.detach())
+}

@@ -1,0 +1,152 @@
+//! Mini-batch training loops shared by `splitinv train`, the black-box
+//! attack (inverse networks) and the query-free attack (shadow models).
+
+use crate::error::{Error, Result};
+use crate::optim::{Adam, Optimizer, StepLr};
+use crate::tensor::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// Settings of a training run (defaults: the authors' — Adam with amsgrad,
+/// eps 1e-3, lr 1e-3, batch 32, lr halved every 20 epochs).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch: usize,
+    /// Initial learning rate.
+    pub lr: f32,
+    /// Adam epsilon.
+    pub eps: f32,
+    /// AMSGrad.
+    pub amsgrad: bool,
+    /// Halve... multiply the lr by `lr_gamma` every `lr_step` epochs.
+    pub lr_step: usize,
+    /// See `lr_step`.
+    pub lr_gamma: f32,
+    /// Shuffling / dropout seed.
+    pub seed: u64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 10, batch: 32, lr: 1e-3, eps: 1e-3, amsgrad: true, lr_step: 20, lr_gamma: 0.5, seed: 0, progress: true }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects impossible values.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::invalid("train", "--batch must be at least 1"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid("train", format!("--lr must be a positive number, got {}", self.lr)));
+        }
+        if self.lr_step == 0 {
+            return Err(Error::invalid("train", "lr_step must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The optimiser these settings describe.
+    pub fn optimizer(&self) -> Adam {
+        Adam::new(self.lr).with_eps(self.eps).with_amsgrad(self.amsgrad)
+    }
+}
+
+/// What one epoch achieved.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochStats {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Extra metric from the step function (e.g. training accuracy), mean.
+    pub metric: f64,
+    /// Images per second.
+    pub images_per_s: f64,
+    /// Learning rate used.
+    pub lr: f32,
+}
+
+/// A progress bar with rate and ETA (hidden when `show` is false).
+pub fn progress_bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("=> "));
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
+/// Runs `epochs` passes over `n` samples in shuffled mini-batches. `step`
+/// gets the indices of a batch and returns (loss tensor, metric sum for the
+/// batch); the loop does backward and the optimiser step, watches for NaN,
+/// applies the step schedule and calls `end_epoch` after every epoch.
+pub fn fit(
+    params: &[Tensor],
+    n: usize,
+    cfg: &TrainConfig,
+    start_epoch: usize,
+    label: &str,
+    step: &mut dyn FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<(Tensor, f64)>,
+    end_epoch: &mut dyn FnMut(&EpochStats) -> Result<()>,
+) -> Result<Vec<EpochStats>> {
+    cfg.validate()?;
+    if n == 0 {
+        return Err(Error::invalid("train", "the training set is empty"));
+    }
+    let mut opt = cfg.optimizer();
+    let sched = StepLr { step_size: cfg.lr_step, gamma: cfg.lr_gamma };
+    let mut all = Vec::new();
+    for epoch in start_epoch..cfg.epochs {
+        let lr = sched.lr_at(cfg.lr, epoch)?;
+        opt.set_lr(lr);
+        // Seeded per epoch so a resumed run shuffles exactly as an uninterrupted one.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let pb = progress_bar(n as u64, cfg.progress, &format!("{label} {}/{}", epoch + 1, cfg.epochs));
+        let t0 = std::time::Instant::now();
+        let (mut loss_sum, mut metric_sum, mut seen) = (0f64, 0f64, 0usize);
+        for idx in order.chunks(cfg.batch) {
+            let (loss, metric) = step(idx, &mut rng)?;
+            let lv = loss.item()?;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite(format!("{label}: loss is {lv} in epoch {epoch}; lower --lr")));
+            }
+            let grads = loss.backward()?;
+            drop(loss);
+            opt.step(params, &grads)?;
+            loss_sum += lv as f64 * idx.len() as f64;
+            metric_sum += metric;
+            seen += idx.len();
+            pb.inc(idx.len() as u64);
+            pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+        }
+        pb.finish_and_clear();
+        let stats = EpochStats { epoch, loss: loss_sum / seen as f64, metric: metric_sum / seen as f64, images_per_s: seen as f64 / t0.elapsed().as_secs_f64(), lr };
+        end_epoch(&stats)?;
+        all.push(stats);
+    }
+    Ok(all)
+}
+
+/// Index of the largest logit in each row.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
+    let (n, c) = logits.shape().matrix("argmax")?;
+    let v = logits.to_vec()?;
+    Ok((0..n)
+        .map(|i| {
+            let row = &v[i * c..(i + 1) * c];
+            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &x)| if x > bv { (j, x) } else { (bi, bv) }).0
+        })
+        .collect())
+}
