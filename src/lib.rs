@@ -24,6 +24,7 @@
 pub mod autograd;
 pub mod cpu;
 pub mod cuda;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod ops;
