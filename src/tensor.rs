@@ -379,7 +379,7 @@ impl Tensor {
     /// Flattens all dimensions after the first: `[N, ...] -> [N, rest]`.
     pub fn flatten(&self) -> Result<Tensor> {
         let n = self.shape().dim(0)?;
-        let rest = if n == 0 { 0 } else { self.numel() / n };
+        let rest = self.numel().checked_div(n).unwrap_or(0);
         self.reshape([n, rest])
     }
 }

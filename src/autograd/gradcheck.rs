@@ -107,7 +107,7 @@ pub fn gradcheck(
             let err = (a - numeric).abs();
             report.checked += 1;
             report.max_abs_err = report.max_abs_err.max(err);
-            if !(err <= atol + rtol * numeric.abs()) {
+            if err.is_nan() || err > atol + rtol * numeric.abs() {
                 report.mismatches.push(format!(
                     "input {k} element {j}: analytic {a:.6e}, numeric {numeric:.6e}"
                 ));

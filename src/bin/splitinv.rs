@@ -7,7 +7,11 @@ use splitinv::{Error, Result};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "splitinv", version, about = "Model inversion attacks against split (collaborative) inference")]
+#[command(
+    name = "splitinv",
+    version,
+    about = "Model inversion attacks against split (collaborative) inference"
+)]
 struct Cli {
     /// Worker threads for the CPU kernels (default: $SPLITINV_THREADS, else all cores).
     #[arg(long, global = true)]
@@ -39,25 +43,57 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info => {
             println!("splitinv {}", env!("CARGO_PKG_VERSION"));
-            let levels: Vec<String> = simd::available_levels().iter().map(|l| l.to_string()).collect();
-            println!("cpu simd: {} (available: {})", simd::level(), levels.join(", "));
+            let levels: Vec<String> = simd::available_levels()
+                .iter()
+                .map(|l| l.to_string())
+                .collect();
+            println!(
+                "cpu simd: {} (available: {})",
+                simd::level(),
+                levels.join(", ")
+            );
             println!("threads:  {}", threads::num_threads());
             Ok(())
         }
-        Cmd::Bench { json, quick, filter } => {
-            let workloads: Vec<_> = bench::standard_workloads().into_iter().filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f))).collect();
+        Cmd::Bench {
+            json,
+            quick,
+            filter,
+        } => {
+            let workloads: Vec<_> = bench::standard_workloads()
+                .into_iter()
+                .filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f)))
+                .collect();
             if workloads.is_empty() {
-                return Err(Error::invalid("bench", format!("no workload matches --filter {:?}", filter.unwrap_or_default())));
+                return Err(Error::invalid(
+                    "bench",
+                    format!(
+                        "no workload matches --filter {:?}",
+                        filter.unwrap_or_default()
+                    ),
+                ));
             }
             if !json {
-                println!("{:<28} {:>12} {:>12} {:>7}", "workload", "ms/step", "images/s", "steps");
+                println!(
+                    "{:<28} {:>12} {:>12} {:>7}",
+                    "workload", "ms/step", "images/s", "steps"
+                );
             }
             for w in &workloads {
                 let r = bench::run(w, quick)?;
                 if json {
-                    println!("{}", serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?
+                    );
                 } else {
-                    println!("{:<28} {:>12.4} {:>12.1} {:>7}", r.workload, r.s_per_step * 1e3, r.images_per_s, r.steps);
+                    println!(
+                        "{:<28} {:>12.4} {:>12.1} {:>7}",
+                        r.workload,
+                        r.s_per_step * 1e3,
+                        r.images_per_s,
+                        r.steps
+                    );
                 }
             }
             Ok(())

@@ -433,7 +433,7 @@ mod tests {
         for (op, input) in ops {
             let r = gradcheck(
                 |v| unary(&v[0], op),
-                &[input.clone()],
+                std::slice::from_ref(input),
                 1e-3,
                 1e-3,
                 1e-2,

@@ -84,7 +84,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         let x = Tensor::rand_uniform([3, 4, 5], -1.0, 1.0, &mut rng);
         for f in [sum, mean] {
-            let r = gradcheck(|v| f(&v[0]), &[x.clone()], 1e-2, 1e-3, 1e-2, 60).unwrap();
+            let r =
+                gradcheck(|v| f(&v[0]), std::slice::from_ref(&x), 1e-2, 1e-3, 1e-2, 60).unwrap();
             assert!(r.ok(), "{r}");
         }
     }
