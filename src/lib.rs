@@ -27,6 +27,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod shape;
 pub mod tensor;
 

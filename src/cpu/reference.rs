@@ -280,3 +280,96 @@ pub fn ssim_grad(
     }
     (ga, gb)
 }
+
+// ----- optimizers: PyTorch's formulas in f64 ---------------------------------
+
+/// One `torch.optim.SGD` step in f64: d = g + wd·p; buf = d (first step) or
+/// momentum·buf + (1 − dampening)·d; step = buf, or d + momentum·buf
+/// (Nesterov); p −= lr·step. `buf` is None before the first step.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_step(
+    p: &mut [f64],
+    g: &[f32],
+    buf: &mut Option<Vec<f64>>,
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    wd: f64,
+    nesterov: bool,
+) {
+    let d: Vec<f64> = p.iter().zip(g).map(|(&p, &g)| g as f64 + wd * p).collect();
+    let step = if momentum != 0.0 {
+        let b = match buf.take() {
+            None => d.clone(),
+            Some(b) => b
+                .iter()
+                .zip(&d)
+                .map(|(b, d)| momentum * b + (1.0 - dampening) * d)
+                .collect(),
+        };
+        let step = if nesterov {
+            d.iter().zip(&b).map(|(d, b)| d + momentum * b).collect()
+        } else {
+            b.clone()
+        };
+        *buf = Some(b);
+        step
+    } else {
+        d
+    };
+    for (p, s) in p.iter_mut().zip(step) {
+        *p -= lr * s;
+    }
+}
+
+/// The state of one parameter under `torch.optim.Adam`, in f64.
+pub struct AdamRef {
+    /// Steps taken.
+    pub t: u64,
+    /// First moment.
+    pub m: Vec<f64>,
+    /// Second moment.
+    pub v: Vec<f64>,
+    /// AMSGrad's running maximum of v.
+    pub vmax: Vec<f64>,
+}
+
+impl AdamRef {
+    /// Zero state for `n` elements.
+    pub fn new(n: usize) -> Self {
+        AdamRef {
+            t: 0,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            vmax: vec![0.0; n],
+        }
+    }
+
+    /// One Adam step: d = g + wd·p; m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²;
+    /// v̂ = max(vmax, v) with AMSGrad, else v;
+    /// p −= lr/(1−β1^t) · m / (√v̂/√(1−β2^t) + eps).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        p: &mut [f64],
+        g: &[f32],
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        wd: f64,
+        amsgrad: bool,
+    ) {
+        self.t += 1;
+        let bc1 = 1.0 - beta1.powi(self.t as i32);
+        let bc2 = 1.0 - beta2.powi(self.t as i32);
+        for i in 0..p.len() {
+            let d = g[i] as f64 + wd * p[i];
+            self.m[i] = beta1 * self.m[i] + (1.0 - beta1) * d;
+            self.v[i] = beta2 * self.v[i] + (1.0 - beta2) * d * d;
+            self.vmax[i] = self.vmax[i].max(self.v[i]);
+            let vhat = if amsgrad { self.vmax[i] } else { self.v[i] };
+            p[i] -= lr / bc1 * self.m[i] / (vhat.sqrt() / bc2.sqrt() + eps);
+        }
+    }
+}

@@ -151,7 +151,7 @@ mod tests {
             |v| cross_entropy(&v[0], &labels),
             &[x],
             1e-2,
-            1e-4,
+            2e-5,
             1e-2,
             100,
         )

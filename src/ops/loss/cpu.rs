@@ -228,81 +228,58 @@ multiversion! {
 
 // ----- total variation ----------------------------------------------------
 
-multiversion! {
-    /// One H×W plane: (Σ vertical squared differences, Σ horizontal ones).
-    pub(crate) fn tv_sq_plane(x: &[f32], h: usize, w: usize) -> (f64, f64) {
-        let (mut sv, mut sh) = (0f64, 0f64);
-        for i in 0..h {
-            let row = &x[i * w..(i + 1) * w];
-            // Horizontal: row[j+1] − row[j].
-            let mut acc = [0f32; LANES];
-            let mut k = 0;
-            let pairs = w - 1;
-            while k + LANES <= pairs {
-                for l in 0..LANES {
-                    let d = row[k + l + 1] - row[k + l];
-                    acc[l] += d * d;
-                }
-                k += LANES;
-            }
-            let mut s: f64 = acc.iter().map(|&v| v as f64).sum();
-            for j in k..pairs {
-                let d = (row[j + 1] - row[j]) as f64;
-                s += d * d;
-            }
-            sh += s;
-            if i + 1 < h {
-                let next = &x[(i + 1) * w..(i + 2) * w];
-                let mut acc = [0f32; LANES];
-                let mut ir = row.chunks_exact(LANES);
-                let mut inx = next.chunks_exact(LANES);
-                for (r, nx) in (&mut ir).zip(&mut inx) {
-                    for l in 0..LANES {
-                        let d = nx[l] - r[l];
-                        acc[l] += d * d;
-                    }
-                }
-                let mut s: f64 = acc.iter().map(|&v| v as f64).sum();
-                for (&r, &nx) in ir.remainder().iter().zip(inx.remainder()) {
-                    let d = (nx - r) as f64;
-                    s += d * d;
-                }
-                sv += s;
-            }
-        }
-        (sv, sh)
+/// One H×W plane: (Σ vertical squared differences, Σ horizontal ones).
+///
+/// Both sums run over the plane as one flat array, because image rows are
+/// short (28 pixels for MNIST) and per-row loops would spend their time in
+/// tails. Vertical pairs are (k, k+W) for every k < (H−1)·W, with no
+/// exceptions. Horizontal pairs are (k, k+1) for every k < H·W − 1, which
+/// includes H − 1 pairs that straddle a row end; those are subtracted after.
+pub(crate) fn tv_sq_plane(lv: SimdLevel, x: &[f32], h: usize, w: usize) -> (f64, f64) {
+    let hw = h * w;
+    let sv = sq_diff_sum(lv, &x[w..hw], &x[..hw - w]);
+    let mut sh = sq_diff_sum(lv, &x[1..hw], &x[..hw - 1]);
+    for i in 1..h {
+        let d = x[i * w] as f64 - x[i * w - 1] as f64;
+        sh -= d * d;
     }
+    (sv, sh)
 }
 
 multiversion! {
-    /// Gradient of cv·Σ(vertical d²) + ch·Σ(horizontal d²) for one plane:
-    /// each difference d = x[q] − x[p] sends +2c·d to q and −2c·d to p.
-    /// `out` must be zeroed.
+    /// Gradient of cv·Σ(vertical d²) + ch·Σ(horizontal d²) for one plane;
+    /// overwrites `out`. Each difference d = x[q] − x[p] sends +2c·d to q and
+    /// −2c·d to p, so a pixel gets 2c·(x − neighbour) summed over its
+    /// neighbours (a discrete Laplacian). Flat passes as in [`tv_sq_plane`]:
+    /// horizontally the whole plane as one row, then the H − 1 pairs that
+    /// straddle a row end are taken back out.
     pub(crate) fn tv_sq_grad_plane(x: &[f32], h: usize, w: usize, cv: f32, ch: f32, out: &mut [f32]) {
         let (tv, th) = (2.0 * cv, 2.0 * ch);
-        for i in 0..h {
-            let row = &x[i * w..(i + 1) * w];
-            {
-                let o = &mut out[i * w..(i + 1) * w];
-                // Two passes so the shifted reads and writes never overlap.
-                for j in 1..w {
-                    o[j] += th * (row[j] - row[j - 1]);
-                }
-                for j in 0..w - 1 {
-                    o[j] -= th * (row[j + 1] - row[j]);
-                }
-            }
-            if i + 1 < h {
-                let next = &x[(i + 1) * w..(i + 2) * w];
-                let (top, bottom) = out.split_at_mut((i + 1) * w);
-                let o_up = &mut top[i * w..];
-                let o_dn = &mut bottom[..w];
-                for j in 0..w {
-                    let d = tv * (next[j] - row[j]);
-                    o_dn[j] += d;
-                    o_up[j] -= d;
-                }
-            }
+        let hw = h * w;
+        let (x, out) = (&x[..hw], &mut out[..hw]);
+        // Horizontal, the plane as one long row.
+        out[0] = th * (x[0] - x[1]);
+        // Zipped slices instead of x[k ± 1], so no bounds checks block vectorisation.
+        for ((o, &c), (&l, &r)) in out[1..hw - 1]
+            .iter_mut()
+            .zip(&x[1..hw - 1])
+            .zip(x[..hw - 2].iter().zip(&x[2..]))
+        {
+            *o = th * ((c - l) + (c - r));
+        }
+        out[hw - 1] = th * (x[hw - 1] - x[hw - 2]);
+        for i in 1..h {
+            let k = i * w;
+            let d = th * (x[k] - x[k - 1]);
+            out[k] -= d;
+            out[k - 1] += d;
+        }
+        // Vertical: each pixel minus the one above, and minus the one below.
+        for ((o, &c), &up) in out[w..].iter_mut().zip(&x[w..]).zip(&x[..hw - w]) {
+            *o += tv * (c - up);
+        }
+        for ((o, &c), &down) in out[..hw - w].iter_mut().zip(&x[..hw - w]).zip(&x[w..]) {
+            *o += tv * (c - down);
         }
     }
 }
@@ -631,6 +608,7 @@ multiversion! {
 }
 
 /// Σ of the SSIM map of one plane (valid positions only).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ssim_plane_sum(
     lv: SimdLevel,
     a: &[f32],

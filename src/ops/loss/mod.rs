@@ -74,7 +74,7 @@ pub(crate) mod testutil {
             .iter()
             .zip(want)
             .enumerate()
-            .filter(|(_, (&g, &w))| !((g as f64 - w).abs() <= atol + rtol * w.abs()))
+            .filter(|(_, (&g, &w))| (g as f64 - w).abs() > atol + rtol * w.abs() || g.is_nan())
             .take(8)
             .map(|(i, (g, w))| format!("[{i}] got {g:.8e} want {w:.8e}"))
             .collect();
