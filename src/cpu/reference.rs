@@ -50,7 +50,7 @@ fn softmax_row(row: &[f32]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-/// mean over rows of −log softmax(row)[label], for row-major logits with `c` columns.
+/// mean over rows of −log softmax(row)\[label\], for row-major logits with `c` columns.
 pub fn cross_entropy(logits: &[f32], c: usize, labels: &[usize]) -> f64 {
     let mut total = 0.0;
     for (row, &l) in logits.chunks(c).zip(labels) {

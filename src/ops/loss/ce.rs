@@ -17,7 +17,7 @@ use crate::cpu::simd;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// mean over the batch of −log softmax(logits)[label]; `logits` is [N, C],
+/// mean over the batch of −log softmax(logits)\[label\]; `logits` is [N, C],
 /// `labels` has N entries, each below C.
 pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
     let (n, c) = logits.shape().matrix("cross_entropy")?;

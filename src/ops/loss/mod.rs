@@ -13,7 +13,7 @@
 //! | loss | forward | dL/dinput (upstream g) |
 //! |---|---|---|
 //! | [`mse_loss`] | mean (a−b)² | ±2g(a−b)/n |
-//! | [`cross_entropy`] | mean −log softmax(x)[y] | g(softmax(x) − onehot(y))/N |
+//! | [`cross_entropy`] | mean −log softmax(x)\[y\] | g(softmax(x) − onehot(y))/N |
 //! | [`tv_loss`] | mean squared neighbour differences | see `tv.rs` |
 //! | [`ssim`] | mean SSIM over valid windows | see `ssim.rs` |
 
