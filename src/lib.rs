@@ -28,6 +28,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod shape;
 pub mod tensor;
 

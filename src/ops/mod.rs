@@ -4,6 +4,7 @@
 
 pub mod elementwise;
 pub mod linear;
+pub mod loss;
 pub mod reduce;
 
 pub use elementwise::{
@@ -11,4 +12,7 @@ pub use elementwise::{
     square, sub, tanh,
 };
 pub use linear::{linear, matmul, transpose};
+pub use loss::{
+    cross_entropy, mse_loss, ssim, ssim_per_image, tv_loss, SsimConfig, SsimWindow, TvKind,
+};
 pub use reduce::{mean, sum};

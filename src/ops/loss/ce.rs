@@ -1,0 +1,182 @@
+//! Cross-entropy of logits against class labels, averaged over the batch:
+//! L = (1/N) Σ_i [ log Σ_j exp(x_ij) − x_i,y_i ].
+//!
+//! Numerically stable: log Σ exp is computed as m + log Σ exp(x − m) with
+//! m the row maximum, so the largest exponent is exp(0) = 1 and nothing
+//! overflows, however large the logits.
+//!
+//! Backward: d/dx_ij of log Σ_k exp(x_ik) is exp(x_ij)/Σ_k exp(x_ik) =
+//! softmax_ij, and d/dx_ij of x_i,y_i is 1 when j = y_i. So dL/dx_ij =
+//! g·(softmax_ij − [j = y_i])/N. The forward saves the per-row log Σ exp
+//! (N numbers), so backward gets softmax_ij = exp(x_ij − lse_i) without
+//! redoing the row reductions.
+
+use super::{cpu, require_cpu, scalar_shape, upstream};
+use crate::autograd::BackwardOp;
+use crate::cpu::simd;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// mean over the batch of −log softmax(logits)\[label\]; `logits` is [N, C],
+/// `labels` has N entries, each below C.
+pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let (n, c) = logits.shape().matrix("cross_entropy")?;
+    if n == 0 || c == 0 {
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!("logits of shape [{n}, {c}] are empty; expected [N >= 1, C >= 1]"),
+        ));
+    }
+    if labels.len() != n {
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!(
+                "{} labels for a batch of {n} logit rows; expected one label per row",
+                labels.len()
+            ),
+        ));
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!(
+                "label {l} at batch index {i} is out of range for {c} classes (expected 0..{c})"
+            ),
+        ));
+    }
+    require_cpu("cross_entropy", &[logits])?;
+    let mut lse = vec![0f32; n];
+    let total = cpu::ce_rows(simd::level(), &logits.cpu()?, c, labels, &mut lse);
+    let value = (total / n as f64) as f32;
+    Ok(Tensor::from_cpu_op(
+        vec![value],
+        scalar_shape(),
+        &[logits],
+        || {
+            Box::new(CrossEntropyBackward {
+                logits: logits.clone(),
+                labels: labels.to_vec(),
+                lse,
+                c,
+            })
+        },
+    ))
+}
+
+struct CrossEntropyBackward {
+    logits: Tensor,
+    labels: Vec<usize>,
+    /// log Σ_j exp(x_ij) per row, saved by the forward pass.
+    lse: Vec<f32>,
+    c: usize,
+}
+
+impl BackwardOp for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.logits.clone()]
+    }
+    fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if !needs.first().copied().unwrap_or(false) {
+            return Ok(vec![None]);
+        }
+        let s = upstream(g, "cross_entropy")? / self.labels.len() as f32;
+        let x = self.logits.cpu()?;
+        let mut out = vec![0f32; x.len()];
+        cpu::ce_grad_rows(
+            simd::level(),
+            &x,
+            self.c,
+            &self.labels,
+            &self.lse,
+            s,
+            &mut out,
+        );
+        Ok(vec![Some(Tensor::from_vec(
+            out,
+            self.logits.shape().clone(),
+        )?)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_close, rnd};
+    use super::*;
+    use crate::autograd::gradcheck;
+    use crate::cpu::reference;
+    use crate::cpu::simd::available_levels;
+
+    #[test]
+    fn ce_value_by_hand() {
+        // Row 0: uniform over 3 classes → log 3. Row 1: logits (0, ln 3, 0),
+        // label 1 → −log(3/5) = log(5/3).
+        let x = Tensor::from_vec(vec![0.0, 0.0, 0.0, 0.0, 3f32.ln(), 0.0], [2, 3]).unwrap();
+        let l = cross_entropy(&x, &[2, 1]).unwrap().item().unwrap();
+        let want = (3f64.ln() + (5.0f64 / 3.0).ln()) / 2.0;
+        assert!((l as f64 - want).abs() < 1e-6, "{l} vs {want}");
+    }
+
+    #[test]
+    fn ce_is_stable_for_huge_logits() {
+        // exp(1000) overflows f32; the max-subtracted form gives log(1+e^-1000)≈0 and 1000.
+        let x = Tensor::from_vec(vec![1000.0, 0.0, -1000.0, 1000.0], [2, 2]).unwrap();
+        let l = cross_entropy(&x, &[0, 0]).unwrap().item().unwrap();
+        assert!(l.is_finite());
+        assert!((l - 1000.0).abs() < 1e-3, "{l}");
+        let xg = x.requires_grad();
+        let g = cross_entropy(&xg, &[0, 0]).unwrap().backward().unwrap();
+        let gv = g.get(&xg).unwrap().to_vec().unwrap();
+        assert!(gv.iter().all(|v| v.is_finite()), "{gv:?}");
+        assert_close(&gv, &[0.0, 0.0, -0.5, 0.5], 1e-6, 0.0, "huge-logit grad");
+    }
+
+    #[test]
+    fn ce_rejects_bad_labels() {
+        let x = Tensor::zeros([2, 4]);
+        let e = cross_entropy(&x, &[0, 4]).unwrap_err().to_string();
+        assert!(e.contains("label 4") && e.contains("4 classes"), "{e}");
+        let e = cross_entropy(&x, &[0]).unwrap_err().to_string();
+        assert!(e.contains("1 labels") && e.contains("batch of 2"), "{e}");
+        assert!(cross_entropy(&Tensor::zeros([2, 2, 2]), &[0, 0]).is_err());
+    }
+
+    #[test]
+    fn ce_gradcheck() {
+        let x = Tensor::from_vec(rnd(5 * 7, 5, -3.0, 3.0), [5, 7]).unwrap();
+        let labels = [0, 6, 3, 3, 1];
+        let r = gradcheck(
+            |v| cross_entropy(&v[0], &labels),
+            &[x],
+            1e-2,
+            2e-5,
+            1e-2,
+            100,
+        )
+        .unwrap();
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn ce_kernels_match_reference_at_every_level() {
+        for (n, c) in [(1usize, 1usize), (3, 10), (33, 17)] {
+            let x = rnd(n * c, 40 + n as u64, -8.0, 8.0);
+            let labels: Vec<usize> = (0..n).map(|i| (i * 7 + 3) % c).collect();
+            let want = reference::cross_entropy(&x, c, &labels);
+            let want_g = reference::cross_entropy_grad(&x, c, &labels, 0.3);
+            for lv in available_levels() {
+                let mut lse = vec![0f32; n];
+                let got = cpu::ce_rows(lv, &x, c, &labels, &mut lse) / n as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{lv}: {got} vs {want}"
+                );
+                let mut g = vec![0f32; n * c];
+                cpu::ce_grad_rows(lv, &x, c, &labels, &lse, 0.3 / n as f32, &mut g);
+                assert_close(&g, &want_g, 1e-7, 1e-4, &format!("{lv} ce grad {n}x{c}"));
+            }
+        }
+    }
+}
