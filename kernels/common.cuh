@@ -59,7 +59,7 @@ SI_DEV float si_block_sum(float v) {
     v = si_warp_sum(v);
     if (lane == 0) warp_sums[warp] = v;
     __syncthreads();
-    const int nwarps = (blockDim.x + 31) >> 5;
+    const unsigned nwarps = (blockDim.x + 31) >> 5;
     v = (threadIdx.x < nwarps) ? warp_sums[lane] : 0.0f;
     if (warp == 0) v = si_warp_sum(v);
     __syncthreads();  // warp_sums may be reused by a following call
