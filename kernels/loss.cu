@@ -46,7 +46,7 @@ extern "C" __global__ void mse_bwd(MseParams p) {
 // dL/dz_r[c] = scale·g·(softmax(z_r)[c] − [c == label_r]): the softmax
 // Jacobian and the log cancel to "probability minus one-hot".
 // One warp per row (rows are short: 10 classes); the block size must be a
-// multiple of 32. A label outside [0, classes) gives NaN (the host checks
+// multiple of 32 (launch as for rows·32 items, e.g. Launch::elementwise). A label outside [0, classes) gives NaN (the host checks
 // labels before launching, this only keeps bad data from passing silently).
 
 struct CrossEntropyParams {

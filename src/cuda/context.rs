@@ -84,7 +84,9 @@ pub struct GpuDevice {
     stream: Arc<CudaStream>,
     name: String,
     compute_capability: (i32, i32),
-    arch: String,
+    /// Chosen on first compile, so a device opens (for memory) even where
+    /// NVRTC is missing; kernel launches then fail with NVRTC's reason.
+    arch: OnceLock<String>,
     total_memory: usize,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
@@ -153,14 +155,13 @@ impl GpuDevice {
                 .map_err(|e| driver_err("cuDeviceTotalMem", e))?;
             Ok((ctx, stream, name, cc, total))
         })?;
-        let arch = kernel_arch(cc)?;
         Ok(GpuDevice {
             ordinal,
             ctx,
             stream,
             name,
             compute_capability: cc,
-            arch,
+            arch: OnceLock::new(),
             total_memory: total,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -180,9 +181,14 @@ impl GpuDevice {
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
-    /// The architecture kernels are compiled for (`"sm_90"`).
-    pub fn arch(&self) -> &str {
-        &self.arch
+    /// The architecture kernels are compiled for (`"sm_90"`): the device's
+    /// own, or the newest NVRTC supports when the device is newer.
+    pub fn arch(&self) -> Result<String> {
+        if let Some(a) = self.arch.get() {
+            return Ok(a.clone());
+        }
+        let a = kernel_arch(self.compute_capability)?;
+        Ok(self.arch.get_or_init(|| a).clone())
     }
     /// Total device memory, bytes.
     pub fn total_memory(&self) -> usize {
@@ -229,7 +235,7 @@ impl GpuDevice {
         }
         // Compiled outside the lock: NVRTC takes a while and other files may
         // be wanted meanwhile. A duplicate compile in a race is harmless.
-        let ptx = kernels::compile_ptx(file, &self.arch)?;
+        let ptx = kernels::compile_ptx(file, &self.arch()?)?;
         let module = guard(file, || {
             self.ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx.text))

@@ -6,7 +6,7 @@
 //! the next synchronising call ([`GpuDevice::synchronize`], a copy to host).
 
 use super::context::GpuDevice;
-use super::params::{params_size, KernelParams};
+use super::params::{KernelParams, KERNEL_PARAMS};
 use crate::error::{Error, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -96,33 +96,37 @@ pub fn split_k_for(m: usize, n: usize, k: usize, target_blocks: usize) -> usize 
     by_occupancy.min(by_length).clamp(1, 64)
 }
 
+/// Checks that `P` is the params struct `kernel` takes (by name and size).
+pub fn check_params<P>(kernel: &str) -> Result<()> {
+    let Some((_, wanted, size)) = KERNEL_PARAMS.iter().find(|(k, _, _)| *k == kernel) else {
+        return Err(Error::UnknownName {
+            kind: "CUDA kernel",
+            name: kernel.to_string(),
+            expected: "a kernel listed in cuda::params::KERNEL_PARAMS".into(),
+        });
+    };
+    let given = std::any::type_name::<P>();
+    let given_short = given.rsplit("::").next().unwrap_or(given);
+    if given_short != *wanted || *size != std::mem::size_of::<P>() {
+        return Err(Error::Cuda(format!(
+            "{kernel} takes a {wanted} params struct ({size} bytes), got {given} ({} bytes)",
+            std::mem::size_of::<P>()
+        )));
+    }
+    Ok(())
+}
+
 /// Launches `kernel` on `dev` with `params` (passed by value, as the
 /// kernel's single argument). Fails if the kernel is unknown or if `P` is
-/// not the struct the kernel takes (by size, from
-/// [`super::params::KERNEL_PARAMS`]).
+/// not the struct the kernel takes (by name and size, from
+/// [`KERNEL_PARAMS`]).
 pub fn launch<P: KernelParams + cudarc::driver::DeviceRepr>(
     dev: &GpuDevice,
     kernel: &str,
     cfg: Launch,
     params: &P,
 ) -> Result<()> {
-    match params_size(kernel) {
-        Some(size) if size == std::mem::size_of::<P>() => {}
-        Some(size) => {
-            return Err(Error::Cuda(format!(
-                "{kernel} takes a {size}-byte params struct, got {} ({})",
-                std::mem::size_of::<P>(),
-                std::any::type_name::<P>()
-            )))
-        }
-        None => {
-            return Err(Error::UnknownName {
-                kind: "CUDA kernel",
-                name: kernel.to_string(),
-                expected: "a kernel listed in cuda::params::KERNEL_PARAMS".into(),
-            })
-        }
-    }
+    check_params::<P>(kernel)?;
     let f = dev.function(kernel)?;
     let config = LaunchConfig {
         grid_dim: cfg.grid,
@@ -144,6 +148,18 @@ pub fn launch<P: KernelParams + cudarc::driver::DeviceRepr>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_are_checked_by_struct_not_just_size() {
+        use crate::cuda::params::{BinaryParams, ConvParams, UnaryParams};
+        assert!(check_params::<BinaryParams>("ew_binary_fwd").is_ok());
+        assert!(check_params::<ConvParams>("conv_transpose2d_fwd").is_ok());
+        // Same size (40 bytes), different struct: refused.
+        let e = check_params::<UnaryParams>("ew_binary_fwd").unwrap_err();
+        assert!(e.to_string().contains("takes a BinaryParams"), "{e}");
+        let e = check_params::<UnaryParams>("no_such_kernel").unwrap_err();
+        assert!(e.to_string().contains("no_such_kernel"), "{e}");
+    }
 
     #[test]
     fn elementwise_grids_cover_and_cap() {
