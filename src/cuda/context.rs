@@ -120,6 +120,17 @@ pub fn device(ordinal: usize) -> Result<Arc<GpuDevice>> {
     Ok(lock(registry()).entry(ordinal).or_insert(dev).clone())
 }
 
+/// The open device behind a [`crate::Device`]; an error for the CPU.
+pub fn device_for(d: crate::Device) -> Result<Arc<GpuDevice>> {
+    match d {
+        crate::Device::Cuda(n) => device(n),
+        crate::Device::Cpu => Err(Error::invalid(
+            "cuda device",
+            "Device::Cpu is not a CUDA device",
+        )),
+    }
+}
+
 /// Picks the architecture to compile for: the device's own, or the newest
 /// this NVRTC knows when the device is newer (PTX runs forward).
 fn kernel_arch(cc: (i32, i32)) -> Result<String> {
@@ -585,6 +596,12 @@ mod tests {
             let e = device(0).unwrap_err().to_string();
             assert!(e.starts_with("CUDA: "), "{e}");
         }
+    }
+
+    #[test]
+    fn the_cpu_is_not_a_cuda_device() {
+        let e = device_for(crate::Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("Device::Cpu"), "{e}");
     }
 
     #[test]

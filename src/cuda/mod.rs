@@ -16,7 +16,7 @@ pub mod launch;
 pub mod params;
 pub mod pool;
 
-pub use context::{device, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
+pub use context::{device, device_for, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
 pub use pool::{format_bytes, parse_bytes, PoolStats};
 
 use crate::error::{Error, Result};
