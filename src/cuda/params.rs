@@ -148,7 +148,7 @@ pub struct UnaryBwdParams {
     pub p1: f32,
 }
 
-/// `bias_add_fwd`: out = x + bias[c] for x `[N, C, inner]`.
+/// `bias_add_fwd`: `out = x + bias[c]` for x `[N, C, inner]`.
 #[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -193,7 +193,7 @@ pub struct ReduceParams {
     pub scale: f32,
 }
 
-/// `channel_sum`: out[c] (+)= scale·Σ x[n, c, ·]; grid = C blocks.
+/// `channel_sum`: `out[c] (+)= scale·Σ x[n, c, ·]`; grid = C blocks.
 #[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
