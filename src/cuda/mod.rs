@@ -1,9 +1,23 @@
 //! CUDA backend.
 //!
-//! The kernels live in `kernels/*.cu` and are compiled at run time with NVRTC.
-//! This module is the seam the rest of the engine talks to; until the device
-//! side is complete, a CUDA buffer cannot be created and asking for one is an
-//! error that says so.
+//! The kernels live in `kernels/*.cu` and are compiled at run time with NVRTC
+//! ([`kernels`]); [`context`] opens devices, caches compiled modules per
+//! device and owns the memory pool ([`pool`]: a byte budget, peak tracking);
+//! [`params`] mirrors each kernel's launch-parameter struct and [`launch`]
+//! starts a kernel by name. Nothing here needs a CUDA toolkit at build time;
+//! at run time, a missing driver or NVRTC is an error value, never a panic.
+//!
+//! The ops do not dispatch to the GPU yet: their CUDA branch still calls
+//! [`not_available`].
+
+pub mod context;
+pub mod kernels;
+pub mod launch;
+pub mod params;
+pub mod pool;
+
+pub use context::{device, device_for, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
+pub use pool::{format_bytes, parse_bytes, PoolStats};
 
 use crate::error::{Error, Result};
 
@@ -12,9 +26,42 @@ use crate::error::{Error, Result};
 pub struct CudaBuffer {
     ordinal: usize,
     len: usize,
+    mem: DeviceMemory,
 }
 
 impl CudaBuffer {
+    /// `len` zeros on device `ordinal` (opening it if needed).
+    pub fn zeros(ordinal: usize, len: usize) -> Result<Self> {
+        let mem = device(ordinal)?.zeros(len)?;
+        Ok(CudaBuffer { ordinal, len, mem })
+    }
+    /// Uninitialised room for `len` f32 on device `ordinal`; the caller
+    /// writes every element before reading (a kernel's output).
+    pub fn uninit(ordinal: usize, len: usize) -> Result<Self> {
+        let mem = device(ordinal)?.alloc(len)?;
+        Ok(CudaBuffer { ordinal, len, mem })
+    }
+    /// A copy of host data on device `ordinal`.
+    pub fn from_host(ordinal: usize, data: &[f32]) -> Result<Self> {
+        let mem = device(ordinal)?.upload(data)?;
+        Ok(CudaBuffer {
+            ordinal,
+            len: data.len(),
+            mem,
+        })
+    }
+    /// Copies the contents to the host (waits for queued work).
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        self.mem.to_host()
+    }
+    /// The device memory (its address goes into kernel params).
+    pub fn memory(&self) -> &DeviceMemory {
+        &self.mem
+    }
+    /// The device address, for a kernel's params struct.
+    pub fn ptr(&self) -> params::DevPtr {
+        self.mem.ptr()
+    }
     /// The device ordinal.
     pub fn ordinal(&self) -> usize {
         self.ordinal

@@ -1,0 +1,320 @@
+//! The CUDA path end to end on a real GPU: device, NVRTC module cache,
+//! memory pool with budget and peaks, and kernel launches through the Rust
+//! params structs, checked against host references. Without a GPU it says
+//! "skipped: no CUDA device" (SPLITINV_REQUIRE_CUDA=1 makes that a failure).
+//! Everything runs in one test so the global memory budget it changes
+//! cannot disturb a concurrently running test.
+
+use splitinv::cuda::launch::{launch, split_k_for, Launch};
+use splitinv::cuda::params::*;
+use splitinv::cuda::{self, GpuDevice};
+use std::sync::Arc;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        .take(5)
+        .map(|(i, (g, w))| format!("[{i}] got {g}, want {w}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{name}: first mismatches: {}",
+        bad.join("; ")
+    );
+    println!("ok {name} ({} values)", got.len());
+}
+
+fn gpu() -> Option<Arc<GpuDevice>> {
+    let info = cuda::info();
+    if !info.available {
+        assert!(
+            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable: {info}"
+        );
+        println!(
+            "skipped: no CUDA device ({})",
+            info.reason.as_deref().unwrap_or("unknown reason")
+        );
+        return None;
+    }
+    print!("{info}");
+    Some(cuda::device(0).expect("open cuda:0"))
+}
+
+#[test]
+fn cuda_backend_on_a_real_gpu() {
+    let Some(dev) = gpu() else { return };
+    dev.load_all_kernels().expect("every module loads");
+    roundtrip_and_reuse(&dev);
+    elementwise(&dev);
+    reduce(&dev);
+    sgemm(&dev);
+    conv_forward_and_weight_grad(&dev);
+    budget_and_peaks(&dev);
+    dev.synchronize().unwrap();
+    println!("{}", dev.memory_stats());
+}
+
+fn roundtrip_and_reuse(dev: &Arc<GpuDevice>) {
+    let data = rand_vec(1000, 1);
+    let buf = dev.upload(&data).unwrap();
+    assert_eq!(buf.to_host().unwrap(), data);
+    let before = dev.memory_stats();
+    drop(buf);
+    let again = dev.alloc(990).unwrap(); // same size class
+    let after = dev.memory_stats();
+    assert_eq!(after.reuses, before.reuses + 1, "{after:?}");
+    assert_eq!(after.device_allocs, before.device_allocs);
+    drop(again);
+    let z = dev.zeros(77).unwrap();
+    assert_eq!(z.to_host().unwrap(), vec![0.0; 77]);
+}
+
+fn elementwise(dev: &Arc<GpuDevice>) {
+    let n = 100_003;
+    let a = rand_vec(n, 2);
+    let b: Vec<f32> = rand_vec(n, 3).iter().map(|v| v + 2.0).collect();
+    let (da, db) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
+    let out = dev.alloc(n).unwrap();
+    let p = BinaryParams {
+        a: da.ptr(),
+        b: db.ptr(),
+        out: out.ptr(),
+        n: n as i64,
+        op: BinaryCode::Div as i32,
+    };
+    launch(dev, "ew_binary_fwd", Launch::elementwise(n), &p).unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+    assert_close(
+        "ew_binary_fwd div",
+        &out.to_host().unwrap(),
+        &want,
+        1e-6,
+        1e-6,
+    );
+    let p = UnaryParams {
+        x: da.ptr(),
+        out: out.ptr(),
+        n: n as i64,
+        op: UnaryCode::Sigmoid as i32,
+        p0: 0.0,
+        p1: 0.0,
+    };
+    launch(dev, "ew_unary_fwd", Launch::elementwise(n), &p).unwrap();
+    let want: Vec<f32> = a.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect();
+    assert_close(
+        "ew_unary_fwd sigmoid",
+        &out.to_host().unwrap(),
+        &want,
+        1e-6,
+        1e-5,
+    );
+    // A params struct of the wrong kind is refused before launching.
+    let e = launch(dev, "ew_binary_fwd", Launch::elementwise(n), &p).unwrap_err();
+    assert!(e.to_string().contains("takes a BinaryParams"), "{e}");
+}
+
+fn reduce(dev: &Arc<GpuDevice>) {
+    let n = 1_000_001;
+    let x = rand_vec(n, 4);
+    let dx = dev.upload(&x).unwrap();
+    let cfg = Launch::elementwise(n);
+    let partial = dev.alloc(cfg.blocks()).unwrap();
+    let out = dev.alloc(1).unwrap();
+    let p1 = ReduceParams {
+        x: dx.ptr(),
+        out: partial.ptr(),
+        n: n as i64,
+        scale: 1.0,
+    };
+    launch(dev, "reduce_sum", cfg, &p1).unwrap();
+    let p2 = ReduceParams {
+        x: partial.ptr(),
+        out: out.ptr(),
+        n: cfg.blocks() as i64,
+        scale: 1.0 / n as f32,
+    };
+    launch(dev, "reduce_sum", Launch::per_item(1).unwrap(), &p2).unwrap();
+    let want = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let got = out.to_host().unwrap()[0];
+    assert!(
+        (got as f64 - want).abs() < 1e-6,
+        "mean: got {got}, want {want}"
+    );
+}
+
+fn sgemm(dev: &Arc<GpuDevice>) {
+    let (m, k, n) = (130, 77, 201);
+    let a = rand_vec(m * k, 5);
+    let b = rand_vec(k * n, 6);
+    let (da, db) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
+    let c = dev.alloc(m * n).unwrap();
+    let p = MatmulParams {
+        a: da.ptr(),
+        b: db.ptr(),
+        c: c.ptr(),
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        lda: k as i32,
+        ldb: n as i32,
+        ldc: n as i32,
+        trans_a: 0,
+        trans_b: 0,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    launch(dev, "sgemm", Launch::tiles(m, n, 1).unwrap(), &p).unwrap();
+    let want = splitinv::cpu::reference::matmul(&a, &b, m, k, n);
+    assert_close("sgemm 130x77x201", &c.to_host().unwrap(), &want, 1e-4, 1e-4);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_ref(
+    x: &[f32],
+    w: &[f32],
+    (n, ci, h, wd): (usize, usize, usize, usize),
+    (co, kh, kw): (usize, usize, usize),
+    s: usize,
+    p: usize,
+) -> (Vec<f32>, usize, usize) {
+    let oh = (h + 2 * p - kh) / s + 1;
+    let ow = (wd + 2 * p - kw) / s + 1;
+    let mut y = vec![0f32; n * co * oh * ow];
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f64;
+                    for c in 0..ci {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * s + ky) as isize - p as isize;
+                                let ix = (ox * s + kx) as isize - p as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                acc += w[((o * ci + c) * kh + ky) * kw + kx] as f64
+                                    * x[((b * ci + c) * h + iy as usize) * wd + ix as usize] as f64;
+                            }
+                        }
+                    }
+                    y[((b * co + o) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    (y, oh, ow)
+}
+
+fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
+    // CIFAR conv21-like: 64 → 128 channels, 3×3, pad 1, on 16×16, batch 4.
+    let (n, ci, h, w, co, k) = (4, 64, 16, 16, 128, 3);
+    let x = rand_vec(n * ci * h * w, 7);
+    let wt = rand_vec(co * ci * k * k, 8);
+    let (want, oh, ow) = conv_ref(&x, &wt, (n, ci, h, w), (co, k, k), 1, 1);
+    let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap());
+    let y = dev.alloc(want.len()).unwrap();
+    let mut p = ConvParams {
+        x: dx.ptr(),
+        weight: dw.ptr(),
+        out: y.ptr(),
+        batch: n as i32,
+        cin: ci as i32,
+        h: h as i32,
+        w: w as i32,
+        cout: co as i32,
+        kh: k as i32,
+        kw: k as i32,
+        oh: oh as i32,
+        ow: ow as i32,
+        stride_h: 1,
+        stride_w: 1,
+        pad_h: 1,
+        pad_w: 1,
+        dil_h: 1,
+        dil_w: 1,
+        split_k: 1,
+        ..Default::default()
+    };
+    launch(
+        dev,
+        "conv2d_fwd",
+        Launch::tiles(co, n * oh * ow, 1).unwrap(),
+        &p,
+    )
+    .unwrap();
+    assert_close(
+        "conv2d_fwd 64→128 k3 p1",
+        &y.to_host().unwrap(),
+        &want,
+        1e-3,
+        1e-3,
+    );
+    // Weight gradient with dy = y, split-K vs no split: same numbers.
+    let gn = ci * k * k;
+    let big_k = n * oh * ow;
+    let split = split_k_for(co, gn, big_k, 4 * 132).max(2);
+    let g1 = dev.alloc(co * gn).unwrap();
+    let g2 = dev.alloc(co * gn).unwrap();
+    let ws = dev.alloc(split * co * gn).unwrap();
+    p.dy = y.ptr();
+    p.out = g1.ptr();
+    launch(
+        dev,
+        "conv2d_bwd_weight",
+        Launch::tiles(co, gn, 1).unwrap(),
+        &p,
+    )
+    .unwrap();
+    p.out = g2.ptr();
+    p.workspace = ws.ptr();
+    p.split_k = split as i32;
+    launch(
+        dev,
+        "conv2d_bwd_weight",
+        Launch::tiles(co, gn, split).unwrap(),
+        &p,
+    )
+    .unwrap();
+    launch(
+        dev,
+        "conv2d_bwd_weight_reduce",
+        Launch::elementwise(co * gn),
+        &p,
+    )
+    .unwrap();
+    let (a, b) = (g1.to_host().unwrap(), g2.to_host().unwrap());
+    assert_close("conv2d_bwd_weight split-K = no split", &b, &a, 1e-3, 1e-4);
+}
+
+fn budget_and_peaks(dev: &Arc<GpuDevice>) {
+    dev.trim();
+    dev.reset_peak();
+    let base = dev.memory_stats().in_use;
+    let big = dev.alloc(4 << 20).unwrap(); // 16 MiB
+    assert!(dev.memory_stats().peak_in_use >= base + (16 << 20));
+    drop(big);
+    cuda::set_memory_budget(Some(base + (8 << 20)));
+    let e = dev.alloc(4 << 20).unwrap_err().to_string();
+    cuda::set_memory_budget(None);
+    assert!(e.contains("budget"), "{e}");
+    assert!(e.contains("16.00 MiB"), "the need is in the message: {e}");
+    assert!(dev.alloc(4 << 20).is_ok(), "fits again without a budget");
+}

@@ -1,0 +1,93 @@
+//! Compiles every kernel source with NVRTC to PTX for sm_80 and sm_90. No
+//! GPU is needed, only the NVRTC library (see `splitinv::cuda::kernels` for
+//! how it is found). Without it the test says "skipped: NVRTC not found",
+//! unless SPLITINV_REQUIRE_NVRTC=1 (CI), where it fails.
+
+use splitinv::cuda::kernels::{
+    compile_ptx, compile_source, kernel_names, nvrtc_available, nvrtc_version, KERNEL_SOURCES,
+};
+use splitinv::cuda::params::KERNEL_PARAMS;
+
+fn nvrtc_or_skip() -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    assert!(
+        std::env::var("SPLITINV_REQUIRE_NVRTC").as_deref() != Ok("1"),
+        "SPLITINV_REQUIRE_NVRTC=1 but NVRTC (libnvrtc.so / libnvrtc.so.12) could not be \
+         loaded; put its directory in LD_LIBRARY_PATH"
+    );
+    println!("skipped: NVRTC not found");
+    false
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    println!("NVRTC {:?}", nvrtc_version().unwrap());
+    let mut entries = 0;
+    for (file, src) in KERNEL_SOURCES {
+        let names = kernel_names(src);
+        assert!(!names.is_empty(), "{file} defines no kernel");
+        for arch in ["sm_80", "sm_90"] {
+            let ptx = compile_ptx(file, arch).unwrap_or_else(|e| panic!("{e}"));
+            // A clean compile: NVRTC's log would hold warnings.
+            assert!(
+                ptx.log.is_empty(),
+                "{file} for {arch}: NVRTC warnings:\n{}",
+                ptx.log
+            );
+            let target = format!(".target {arch}");
+            assert!(ptx.text.contains(&target), "{file}: PTX is not for {arch}");
+            for k in &names {
+                assert!(
+                    ptx.has_entry(k),
+                    "{file} ({arch}): no `.entry {k}` in the PTX"
+                );
+                // The kernel's one parameter must be exactly our Rust mirror.
+                let (_, strukt, rust_size) = KERNEL_PARAMS
+                    .iter()
+                    .find(|(name, _, _)| name == k)
+                    .unwrap_or_else(|| panic!("{k} is missing from KERNEL_PARAMS"));
+                assert_eq!(
+                    ptx.entry_param_bytes(k),
+                    Some(*rust_size),
+                    "{file}: {k}'s params on the device differ from {strukt} ({rust_size} bytes)"
+                );
+                entries += 1;
+            }
+        }
+    }
+    assert_eq!(entries, 2 * KERNEL_PARAMS.len());
+}
+
+#[test]
+fn compile_errors_name_the_file_and_carry_the_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let e = compile_source(
+        "broken.cu",
+        "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
+        "80",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("broken.cu"), "{e}");
+    assert!(e.contains("undefined_name"), "NVRTC's log is missing: {e}");
+    // Warnings come back in the log of a successful compile.
+    let ok = compile_source(
+        "warn.cu",
+        "extern \"C\" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }",
+        "80",
+    )
+    .unwrap();
+    assert!(ok.has_entry("k"));
+    assert!(
+        ok.log.contains("unused"),
+        "warning missing from the log: {}",
+        ok.log
+    );
+}
