@@ -2,11 +2,17 @@
 //! the API, the backward rule and its derivation; `cpu.rs` the CPU kernels
 //! (and later `cuda.rs` the GPU launches).
 
+pub mod conv;
 pub mod elementwise;
 pub mod linear;
 pub mod loss;
+pub mod pool;
 pub mod reduce;
 
+pub use conv::{
+    conv2d, conv2d_input_grad, conv2d_weight_grad, conv_transpose2d, Conv2dParams,
+    ConvTranspose2dParams,
+};
 pub use elementwise::{
     abs_pow, add, add_scalar, clamp, div, dropout, exp, ln, mul, relu, scale, sigmoid, sqrt,
     square, sub, tanh,
@@ -15,4 +21,5 @@ pub use linear::{linear, matmul, transpose};
 pub use loss::{
     cross_entropy, mse_loss, ssim, ssim_per_image, tv_loss, SsimConfig, SsimWindow, TvKind,
 };
+pub use pool::{avg_pool2d, max_pool2d, Pool2dParams};
 pub use reduce::{mean, sum};
