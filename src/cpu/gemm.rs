@@ -89,9 +89,10 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Below this many flops (2·m·n·k) a GEMM runs on the calling thread: waking
-/// the pool and splitting the work costs more than it saves.
-pub const PAR_MIN_FLOPS: usize = 4_000_000;
+/// Below this many flops (2·m·n·k, about 50 µs of one core) a GEMM runs on
+/// the calling thread: handing work to a pool thread costs 2–20 µs
+/// (measured on the shared 2-core machine), more than it saves.
+pub const PAR_MIN_FLOPS: usize = 8_000_000;
 
 /// C = A·B (or C += A·B when `accumulate`), C row-major with row stride `ldc`.
 ///
@@ -178,46 +179,85 @@ pub fn gemm_at(
         1
     };
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
-    let split = split_plan(m, n, mr, nr, threads, flops);
-    let cp = SendPtr(c.as_mut_ptr());
-    match split {
+    let job = Job {
+        m,
+        k,
+        a,
+        b,
+        c: c.as_mut_ptr(),
+        ldc,
+        accumulate,
+        apacked: std::ptr::null(),
+    };
+    match split_plan(m, n, mr, nr, threads, flops) {
         Split::None => {
             // SAFETY: the asserts above guarantee A, B and C cover the shapes.
-            unsafe { serial(level, m, n, k, a, b, cp.0, ldc, accumulate) }
+            with_bufs(|bufs| unsafe { run(level, &job, 0, n, bufs) })
         }
         Split::Cols { parts, chunk } => {
             use rayon::prelude::*;
-            (0..parts).into_par_iter().for_each(|t| {
-                let j0 = t * chunk;
-                let nn = chunk.min(n - j0);
-                // The strip is columns j0..j0+nn of B and C.
-                if let Some(bs) = b.offset(0, j0) {
-                    let cp = &cp;
-                    // SAFETY: A/B cover their shapes (checked above), the
-                    // strip view `bs` covers k×nn, and column strips of C are
-                    // disjoint, so threads never write the same element.
-                    unsafe {
-                        serial(level, m, nn, k, a, bs, cp.0.add(j0), ldc, accumulate);
-                    }
-                }
+            // A is packed once, here, and shared: the strips are many
+            // (so a thread that the OS delays does not hold up the rest),
+            // and none of them pays for its own copy of A.
+            let need = m.div_ceil(mr) * mr * k;
+            with_shared_a(|buf| {
+                let ap = aligned(buf, need);
+                // SAFETY: A covers m×k; `ap` holds `need` floats, the size
+                // of the full packed layout (see `serial_body`).
+                unsafe { pack_a_all(level, &job, ap) };
+                let job = &Job { apacked: ap, ..job };
+                (0..parts).into_par_iter().for_each(|t| {
+                    let j0 = t * chunk;
+                    let j1 = (j0 + chunk).min(n);
+                    // SAFETY: as for `Split::None`; strips of whole panels
+                    // write disjoint columns of C, and the packed A is only
+                    // read while they run.
+                    with_bufs(|bufs| unsafe { run(level, job, j0, j1, bufs) });
+                });
             });
         }
         Split::Rows { parts, chunk } => {
             use rayon::prelude::*;
+            let whole = &job;
             (0..parts).into_par_iter().for_each(|t| {
                 let i0 = t * chunk;
                 let mm = chunk.min(m - i0);
-                if let Some(as_) = a.offset(i0, 0) {
-                    let cp = &cp;
-                    // SAFETY: as above; row strips of C are disjoint.
-                    unsafe {
-                        serial(level, mm, n, k, as_, b, cp.0.add(i0 * ldc), ldc, accumulate);
-                    }
+                if let Some(a) = a.offset(i0, 0) {
+                    let job = Job {
+                        m: mm,
+                        a,
+                        // SAFETY: row i0 < m of C.
+                        c: unsafe { whole.c.add(i0 * ldc) },
+                        ..*whole
+                    };
+                    // SAFETY: the row strip of A covers mm×k; row strips
+                    // of C are disjoint.
+                    with_bufs(|bufs| unsafe { run(level, &job, 0, n, bufs) });
                 }
             });
         }
     }
 }
+
+/// One GEMM (or a row strip of one), as the drivers see it; the columns to
+/// compute are passed separately.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    m: usize,
+    k: usize,
+    a: MatRef<'a>,
+    b: MatRef<'a>,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    /// A already packed in full (see `serial_body`), or null to pack A block
+    /// by block.
+    apacked: *const f32,
+}
+
+// SAFETY: threads share a `Job` only to write disjoint column strips of C
+// and to read the packed A, which nobody writes while they run.
+unsafe impl Sync for Job<'_> {}
 
 /// How a problem is shared between threads.
 #[derive(Debug, PartialEq)]
@@ -235,26 +275,31 @@ enum Split {
     },
 }
 
-/// Picks the split: columns when n has enough micro-panels (each thread then
-/// packs only its own part of the big B, duplicating only the small A), else
-/// rows; strips are whole numbers of panels so no extra edge tiles appear.
+/// Work per column strip: small enough that a thread the OS delays leaves
+/// little for the others to wait on, large enough that the rayon task
+/// (about a microsecond) is noise.
+const TASK_FLOPS: f64 = 4e6;
+
+/// Picks the split. Columns whenever there are two B panels or more: the
+/// strips share one packed A, and each B panel is packed by one thread
+/// only. Otherwise (n ≤ NR) rows, one strip per thread, each packing the
+/// (small) B. Strips are whole numbers of panels, so no extra edge tiles.
 fn split_plan(m: usize, n: usize, mr: usize, nr: usize, threads: usize, flops: f64) -> Split {
     if threads < 2 || flops < PAR_MIN_FLOPS as f64 {
         return Split::None;
     }
     let n_pan = n.div_ceil(nr);
     let m_pan = m.div_ceil(mr);
-    let t = threads;
-    if n_pan >= 2 * t || n_pan >= m_pan {
-        let parts = t.min(n_pan);
-        let chunk = n_pan.div_ceil(parts) * nr;
-        let parts = n.div_ceil(chunk);
-        if parts >= 2 {
-            return Split::Cols { parts, chunk };
-        }
+    if n_pan >= 2 {
+        let want = ((flops / TASK_FLOPS).ceil() as usize).max(threads);
+        let chunk = n_pan.div_ceil(want.min(n_pan)) * nr;
+        return Split::Cols {
+            parts: n.div_ceil(chunk),
+            chunk,
+        };
     }
-    let parts = t.min(m_pan);
-    let chunk = m_pan.div_ceil(parts) * mr;
+    let parts = threads.min(m_pan);
+    let chunk = m_pan.div_ceil(parts.max(1)) * mr;
     let parts = m.div_ceil(chunk);
     if parts >= 2 {
         Split::Rows { parts, chunk }
@@ -262,13 +307,6 @@ fn split_plan(m: usize, n: usize, mr: usize, nr: usize, threads: usize, flops: f
         Split::None
     }
 }
-
-/// A raw C pointer that may cross threads (each thread writes its own strip).
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used for disjoint strips of C, see `gemm_at`.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 /// The requested level if this CPU runs it, else the best one it does.
 fn supported(level: SimdLevel) -> SimdLevel {
@@ -300,74 +338,74 @@ fn tile_of(level: SimdLevel) -> (usize, usize) {
     }
 }
 
-/// One thread's GEMM at a supported level.
+/// Computes columns `j0..j1` of the job's C on this thread.
 ///
 /// # Safety
-/// `level` must be supported by this CPU; A must cover m×k, B k×n, and `c`
-/// must be valid for writes of an m×n matrix with row stride `ldc ≥ n`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn serial(
-    level: SimdLevel,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    with_bufs(|bufs| match level {
+/// `level` must be supported by this CPU; A must cover m×k, B k×n, `c` must
+/// be valid for writes of an m×n matrix with row stride `ldc ≥ n`, and
+/// `j0..j1` lie within 0..n; a non-null `apacked` must hold A packed by
+/// [`pack_a_all`] at the same level.
+unsafe fn run(level: SimdLevel, job: &Job, j0: usize, j1: usize, bufs: &mut Bufs) {
+    match level {
         // SAFETY: the caller guarantees the level and the shapes.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { serial_avx512(m, n, k, a, b, c, ldc, accumulate, bufs) },
+        SimdLevel::Avx512 => unsafe { run_avx512(job, j0, j1, bufs) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => unsafe { serial_avx2(m, n, k, a, b, c, ldc, accumulate, bufs) },
+        SimdLevel::Avx2 => unsafe { run_avx2(job, j0, j1, bufs) },
         // SAFETY: as above (no CPU feature needed).
-        _ => unsafe {
-            serial_body::<ScalarKernel>(m, n, k, a, b, c, ldc, accumulate, bufs);
-        },
-    })
+        _ => unsafe { serial_body::<ScalarKernel>(job, j0, j1, bufs) },
+    }
+}
+
+/// Packs all of the job's A in the layout `serial_body` reads.
+///
+/// # Safety
+/// As [`run`]; `dst` must hold ceil(m/MR)·MR·k floats.
+unsafe fn pack_a_all(level: SimdLevel, job: &Job, dst: *mut f32) {
+    match level {
+        // SAFETY: the caller guarantees the level, the shapes and `dst`.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { pack_a_avx512(job, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { pack_a_avx2(job, dst) },
+        // SAFETY: as above.
+        _ => unsafe { pack_a_body::<ScalarKernel>(job, dst) },
+    }
 }
 
 /// The whole single-thread driver compiled with AVX-512 enabled, so the
 /// packing loops are vectorised too and the kernel is inlined.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn serial_avx512(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-    bufs: &mut Bufs,
-) {
-    // SAFETY: forwarded contract of `serial`.
-    unsafe { serial_body::<Avx512Kernel>(m, n, k, a, b, c, ldc, acc, bufs) }
+unsafe fn run_avx512(job: &Job, j0: usize, j1: usize, bufs: &mut Bufs) {
+    // SAFETY: forwarded contract of `run`.
+    unsafe { serial_body::<Avx512Kernel>(job, j0, j1, bufs) }
 }
 
-/// As [`serial_avx512`] for AVX2+FMA.
+/// As [`run_avx512`] for AVX2+FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn serial_avx2(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-    bufs: &mut Bufs,
-) {
-    // SAFETY: forwarded contract of `serial`.
-    unsafe { serial_body::<Avx2Kernel>(m, n, k, a, b, c, ldc, acc, bufs) }
+unsafe fn run_avx2(job: &Job, j0: usize, j1: usize, bufs: &mut Bufs) {
+    // SAFETY: forwarded contract of `run`.
+    unsafe { serial_body::<Avx2Kernel>(job, j0, j1, bufs) }
+}
+
+/// [`pack_a_body`] compiled with AVX-512 enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pack_a_avx512(job: &Job, dst: *mut f32) {
+    // SAFETY: forwarded contract of `pack_a_all`.
+    unsafe { pack_a_body::<Avx512Kernel>(job, dst) }
+}
+
+/// [`pack_a_body`] compiled with AVX2 enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a_avx2(job: &Job, dst: *mut f32) {
+    // SAFETY: forwarded contract of `pack_a_all`.
+    unsafe { pack_a_body::<Avx2Kernel>(job, dst) }
 }
 
 // ---------------------------------------------------------------------------
@@ -403,6 +441,8 @@ struct Bufs {
 
 thread_local! {
     static BUFS: Cell<Bufs> = Cell::new(Bufs::default());
+    /// The fully packed A that the column strips of a parallel GEMM share.
+    static SHARED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's buffers. They are taken out of the
@@ -412,6 +452,14 @@ fn with_bufs<R>(f: impl FnOnce(&mut Bufs) -> R) -> R {
     let mut bufs = BUFS.try_with(Cell::take).unwrap_or_default();
     let r = f(&mut bufs);
     let _ = BUFS.try_with(|cell| cell.set(bufs));
+    r
+}
+
+/// As [`with_bufs`] for the shared packed-A buffer.
+fn with_shared_a<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buf = SHARED_A.try_with(Cell::take).unwrap_or_default();
+    let r = f(&mut buf);
+    let _ = SHARED_A.try_with(|cell| cell.set(buf));
     r
 }
 
@@ -443,28 +491,40 @@ const PACKED: u8 = 0;
 const DIRECT: u8 = 1;
 const FUSED: u8 = 2;
 
-/// A micro-kernel: C[0..MR, 0..NR] (row stride `ldc`) = (C if `acc`) +
-/// Σ_p a[p·MR + i] · b[p·ldb + j].
+/// One micro-kernel call: C[0..MR, 0..NR] (row stride `ldc`) = (C if
+/// `acc`) + Σ_{p<k} a[p·MR + i] · b[p·ldb + j].
+#[derive(Clone, Copy)]
+struct Tile {
+    k: usize,
+    /// Packed A panel: MR values per step.
+    a: *const f32,
+    /// B panel: NR values per step, rows `ldb` apart.
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    /// With `FUSED`, where the packed copy of the B panel goes (k·NR floats).
+    bpack: *mut f32,
+    /// During its first `pf_rows` steps the kernel prefetches rows of a
+    /// future B panel into L2, `pf_ld` apart from `pf` (addresses only, never
+    /// dereferenced, so they need not be valid when `pf_rows` is 0).
+    pf: *const f32,
+    pf_ld: usize,
+    pf_rows: usize,
+}
+
+/// A register-blocked micro-kernel for an MR×NR tile.
 trait Kernel {
     const MR: usize;
     const NR: usize;
     /// Whether packing may use the AVX 8×8 transpose.
     const AVX: bool;
     /// # Safety
-    /// `a` valid for k·MR reads, `b` for rows p < k of NR values at stride
-    /// `ldb`, `c` for an MR×NR tile at row stride `ldc`, and with
-    /// `MODE == FUSED` `bpack` for k·NR writes; CPU features present.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const MODE: u8>(
-        k: usize,
-        a: *const f32,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        bpack: *mut f32,
-    );
+    /// `t.a` valid for k·MR reads, `t.b` for rows p < k of NR values at
+    /// stride `ldb`, `t.c` for an MR×NR tile at row stride `ldc`, and with
+    /// `MODE == FUSED` `t.bpack` for k·NR writes; CPU features present.
+    unsafe fn tile<const MODE: u8>(t: Tile);
 }
 
 /// The blocked loop nest around a kernel (see the module docs).
@@ -473,45 +533,56 @@ trait Kernel {
 /// As [`serial`], and the kernel's CPU features must be present.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn serial_body<K: Kernel>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    bufs: &mut Bufs,
-) {
+unsafe fn serial_body<K: Kernel>(job: &Job, j0: usize, j1: usize, bufs: &mut Bufs) {
+    let Job {
+        m,
+        k,
+        a,
+        b,
+        c,
+        ldc,
+        accumulate,
+        apacked,
+        ..
+    } = *job;
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(mr * nr <= MAX_TILE);
     let kc_blk = balanced_block(k, KC, 8);
     let mc_blk = balanced_block(m, MC, mr);
     // A row-major B is packed on the fly by the kernel (see `FUSED`).
     let fused = b.cs == 1;
-    let abuf = aligned(&mut bufs.a, mc_blk * kc_blk);
+    let abuf = if apacked.is_null() {
+        aligned(&mut bufs.a, mc_blk * kc_blk)
+    } else {
+        std::ptr::null_mut()
+    };
     let bbuf = aligned(&mut bufs.b, nr * kc_blk);
     let mut scratch = [0f32; MAX_TILE];
-    let ap0 = a.data.as_ptr();
     let bp0 = b.data.as_ptr();
 
     for ic in (0..m).step_by(mc_blk) {
         let mc = (m - ic).min(mc_blk);
+        let mc_pad = mc.div_ceil(mr) * mr;
         for pc in (0..k).step_by(kc_blk) {
             let kc = (k - pc).min(kc_blk);
             let acc = accumulate || pc > 0;
-            // SAFETY: A covers m×k, so rows ic..ic+mc, cols pc..pc+kc are in
-            // bounds; abuf holds mc_blk·kc_blk ≥ ceil(mc/mr)·mr·kc floats.
-            unsafe {
-                pack::<K>(ap0.add(ic * a.rs + pc * a.cs), a.rs, a.cs, mc, kc, mr, abuf);
-            }
+            // The packed A block (ic, pc): in the shared layout, row block
+            // ic takes ic·k floats before it and slab pc sits mc_pad·pc into
+            // it; otherwise it is packed now into the block buffer.
+            let abuf: *const f32 = if apacked.is_null() {
+                // SAFETY: as in `pack_a_block`; abuf holds mc_blk·kc_blk floats.
+                unsafe { pack_a_block::<K>(a, ic, mc, pc, kc, abuf) };
+                abuf
+            } else {
+                // SAFETY: inside the ceil(m/mr)·mr·k floats of the layout.
+                unsafe { apacked.add(ic * k + mc_pad * pc) }
+            };
             // One B micro-panel at a time, used by every A panel of the
             // block before the next is read: the panel stays in L1, the A
             // block in L2, and reading B (possibly from L3) is spread
             // evenly over the computation.
-            for jr in (0..n).step_by(nr) {
-                let cols = (n - jr).min(nr);
+            for jr in (j0..j1).step_by(nr) {
+                let cols = (j1 - jr).min(nr);
                 // SAFETY: B covers k×n, so this panel's origin is in bounds.
                 let bsrc = unsafe { bp0.add(pc * b.rs + jr * b.cs) };
                 let first = if fused && cols == nr {
@@ -526,6 +597,9 @@ unsafe fn serial_body<K: Kernel>(
                     unsafe { pack::<K>(bsrc, b.cs, b.rs, cols, kc, nr, bbuf) };
                     PACKED
                 };
+                let next_fused = fused && jr + 2 * nr <= j1;
+                let passes = mc.div_ceil(mr);
+                let pf_chunk = kc.div_ceil(passes.saturating_sub(1).max(1));
                 for ir in (0..mc).step_by(mr) {
                     let rows = (mc - ir).min(mr);
                     // SAFETY: panel ir/mr of the packed A block.
@@ -546,14 +620,42 @@ unsafe fn serial_body<K: Kernel>(
                         // only its valid part is copied out below.
                         (scratch.as_mut_ptr(), nr, false)
                     };
+                    // Prefetch the next row-major panel, which the next
+                    // FUSED call reads in place: during the PACKED passes,
+                    // a share of its rows each, so fetching it (maybe from
+                    // L3 or DRAM) overlaps arithmetic instead of stalling
+                    // the FUSED pass; with a single pass, during that pass.
+                    let (pf_r0, pf_rows) = if !next_fused {
+                        (0, 0)
+                    } else if mode == DIRECT {
+                        (0, kc)
+                    } else if mode == PACKED {
+                        let r0 = (ir / mr - 1) * pf_chunk;
+                        (r0, pf_chunk.min(kc.saturating_sub(r0)))
+                    } else {
+                        (0, 0)
+                    };
+                    let t = Tile {
+                        k: kc,
+                        a: ap,
+                        b: bp,
+                        ldb,
+                        c: cp,
+                        ldc: ldt,
+                        acc: acc_t,
+                        bpack: bbuf,
+                        pf: bsrc.wrapping_add(nr + pf_r0 * b.rs),
+                        pf_ld: b.rs,
+                        pf_rows,
+                    };
                     // SAFETY: ap/bp hold kc steps of their panels; cp is an
                     // MR×NR tile (of C, or of scratch: MAX_TILE ≥ mr·nr);
                     // bbuf has room for kc·nr floats.
                     unsafe {
                         match mode {
-                            PACKED => K::tile::<PACKED>(kc, ap, bp, ldb, cp, ldt, acc_t, bbuf),
-                            DIRECT => K::tile::<DIRECT>(kc, ap, bp, ldb, cp, ldt, acc_t, bbuf),
-                            _ => K::tile::<FUSED>(kc, ap, bp, ldb, cp, ldt, acc_t, bbuf),
+                            PACKED => K::tile::<PACKED>(t),
+                            DIRECT => K::tile::<DIRECT>(t),
+                            _ => K::tile::<FUSED>(t),
                         }
                     }
                     if !full {
@@ -572,6 +674,50 @@ unsafe fn serial_body<K: Kernel>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Packs the A block rows ic..ic+mc, columns pc..pc+kc into `dst`.
+///
+/// # Safety
+/// A covers the block; `dst` holds ceil(mc/MR)·MR·kc floats; with `K::AVX`
+/// the CPU has AVX.
+#[inline(always)]
+unsafe fn pack_a_block<K: Kernel>(
+    a: MatRef,
+    ic: usize,
+    mc: usize,
+    pc: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    // SAFETY: forwarded; (ic, pc) is inside A.
+    unsafe {
+        let src = a.data.as_ptr().add(ic * a.rs + pc * a.cs);
+        pack::<K>(src, a.rs, a.cs, mc, kc, K::MR, dst);
+    }
+}
+
+/// Packs all of A, block by block, in the layout `serial_body` expects from
+/// `Job::apacked`.
+///
+/// # Safety
+/// A covers m×k; `dst` holds ceil(m/MR)·MR·k floats; with `K::AVX` the CPU
+/// has AVX.
+#[inline(always)]
+unsafe fn pack_a_body<K: Kernel>(job: &Job, dst: *mut f32) {
+    let (m, k, mr) = (job.m, job.k, K::MR);
+    let kc_blk = balanced_block(k, KC, 8);
+    let mc_blk = balanced_block(m, MC, mr);
+    for ic in (0..m).step_by(mc_blk) {
+        let mc = (m - ic).min(mc_blk);
+        let mc_pad = mc.div_ceil(mr) * mr;
+        for pc in (0..k).step_by(kc_blk) {
+            let kc = (k - pc).min(kc_blk);
+            // SAFETY: the block lies inside A, and its place in the layout
+            // ends at ic·k + mc_pad·(pc + kc) ≤ ceil(m/mr)·mr·k.
+            unsafe { pack_a_block::<K>(job.a, ic, mc, pc, kc, dst.add(ic * k + mc_pad * pc)) };
         }
     }
 }
@@ -710,19 +856,21 @@ impl Kernel for ScalarKernel {
     const NR: usize = 8;
     const AVX: bool = false;
     #[inline(always)]
-    unsafe fn tile<const MODE: u8>(
-        k: usize,
-        a: *const f32,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        bpack: *mut f32,
-    ) {
+    unsafe fn tile<const MODE: u8>(t: Tile) {
+        let Tile {
+            k,
+            a,
+            b,
+            ldb,
+            c,
+            ldc,
+            acc,
+            bpack,
+            ..
+        } = t;
         const MR: usize = ScalarKernel::MR;
         const NR: usize = ScalarKernel::NR;
-        let mut t = [[0f32; NR]; MR];
+        let mut acc_t = [[0f32; NR]; MR];
         for p in 0..k {
             // SAFETY: per the trait contract, a holds k·MR and b k rows.
             let (av, bv) = unsafe {
@@ -737,11 +885,11 @@ impl Kernel for ScalarKernel {
             }
             for i in 0..MR {
                 for j in 0..NR {
-                    t[i][j] += av[i] * bv[j];
+                    acc_t[i][j] += av[i] * bv[j];
                 }
             }
         }
-        for (i, row) in t.iter().enumerate() {
+        for (i, row) in acc_t.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
                 // SAFETY: inside the MR×NR tile of C.
                 unsafe {
@@ -775,18 +923,9 @@ impl<const MR_: usize, const NV: usize> Kernel for Avx512K<MR_, NV> {
     const NR: usize = 16 * NV;
     const AVX: bool = true;
     #[inline(always)]
-    unsafe fn tile<const MODE: u8>(
-        k: usize,
-        a: *const f32,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        bpack: *mut f32,
-    ) {
+    unsafe fn tile<const MODE: u8>(t: Tile) {
         // SAFETY: forwarded trait contract (AVX-512F present).
-        unsafe { tile_avx512::<MR_, NV, MODE>(k, a, b, ldb, c, ldc, acc, bpack) }
+        unsafe { tile_avx512::<MR_, NV, MODE>(t) }
     }
 }
 
@@ -796,54 +935,77 @@ impl<const MR_: usize, const NV: usize> Kernel for Avx512K<MR_, NV> {
 /// As [`Kernel::tile`] with MR and NR = 16·NV; AVX-512F present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const MR: usize, const NV: usize, const MODE: u8>(
-    k: usize,
-    a: *const f32,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-    bpack: *mut f32,
-) {
+#[inline(never)]
+#[allow(unused_assignments)] // the pointer bumps after the last step
+unsafe fn tile_avx512<const MR: usize, const NV: usize, const MODE: u8>(t: Tile) {
+    let Tile {
+        k,
+        a,
+        b,
+        ldb,
+        c,
+        ldc,
+        acc,
+        bpack,
+        pf,
+        pf_ld,
+        pf_rows,
+    } = t;
     let nr = 16 * NV;
     let mut t = [[_mm512_setzero_ps(); NV]; MR];
     let mut ap = a;
     let mut bp = b;
     let mut wp = bpack;
-    for _ in 0..k {
-        let mut bv = [_mm512_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: row p of the B panel holds 16·NV floats.
-            *x = unsafe { _mm512_loadu_ps(bp.add(16 * v)) };
-        }
-        if MODE == FUSED {
-            for (v, x) in bv.iter().enumerate() {
-                // SAFETY: bpack holds k·NR floats, this is row p.
-                unsafe { _mm512_storeu_ps(wp.add(16 * v), *x) };
+    let mut q = pf;
+    // One k step; `$pf` says whether to prefetch a row of the future panel.
+    macro_rules! step {
+        ($pf:expr) => {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: row p of the B panel holds 16·NV floats.
+                *x = unsafe { _mm512_loadu_ps(bp.add(16 * v)) };
             }
-            wp = wp.wrapping_add(nr);
-        }
-        if MODE != PACKED {
-            // Rows of a row-major B are far apart (often a whole page), which
-            // defeats the hardware prefetchers: fetch the row 8 steps ahead
-            // into L1, and this row of the next panel into L2.
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb + nr - 1) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(nr) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(2 * nr - 1) as *const i8);
-        }
-        for (i, row) in t.iter_mut().enumerate() {
-            // SAFETY: the A panel holds MR floats per step.
-            let av = _mm512_set1_ps(unsafe { *ap.add(i) });
-            for (r, x) in row.iter_mut().zip(bv.iter()) {
-                *r = _mm512_fmadd_ps(av, *x, *r);
+            if MODE == FUSED {
+                for (v, x) in bv.iter().enumerate() {
+                    // SAFETY: bpack holds k·NR floats, this is row p.
+                    unsafe { _mm512_storeu_ps(wp.add(16 * v), *x) };
+                }
+                wp = wp.wrapping_add(nr);
             }
-        }
-        ap = ap.wrapping_add(MR);
-        bp = bp.wrapping_add(ldb);
+            if MODE != PACKED {
+                // Rows of a row-major B are far apart (often a whole page),
+                // which defeats the hardware prefetchers: fetch 8 rows ahead.
+                let f = bp.wrapping_add(PF_ROWS * ldb);
+                _mm_prefetch::<_MM_HINT_T0>(f as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(f.wrapping_add(nr - 1) as *const i8);
+            }
+            if $pf {
+                _mm_prefetch::<_MM_HINT_T1>(q as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(nr - 1) as *const i8);
+                q = q.wrapping_add(pf_ld);
+            }
+            for (i, row) in t.iter_mut().enumerate() {
+                // SAFETY: the A panel holds MR floats per step.
+                let av = _mm512_set1_ps(unsafe { *ap.add(i) });
+                for (r, x) in row.iter_mut().zip(bv.iter()) {
+                    *r = _mm512_fmadd_ps(av, *x, *r);
+                }
+            }
+            ap = ap.wrapping_add(MR);
+            bp = bp.wrapping_add(ldb);
+        };
+    }
+    let pf_n = pf_rows.min(k);
+    for _ in 0..pf_n {
+        step!(true);
+    }
+    let rest = k - pf_n;
+    for _ in 0..rest / 2 {
+        step!(false);
+        step!(false);
+    }
+    if rest % 2 == 1 {
+        step!(false);
     }
     for (i, row) in t.iter().enumerate() {
         for (v, r) in row.iter().enumerate() {
@@ -871,18 +1033,9 @@ impl Kernel for Avx2Kernel {
     const NR: usize = 16;
     const AVX: bool = true;
     #[inline(always)]
-    unsafe fn tile<const MODE: u8>(
-        k: usize,
-        a: *const f32,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        acc: bool,
-        bpack: *mut f32,
-    ) {
+    unsafe fn tile<const MODE: u8>(t: Tile) {
         // SAFETY: forwarded trait contract (AVX2+FMA present).
-        unsafe { tile_avx2::<6, 2, MODE>(k, a, b, ldb, c, ldc, acc, bpack) }
+        unsafe { tile_avx2::<6, 2, MODE>(t) }
     }
 }
 
@@ -893,23 +1046,26 @@ impl Kernel for Avx2Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<const MR: usize, const NV: usize, const MODE: u8>(
-    k: usize,
-    a: *const f32,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-    bpack: *mut f32,
-) {
+unsafe fn tile_avx2<const MR: usize, const NV: usize, const MODE: u8>(t: Tile) {
+    let Tile {
+        k,
+        a,
+        b,
+        ldb,
+        c,
+        ldc,
+        acc,
+        bpack,
+        pf,
+        pf_ld,
+        pf_rows,
+    } = t;
     let nr = 8 * NV;
     let mut t = [[_mm256_setzero_ps(); NV]; MR];
     let mut ap = a;
     let mut bp = b;
     let mut wp = bpack;
-    for _ in 0..k {
+    for p in 0..k {
         let mut bv = [_mm256_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
             // SAFETY: row p of the B panel holds 8·NV floats.
@@ -922,12 +1078,15 @@ unsafe fn tile_avx2<const MR: usize, const NV: usize, const MODE: u8>(
             }
             wp = wp.wrapping_add(nr);
         }
+        // Prefetching as in the AVX-512 kernel.
         if MODE != PACKED {
-            // See the AVX-512 kernel.
             _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb + nr - 1) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(nr) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(2 * nr - 1) as *const i8);
+        }
+        if p < pf_rows {
+            let q = pf.wrapping_add(p * pf_ld);
+            _mm_prefetch::<_MM_HINT_T1>(q as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(nr - 1) as *const i8);
         }
         for (i, row) in t.iter_mut().enumerate() {
             // SAFETY: the A panel holds MR floats per step.
@@ -1173,6 +1332,8 @@ mod tests {
             (350, 800, 400),
             (1100, 40, 30),
             (20, 50, 1000),
+            // a single B panel: the parallel split goes by rows
+            (300, 20, 2000),
         ];
         for (idx, (m, n, k)) in shapes.into_iter().enumerate() {
             check_all(m, n, k, 1000 + idx as u64 * 4, "model");
@@ -1181,7 +1342,12 @@ mod tests {
 
     #[test]
     fn parallel_and_serial_agree_bit_for_bit() {
-        for (m, n, k) in [(64, 1024, 576), (300, 70, 500), (8, 4000, 300)] {
+        for (m, n, k) in [
+            (64, 1024, 576),
+            (300, 70, 500),
+            (8, 4000, 300),
+            (300, 20, 2000),
+        ] {
             let case = Case::new(m, n, k, false, true, 99);
             for level in available_levels() {
                 let s = case.run(level, false, false);
@@ -1292,22 +1458,24 @@ mod tests {
 
     #[test]
     fn split_plan_uses_whole_panels() {
+        // CIFAR conv2: 75 MFLOP in ~4 MFLOP strips of whole panels.
+        let f = 2.0 * 64.0 * 1024.0 * 576.0;
+        let cols = |parts, chunk| Split::Cols { parts, chunk };
+        assert_eq!(split_plan(64, 1024, 8, 32, 2, f), cols(16, 64));
+        // 33 panels, 5 strips of 7 panels (the last one ragged).
+        assert_eq!(split_plan(64, 1050, 8, 32, 2, 2e7), cols(5, 224));
+        // Two panels: one each, however much work.
+        assert_eq!(split_plan(128, 64, 8, 32, 2, 1.9e7), cols(2, 32));
+        // A single panel: rows instead, one strip per thread.
         assert_eq!(
-            split_plan(64, 1024, 14, 32, 2, 1e9),
-            Split::Cols {
-                parts: 2,
-                chunk: 512
-            }
-        );
-        assert_eq!(
-            split_plan(128, 64, 14, 32, 2, 1e9),
+            split_plan(128, 20, 8, 32, 2, 1e8),
             Split::Rows {
                 parts: 2,
-                chunk: 70
+                chunk: 64
             }
         );
-        assert_eq!(split_plan(64, 1024, 14, 32, 2, 1e3), Split::None);
-        assert_eq!(split_plan(64, 1024, 14, 32, 1, 1e9), Split::None);
-        assert_eq!(split_plan(5, 20, 14, 32, 4, 1e9), Split::None);
+        assert_eq!(split_plan(64, 1024, 8, 32, 2, 1e6), Split::None);
+        assert_eq!(split_plan(64, 1024, 8, 32, 1, 1e9), Split::None);
+        assert_eq!(split_plan(5, 20, 8, 32, 4, 1e9), Split::None);
     }
 }
