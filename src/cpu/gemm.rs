@@ -810,33 +810,45 @@ unsafe fn pack<K: Kernel>(
 unsafe fn transpose8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
     // SAFETY: the caller guarantees the 8 rows of 8 floats at both ends.
     unsafe {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
-        // Interleave pairs of rows, then pairs of pairs, then 128-bit halves.
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Row i's left half shares a register with row i+4's left half (the
+        // 128-bit insert is a load, not a shuffle), likewise the right
+        // halves; two rounds of in-lane interleaves then finish the job,
+        // 16 shuffles for 64 floats.
+        let half = |i: usize, j: usize| {
+            _mm256_insertf128_ps::<1>(
+                _mm256_castps128_ps256(_mm_loadu_ps(src.add(i * ss + j))),
+                _mm_loadu_ps(src.add((i + 4) * ss + j)),
+            )
+        };
+        let r = [
+            half(0, 0),
+            half(1, 0),
+            half(2, 0),
+            half(3, 0),
+            half(0, 4),
+            half(1, 4),
+            half(2, 4),
+            half(3, 4),
+        ];
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
         let o = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
         ];
         for (j, v) in o.iter().enumerate() {
             _mm256_storeu_ps(dst.add(j * ds), *v);
@@ -1046,6 +1058,7 @@ impl Kernel for Avx2Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
+#[allow(unused_assignments)] // the pointer bumps after the last step
 unsafe fn tile_avx2<const MR: usize, const NV: usize, const MODE: u8>(t: Tile) {
     let Tile {
         k,
@@ -1065,38 +1078,54 @@ unsafe fn tile_avx2<const MR: usize, const NV: usize, const MODE: u8>(t: Tile) {
     let mut ap = a;
     let mut bp = b;
     let mut wp = bpack;
-    for p in 0..k {
-        let mut bv = [_mm256_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: row p of the B panel holds 8·NV floats.
-            *x = unsafe { _mm256_loadu_ps(bp.add(8 * v)) };
-        }
-        if MODE == FUSED {
-            for (v, x) in bv.iter().enumerate() {
-                // SAFETY: bpack holds k·NR floats, this is row p.
-                unsafe { _mm256_storeu_ps(wp.add(8 * v), *x) };
+    let mut q = pf;
+    // One k step, prefetching as in the AVX-512 kernel.
+    macro_rules! step {
+        ($pf:expr) => {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: row p of the B panel holds 8·NV floats.
+                *x = unsafe { _mm256_loadu_ps(bp.add(8 * v)) };
             }
-            wp = wp.wrapping_add(nr);
-        }
-        // Prefetching as in the AVX-512 kernel.
-        if MODE != PACKED {
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_ROWS * ldb + nr - 1) as *const i8);
-        }
-        if p < pf_rows {
-            let q = pf.wrapping_add(p * pf_ld);
-            _mm_prefetch::<_MM_HINT_T1>(q as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(nr - 1) as *const i8);
-        }
-        for (i, row) in t.iter_mut().enumerate() {
-            // SAFETY: the A panel holds MR floats per step.
-            let av = unsafe { _mm256_broadcast_ss(&*ap.add(i)) };
-            for (r, x) in row.iter_mut().zip(bv.iter()) {
-                *r = _mm256_fmadd_ps(av, *x, *r);
+            if MODE == FUSED {
+                for (v, x) in bv.iter().enumerate() {
+                    // SAFETY: bpack holds k·NR floats, this is row p.
+                    unsafe { _mm256_storeu_ps(wp.add(8 * v), *x) };
+                }
+                wp = wp.wrapping_add(nr);
             }
-        }
-        ap = ap.wrapping_add(MR);
-        bp = bp.wrapping_add(ldb);
+            if MODE != PACKED {
+                let f = bp.wrapping_add(PF_ROWS * ldb);
+                _mm_prefetch::<_MM_HINT_T0>(f as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(f.wrapping_add(nr - 1) as *const i8);
+            }
+            if $pf {
+                _mm_prefetch::<_MM_HINT_T1>(q as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(q.wrapping_add(nr - 1) as *const i8);
+                q = q.wrapping_add(pf_ld);
+            }
+            for (i, row) in t.iter_mut().enumerate() {
+                // SAFETY: the A panel holds MR floats per step.
+                let av = unsafe { _mm256_broadcast_ss(&*ap.add(i)) };
+                for (r, x) in row.iter_mut().zip(bv.iter()) {
+                    *r = _mm256_fmadd_ps(av, *x, *r);
+                }
+            }
+            ap = ap.wrapping_add(MR);
+            bp = bp.wrapping_add(ldb);
+        };
+    }
+    let pf_n = pf_rows.min(k);
+    for _ in 0..pf_n {
+        step!(true);
+    }
+    let rest = k - pf_n;
+    for _ in 0..rest / 2 {
+        step!(false);
+        step!(false);
+    }
+    if rest % 2 == 1 {
+        step!(false);
     }
     for (i, row) in t.iter().enumerate() {
         for (v, r) in row.iter().enumerate() {
