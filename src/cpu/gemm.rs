@@ -179,13 +179,25 @@ pub fn gemm_at(
         1
     };
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    // Tiles are MR×NR with NR the wider side; when n is far narrower than
+    // a panel (a linear layer with 10 outputs) most of each tile would be
+    // padding, so compute Cᵀ = Bᵀ·Aᵀ instead, writing C through swapped
+    // strides.
+    let padded = |rows: usize, cols: usize| rows.div_ceil(mr) * mr * cols.div_ceil(nr) * nr;
+    let swap = 4 * padded(n, m) < 3 * padded(m, n);
+    let (m, n, a, b, crs, ccs) = if swap {
+        (n, m, b.t(), a.t(), 1, ldc)
+    } else {
+        (m, n, a, b, ldc, 1)
+    };
     let job = Job {
         m,
         k,
         a,
         b,
         c: c.as_mut_ptr(),
-        ldc,
+        crs,
+        ccs,
         accumulate,
         apacked: std::ptr::null(),
     };
@@ -227,7 +239,7 @@ pub fn gemm_at(
                         m: mm,
                         a,
                         // SAFETY: row i0 < m of C.
-                        c: unsafe { whole.c.add(i0 * ldc) },
+                        c: unsafe { whole.c.add(i0 * crs) },
                         ..*whole
                     };
                     // SAFETY: the row strip of A covers mm×k; row strips
@@ -247,8 +259,11 @@ struct Job<'a> {
     k: usize,
     a: MatRef<'a>,
     b: MatRef<'a>,
+    /// Element (i, j) of C is at `c + i·crs + j·ccs` (ccs is 1 unless the
+    /// problem was transposed).
     c: *mut f32,
-    ldc: usize,
+    crs: usize,
+    ccs: usize,
     accumulate: bool,
     /// A already packed in full (see `serial_body`), or null to pack A block
     /// by block.
@@ -540,10 +555,10 @@ unsafe fn serial_body<K: Kernel>(job: &Job, j0: usize, j1: usize, bufs: &mut Buf
         a,
         b,
         c,
-        ldc,
+        crs,
+        ccs,
         accumulate,
         apacked,
-        ..
     } = *job;
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(mr * nr <= MAX_TILE);
@@ -610,14 +625,15 @@ unsafe fn serial_body<K: Kernel>(job: &Job, j0: usize, j1: usize, bufs: &mut Buf
                     } else {
                         (bsrc, b.rs)
                     };
-                    let full = rows == mr && cols == nr;
+                    let full = rows == mr && cols == nr && ccs == 1;
                     let (cp, ldt, acc_t) = if full {
                         // SAFETY: the tile lies inside the m×n C.
-                        (unsafe { c.add((ic + ir) * ldc + jr) }, ldc, acc)
+                        (unsafe { c.add((ic + ir) * crs + jr) }, crs, acc)
                     } else {
-                        // Ragged edge: the whole tile goes to a scratch
-                        // tile (the packed panels are zero-padded) and
-                        // only its valid part is copied out below.
+                        // Ragged edge or transposed C: the whole tile goes
+                        // to a scratch tile (the packed panels are
+                        // zero-padded) and only its valid part is copied
+                        // out below.
                         (scratch.as_mut_ptr(), nr, false)
                     };
                     // Prefetch the next row-major panel, which the next
@@ -665,7 +681,7 @@ unsafe fn serial_body<K: Kernel>(job: &Job, j0: usize, j1: usize, bufs: &mut Buf
                                 // SAFETY: i < rows, j < cols: inside C and
                                 // inside the scratch tile.
                                 unsafe {
-                                    let d = c.add((ic + ir + i) * ldc + jr + j);
+                                    let d = c.add((ic + ir + i) * crs + (jr + j) * ccs);
                                     let s = *sp.add(i * nr + j);
                                     *d = if acc { *d + s } else { s };
                                 }
