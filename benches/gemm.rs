@@ -186,7 +186,9 @@ fn quick() {
 fn bench(c: &mut Criterion) {
     let level = simd::level();
     let mut g = c.benchmark_group("gemm");
-    g.sample_size(20).measurement_time(Duration::from_secs(2));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
     for sh in SHAPES {
         // Elements = flops, so criterion reports FLOP/s.
         g.throughput(Throughput::Elements(flops(sh) as u64));
