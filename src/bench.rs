@@ -42,15 +42,35 @@ pub struct Workload {
 /// The standard list: training steps and white-box attack steps.
 pub fn standard_workloads() -> Vec<Workload> {
     let mut v = Vec::new();
-    for (m, tag) in [(ModelKind::Lenet, "mnist"), (ModelKind::Cifar10Cnn, "cifar")] {
+    for (m, tag) in [
+        (ModelKind::Lenet, "mnist"),
+        (ModelKind::Cifar10Cnn, "cifar"),
+    ] {
         for b in [32, 128] {
-            v.push(Workload { name: format!("train/{tag}/b{b}"), model: m, batch: b, split: None });
+            v.push(Workload {
+                name: format!("train/{tag}/b{b}"),
+                model: m,
+                batch: b,
+                split: None,
+            });
         }
     }
-    for (m, tag, splits) in [(ModelKind::Lenet, "mnist", ["conv1", "ReLU2", "fc2act"]), (ModelKind::Cifar10Cnn, "cifar", ["conv11", "ReLU22", "ReLU32"])] {
+    for (m, tag, splits) in [
+        (ModelKind::Lenet, "mnist", ["conv1", "ReLU2", "fc2act"]),
+        (
+            ModelKind::Cifar10Cnn,
+            "cifar",
+            ["conv11", "ReLU22", "ReLU32"],
+        ),
+    ] {
         for s in splits {
             for b in [1, 10] {
-                v.push(Workload { name: format!("whitebox/{tag}/{s}/b{b}"), model: m, batch: b, split: Some(s) });
+                v.push(Workload {
+                    name: format!("whitebox/{tag}/{s}/b{b}"),
+                    model: m,
+                    batch: b,
+                    split: Some(s),
+                });
             }
         }
     }
@@ -89,7 +109,10 @@ pub fn prepare(w: &Workload) -> Result<Step> {
             let mut opt = Adam::new(1e-2).with_amsgrad(true).with_eps(1e-8);
             Ok(Box::new(move || {
                 let feats = f1.forward(&x)?;
-                let loss = ops::add(&ops::mse_loss(&feats, &target)?, &ops::tv_loss(&x, TvKind::Squared)?)?;
+                let loss = ops::add(
+                    &ops::mse_loss(&feats, &target)?,
+                    &ops::tv_loss(&x, TvKind::Squared)?,
+                )?;
                 let grads = loss.backward()?;
                 opt.step(std::slice::from_ref(&x), &grads)
             }))
@@ -99,7 +122,12 @@ pub fn prepare(w: &Workload) -> Result<Step> {
 
 /// Times a step: warm-up, then individual steps until `budget` has passed
 /// (at least `min_steps`); returns the median and the number of steps.
-pub fn time_step(step: &mut Step, warmup: usize, min_steps: usize, budget: Duration) -> Result<(f64, usize)> {
+pub fn time_step(
+    step: &mut Step,
+    warmup: usize,
+    min_steps: usize,
+    budget: Duration,
+) -> Result<(f64, usize)> {
     for _ in 0..warmup {
         step()?;
     }
@@ -120,7 +148,16 @@ pub fn time_step(step: &mut Step, warmup: usize, min_steps: usize, budget: Durat
 /// Runs one workload.
 pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
     let mut step = prepare(w)?;
-    let (warmup, min_steps, budget) = if quick { (2, 3, Duration::from_millis(300)) } else { (5, 10, Duration::from_secs(3)) };
+    let (warmup, min_steps, budget) = if quick {
+        (2, 3, Duration::from_millis(300))
+    } else {
+        (5, 10, Duration::from_secs(3))
+    };
     let (median, steps) = time_step(&mut step, warmup, min_steps, budget)?;
-    Ok(BenchResult { workload: w.name.clone(), s_per_step: median, images_per_s: w.batch as f64 / median, steps })
+    Ok(BenchResult {
+        workload: w.name.clone(),
+        s_per_step: median,
+        images_per_s: w.batch as f64 / median,
+        steps,
+    })
 }

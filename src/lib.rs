@@ -21,16 +21,23 @@
 
 #![warn(missing_docs)]
 
+pub mod attacks;
 pub mod autograd;
+pub mod bench;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod report;
 pub mod shape;
 pub mod tensor;
+pub mod train;
+pub mod util;
 
 pub use autograd::{no_grad, GradStore};
 pub use device::Device;

@@ -8,6 +8,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+/// The seeded generator used for shuffling, dropout and augmentation.
+pub type TrainRng = rand_chacha::ChaCha8Rng;
+
+/// One training step: batch indices in, (loss, metric sum over the batch) out.
+pub type StepFn<'a> = dyn FnMut(&[usize], &mut TrainRng) -> Result<(Tensor, f64)> + 'a;
+
+/// Produces a labelled, normalised batch for the given indices.
+pub type BatchFn<'a> = dyn FnMut(&[usize], &mut TrainRng) -> Result<(Tensor, Vec<usize>)> + 'a;
+
 /// Settings of a training run (defaults: the authors' — Adam with amsgrad,
 /// eps 1e-3, lr 1e-3, batch 32, lr halved every 20 epochs).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -34,7 +43,17 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch: 32, lr: 1e-3, eps: 1e-3, amsgrad: true, lr_step: 20, lr_gamma: 0.5, seed: 0, progress: true }
+        TrainConfig {
+            epochs: 10,
+            batch: 32,
+            lr: 1e-3,
+            eps: 1e-3,
+            amsgrad: true,
+            lr_step: 20,
+            lr_gamma: 0.5,
+            seed: 0,
+            progress: true,
+        }
     }
 }
 
@@ -45,7 +64,10 @@ impl TrainConfig {
             return Err(Error::invalid("train", "--batch must be at least 1"));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid("train", format!("--lr must be a positive number, got {}", self.lr)));
+            return Err(Error::invalid(
+                "train",
+                format!("--lr must be a positive number, got {}", self.lr),
+            ));
         }
         if self.lr_step == 0 {
             return Err(Error::invalid("train", "lr_step must be at least 1"));
@@ -55,7 +77,9 @@ impl TrainConfig {
 
     /// The optimiser these settings describe.
     pub fn optimizer(&self) -> Adam {
-        Adam::new(self.lr).with_eps(self.eps).with_amsgrad(self.amsgrad)
+        Adam::new(self.lr)
+            .with_eps(self.eps)
+            .with_amsgrad(self.amsgrad)
     }
 }
 
@@ -80,7 +104,10 @@ pub fn progress_bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style.progress_chars("=> "));
     pb.set_prefix(prefix.to_string());
     pb
@@ -96,7 +123,7 @@ pub fn fit(
     cfg: &TrainConfig,
     start_epoch: usize,
     label: &str,
-    step: &mut dyn FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<(Tensor, f64)>,
+    step: &mut StepFn,
     end_epoch: &mut dyn FnMut(&EpochStats) -> Result<()>,
 ) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
@@ -104,23 +131,34 @@ pub fn fit(
         return Err(Error::invalid("train", "the training set is empty"));
     }
     let mut opt = cfg.optimizer();
-    let sched = StepLr { step_size: cfg.lr_step, gamma: cfg.lr_gamma };
+    let sched = StepLr {
+        step_size: cfg.lr_step,
+        gamma: cfg.lr_gamma,
+    };
     let mut all = Vec::new();
     for epoch in start_epoch..cfg.epochs {
         let lr = sched.lr_at(cfg.lr, epoch)?;
         opt.set_lr(lr);
         // Seeded per epoch so a resumed run shuffles exactly as an uninterrupted one.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
+        );
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
-        let pb = progress_bar(n as u64, cfg.progress, &format!("{label} {}/{}", epoch + 1, cfg.epochs));
+        let pb = progress_bar(
+            n as u64,
+            cfg.progress,
+            &format!("{label} {}/{}", epoch + 1, cfg.epochs),
+        );
         let t0 = std::time::Instant::now();
         let (mut loss_sum, mut metric_sum, mut seen) = (0f64, 0f64, 0usize);
         for idx in order.chunks(cfg.batch) {
             let (loss, metric) = step(idx, &mut rng)?;
             let lv = loss.item()?;
             if !lv.is_finite() {
-                return Err(Error::NonFinite(format!("{label}: loss is {lv} in epoch {epoch}; lower --lr")));
+                return Err(Error::NonFinite(format!(
+                    "{label}: loss is {lv} in epoch {epoch}; lower --lr"
+                )));
             }
             let grads = loss.backward()?;
             drop(loss);
@@ -132,7 +170,13 @@ pub fn fit(
             pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
         }
         pb.finish_and_clear();
-        let stats = EpochStats { epoch, loss: loss_sum / seen as f64, metric: metric_sum / seen as f64, images_per_s: seen as f64 / t0.elapsed().as_secs_f64(), lr };
+        let stats = EpochStats {
+            epoch,
+            loss: loss_sum / seen as f64,
+            metric: metric_sum / seen as f64,
+            images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
+            lr,
+        };
         end_epoch(&stats)?;
         all.push(stats);
     }
@@ -146,7 +190,16 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
     Ok((0..n)
         .map(|i| {
             let row = &v[i * c..(i + 1) * c];
-            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &x)| if x > bv { (j, x) } else { (bi, bv) }).0
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &x)| {
+                    if x > bv {
+                        (j, x)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0
         })
         .collect())
 }

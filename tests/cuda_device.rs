@@ -28,7 +28,10 @@ fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        .filter(|(_, (g, w))| {
+            let e = (*g - *w).abs();
+            e.is_nan() || e > atol + rtol * w.abs()
+        })
         .take(5)
         .map(|(i, (g, w))| format!("[{i}] got {g}, want {w}"))
         .collect();

@@ -29,7 +29,10 @@ pub struct ClientOracle {
 impl ClientOracle {
     /// Hides `f1` behind the query interface.
     pub fn new(f1: Sequential) -> Self {
-        ClientOracle { f1, queries: std::cell::Cell::new(0) }
+        ClientOracle {
+            f1,
+            queries: std::cell::Cell::new(0),
+        }
     }
     /// Images queried so far.
     pub fn queries(&self) -> usize {
@@ -62,7 +65,11 @@ impl std::str::FromStr for DataSetting {
             "same-set" => Ok(DataSetting::SameSet),
             "same-dist" => Ok(DataSetting::SameDist),
             "random" => Ok(DataSetting::Random),
-            _ => Err(Error::UnknownName { kind: "black-box setting", name: s.into(), expected: "same-set, same-dist, random".into() }),
+            _ => Err(Error::UnknownName {
+                kind: "black-box setting",
+                name: s.into(),
+                expected: "same-set, same-dist, random".into(),
+            }),
         }
     }
 }
@@ -95,7 +102,11 @@ pub fn train_inverse(
         let v = oracle.query(&x)?;
         let recon = gg.forward(&v)?;
         if recon.shape() != x.shape() {
-            return Err(Error::shape("inverse network output", x.shape(), recon.shape()));
+            return Err(Error::shape(
+                "inverse network output",
+                x.shape(),
+                recon.shape(),
+            ));
         }
         Ok((ops::mse_loss(&recon, &x)?, 0.0))
     };

@@ -39,22 +39,29 @@ impl MeanCi {
     pub fn of(v: &[f64]) -> MeanCi {
         let n = v.len();
         if n == 0 {
-            return MeanCi { mean: f64::NAN, ci95: f64::NAN };
+            return MeanCi {
+                mean: f64::NAN,
+                ci95: f64::NAN,
+            };
         }
         let mean = v.iter().sum::<f64>() / n as f64;
         if n < 2 {
             return MeanCi { mean, ci95: 0.0 };
         }
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
-        MeanCi { mean, ci95: t95(n - 1) * (var / n as f64).sqrt() }
+        MeanCi {
+            mean,
+            ci95: t95(n - 1) * (var / n as f64).sqrt(),
+        }
     }
 }
 
 /// Two-sided 95% Student-t quantile for `df` degrees of freedom.
 fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069,
-        2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     T.get(df.wrapping_sub(1)).copied().unwrap_or(1.96)
 }
@@ -65,7 +72,12 @@ fn clip01(v: &[f32]) -> Vec<f32> {
 
 /// PSNR of one image pair (slices of equal length, [0,1] range; `recon` is clipped).
 pub fn psnr(recon: &[f32], orig: &[f32]) -> f64 {
-    let mse = recon.iter().zip(orig).map(|(&r, &o)| (r.clamp(0.0, 1.0) as f64 - o as f64).powi(2)).sum::<f64>() / orig.len().max(1) as f64;
+    let mse = recon
+        .iter()
+        .zip(orig)
+        .map(|(&r, &o)| (r.clamp(0.0, 1.0) as f64 - o as f64).powi(2))
+        .sum::<f64>()
+        / orig.len().max(1) as f64;
     if mse <= 0.0 {
         PSNR_CAP_DB
     } else {
@@ -88,13 +100,23 @@ pub fn score(recon: &Tensor, orig: &Tensor) -> Result<Vec<ImageScores>> {
         let o = &ov[i * per..(i + 1) * per];
         let rt = Tensor::from_slice(r, [1, c, h, w])?;
         let ot = Tensor::from_slice(o, [1, c, h, w])?;
-        let (lo, hi) = r.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let (lo, hi) = r
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
         // A constant reconstruction has range 0; the authors' formula then
         // divides by zero in C1/C2. Use a tiny positive range instead.
         let range = (hi - lo).max(1e-6);
-        let ssim_paper = crate::autograd::no_grad(|| ssim(&ot, &rt, &SsimConfig::paper(range)))?.item()? as f64;
-        let ssim_standard = crate::autograd::no_grad(|| ssim(&ot, &rt, &SsimConfig::standard()))?.item()? as f64;
-        out.push(ImageScores { psnr: psnr(r, o), ssim_paper, ssim_standard });
+        let ssim_paper =
+            crate::autograd::no_grad(|| ssim(&ot, &rt, &SsimConfig::paper(range)))?.item()? as f64;
+        let ssim_standard =
+            crate::autograd::no_grad(|| ssim(&ot, &rt, &SsimConfig::standard()))?.item()? as f64;
+        out.push(ImageScores {
+            psnr: psnr(r, o),
+            ssim_paper,
+            ssim_standard,
+        });
     }
     Ok(out)
 }
@@ -115,5 +137,10 @@ pub struct Summary {
 /// Summarises per-image scores.
 pub fn summarize(s: &[ImageScores]) -> Summary {
     let col = |f: fn(&ImageScores) -> f64| MeanCi::of(&s.iter().map(f).collect::<Vec<_>>());
-    Summary { psnr: col(|x| x.psnr), ssim_paper: col(|x| x.ssim_paper), ssim_standard: col(|x| x.ssim_standard), n: s.len() }
+    Summary {
+        psnr: col(|x| x.psnr),
+        ssim_paper: col(|x| x.ssim_paper),
+        ssim_standard: col(|x| x.ssim_standard),
+        n: s.len(),
+    }
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::nn::Sequential;
 use crate::ops;
 use crate::tensor::Tensor;
-use crate::train::{argmax_rows, fit, EpochStats, TrainConfig};
+use crate::train::{argmax_rows, fit, BatchFn, EpochStats, TrainConfig};
 
 /// Which data and structure the shadow uses (the paper's four settings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,14 +23,28 @@ impl std::str::FromStr for ShadowSetting {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "same-set-same-net" => Ok(ShadowSetting { same_set: true, same_net: true }),
-            "diff-set-same-net" => Ok(ShadowSetting { same_set: false, same_net: true }),
-            "same-set-diff-net" => Ok(ShadowSetting { same_set: true, same_net: false }),
-            "diff-set-diff-net" => Ok(ShadowSetting { same_set: false, same_net: false }),
+            "same-set-same-net" => Ok(ShadowSetting {
+                same_set: true,
+                same_net: true,
+            }),
+            "diff-set-same-net" => Ok(ShadowSetting {
+                same_set: false,
+                same_net: true,
+            }),
+            "same-set-diff-net" => Ok(ShadowSetting {
+                same_set: true,
+                same_net: false,
+            }),
+            "diff-set-diff-net" => Ok(ShadowSetting {
+                same_set: false,
+                same_net: false,
+            }),
             _ => Err(Error::UnknownName {
                 kind: "query-free setting",
                 name: s.into(),
-                expected: "same-set-same-net, diff-set-same-net, same-set-diff-net, diff-set-diff-net".into(),
+                expected:
+                    "same-set-same-net, diff-set-same-net, same-set-diff-net, diff-set-diff-net"
+                        .into(),
             }),
         }
     }
@@ -38,7 +52,12 @@ impl std::str::FromStr for ShadowSetting {
 
 impl std::fmt::Display for ShadowSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-set-{}-net", if self.same_set { "same" } else { "diff" }, if self.same_net { "same" } else { "diff" })
+        write!(
+            f,
+            "{}-set-{}-net",
+            if self.same_set { "same" } else { "diff" },
+            if self.same_net { "same" } else { "diff" }
+        )
     }
 }
 
@@ -48,7 +67,7 @@ pub fn train_shadow(
     shadow: &mut Sequential,
     f2: &Sequential,
     n: usize,
-    batch: &mut dyn FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<(Tensor, Vec<usize>)>,
+    batch: &mut BatchFn,
     cfg: &TrainConfig,
 ) -> Result<Vec<EpochStats>> {
     let mut f2 = f2.clone();
@@ -59,7 +78,11 @@ pub fn train_shadow(
     let mut step = |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, f64)> {
         let (x, labels) = batch(idx, rng)?;
         let logits = f2.forward(&s.forward_train(&x, rng)?)?;
-        let correct = argmax_rows(&logits)?.iter().zip(&labels).filter(|(a, b)| a == b).count();
+        let correct = argmax_rows(&logits)?
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| a == b)
+            .count();
         Ok((ops::cross_entropy(&logits, &labels)?, correct as f64))
     };
     let stats = fit(&params, n, cfg, 0, "shadow", &mut step, &mut |_| Ok(()))?;

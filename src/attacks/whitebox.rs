@@ -70,7 +70,11 @@ impl Default for WhiteBoxConfig {
     /// The authors' settings: Adam lr 1e-2, 5000 steps, zeros, λ_TV = 0.
     fn default() -> Self {
         WhiteBoxConfig {
-            optimizer: AttackOptimizer::Adam { lr: 1e-2, eps: 1e-8, amsgrad: false },
+            optimizer: AttackOptimizer::Adam {
+                lr: 1e-2,
+                eps: 1e-8,
+                amsgrad: false,
+            },
             iterations: 5000,
             init: Init::Zeros,
             lambda_tv: 0.0,
@@ -87,19 +91,36 @@ impl WhiteBoxConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid("whitebox", m));
         match self.optimizer {
-            AttackOptimizer::Adam { lr, eps, .. } if !(lr > 0.0 && eps > 0.0) => return bad(format!("Adam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}")),
-            AttackOptimizer::Gd { lr } if lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) => return bad(format!("GD needs lr > 0, got {lr}")),
+            AttackOptimizer::Adam { lr, eps, .. } if !(lr > 0.0 && eps > 0.0) => {
+                return bad(format!(
+                    "Adam needs lr > 0 and eps > 0, got lr={lr}, eps={eps}"
+                ))
+            }
+            AttackOptimizer::Gd { lr }
+                if lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) =>
+            {
+                return bad(format!("GD needs lr > 0, got {lr}"))
+            }
             _ => {}
         }
-        if self.lambda_tv < 0.0 || self.lambda_l2 < 0.0 || !self.lambda_tv.is_finite() || !self.lambda_l2.is_finite() {
-            return bad(format!("λ_TV and λ_L2 must be finite and >= 0, got {} and {}", self.lambda_tv, self.lambda_l2));
+        if self.lambda_tv < 0.0
+            || self.lambda_l2 < 0.0
+            || !self.lambda_tv.is_finite()
+            || !self.lambda_l2.is_finite()
+        {
+            return bad(format!(
+                "λ_TV and λ_L2 must be finite and >= 0, got {} and {}",
+                self.lambda_tv, self.lambda_l2
+            ));
         }
         if self.tv_beta <= 0.0 {
             return bad(format!("TV β must be > 0, got {}", self.tv_beta));
         }
         if let Init::Constant(v) = self.init {
             if !(0.0..=1.0).contains(&v) {
-                return bad(format!("constant init must be a pixel value in [0, 1], got {v}"));
+                return bad(format!(
+                    "constant init must be a pixel value in [0, 1], got {v}"
+                ));
             }
         }
         Ok(())
@@ -118,11 +139,19 @@ pub struct Normalization {
 impl Normalization {
     /// From slices.
     pub fn new(mean: &[f32], std: &[f32]) -> Self {
-        Normalization { mean: mean.to_vec(), std: std.to_vec() }
+        Normalization {
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+        }
     }
 
     fn channel(&self, c: usize) -> (f32, f32) {
-        let m = self.mean.get(c).or(self.mean.first()).copied().unwrap_or(0.0);
+        let m = self
+            .mean
+            .get(c)
+            .or(self.mean.first())
+            .copied()
+            .unwrap_or(0.0);
         let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
         (m, s)
     }
@@ -163,38 +192,74 @@ pub struct Progress<'a> {
 
 /// Runs the attack against observed features `target` (one row per image).
 /// Returns the reconstruction in *normalised* space, `[N, C, H, W]`.
-pub fn invert(f1: &Sequential, target: &Tensor, chw: [usize; 3], norm: &Normalization, cfg: &WhiteBoxConfig, on_progress: &mut dyn FnMut(Progress) -> Result<()>) -> Result<Tensor> {
+pub fn invert(
+    f1: &Sequential,
+    target: &Tensor,
+    chw: [usize; 3],
+    norm: &Normalization,
+    cfg: &WhiteBoxConfig,
+    on_progress: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<Tensor> {
     cfg.validate()?;
     let n = target.shape().dim(0)?;
     let [c, h, w] = chw;
     let pixels = match cfg.init {
         Init::Zeros => norm.denormalize(&Tensor::zeros([n, c, h, w]))?,
         Init::Constant(v) => Tensor::full([n, c, h, w], v),
-        Init::Random => Tensor::rand_uniform([n, c, h, w], 0.0, 1.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed)),
+        Init::Random => Tensor::rand_uniform(
+            [n, c, h, w],
+            0.0,
+            1.0,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed),
+        ),
     };
     let x = norm.normalize(&pixels)?.requires_grad();
     let target = target.detach();
-    let (lo, hi) = (norm.normalize(&Tensor::zeros([1, c, 1, 1]))?.to_vec()?, norm.normalize(&Tensor::ones([1, c, 1, 1]))?.to_vec()?);
-    let tv_kind = if cfg.tv_beta == 2.0 { TvKind::Squared } else { TvKind::Power { beta: cfg.tv_beta, eps: 1e-8 } };
+    let (lo, hi) = (
+        norm.normalize(&Tensor::zeros([1, c, 1, 1]))?.to_vec()?,
+        norm.normalize(&Tensor::ones([1, c, 1, 1]))?.to_vec()?,
+    );
+    let tv_kind = if cfg.tv_beta == 2.0 {
+        TvKind::Squared
+    } else {
+        TvKind::Power {
+            beta: cfg.tv_beta,
+            eps: 1e-8,
+        }
+    };
     let mut opt: Box<dyn Optimizer> = match cfg.optimizer {
-        AttackOptimizer::Adam { lr, eps, amsgrad } => Box::new(Adam::new(lr).with_eps(eps).with_amsgrad(amsgrad)),
+        AttackOptimizer::Adam { lr, eps, amsgrad } => {
+            Box::new(Adam::new(lr).with_eps(eps).with_amsgrad(amsgrad))
+        }
         AttackOptimizer::Gd { lr } => Box::new(Sgd::new(lr)),
     };
     for it in 1..=cfg.iterations {
         let feats = f1.forward(&x)?;
         if feats.shape() != target.shape() {
-            return Err(Error::shape("whitebox target features", feats.shape(), target.shape()));
+            return Err(Error::shape(
+                "whitebox target features",
+                feats.shape(),
+                target.shape(),
+            ));
         }
         let mut loss = ops::mse_loss(&feats, &target)?;
         if cfg.lambda_tv > 0.0 {
-            loss = ops::add(&loss, &ops::scale(&ops::tv_loss(&x, tv_kind)?, cfg.lambda_tv)?)?;
+            loss = ops::add(
+                &loss,
+                &ops::scale(&ops::tv_loss(&x, tv_kind)?, cfg.lambda_tv)?,
+            )?;
         }
         if cfg.lambda_l2 > 0.0 {
-            loss = ops::add(&loss, &ops::scale(&ops::mean(&ops::square(&x)?)?, cfg.lambda_l2)?)?;
+            loss = ops::add(
+                &loss,
+                &ops::scale(&ops::mean(&ops::square(&x)?)?, cfg.lambda_l2)?,
+            )?;
         }
         let lv = loss.item()?;
         if !lv.is_finite() {
-            return Err(Error::NonFinite(format!("white-box loss is {lv} at iteration {it}; lower the learning rate")));
+            return Err(Error::NonFinite(format!(
+                "white-box loss is {lv} at iteration {it}; lower the learning rate"
+            )));
         }
         let grads = loss.backward()?;
         drop(loss);
@@ -209,7 +274,11 @@ pub fn invert(f1: &Sequential, target: &Tensor, chw: [usize; 3], norm: &Normaliz
                 }
             }
         }
-        on_progress(Progress { iteration: it, loss: lv, x: &x })?;
+        on_progress(Progress {
+            iteration: it,
+            loss: lv,
+            x: &x,
+        })?;
     }
     Ok(x.detach())
 }

@@ -11,8 +11,8 @@ pub const CIFAR_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Every layer of the CIFAR CNN, each a split point.
 pub const CIFAR_SPLITS: [&str; 18] = [
-    "conv11", "ReLU11", "conv12", "ReLU12", "pool1", "conv21", "ReLU21", "conv22", "ReLU22", "pool2", "conv31", "ReLU31", "conv32", "ReLU32", "pool3", "fc1",
-    "fc1act", "fc2",
+    "conv11", "ReLU11", "conv12", "ReLU12", "pool1", "conv21", "ReLU21", "conv22", "ReLU22",
+    "pool2", "conv31", "ReLU31", "conv32", "ReLU32", "pool3", "fc1", "fc1act", "fc2",
 ];
 
 /// conv11 3→64, conv12 64→64, pool, conv21 64→128, conv22 128→128, pool,
@@ -23,9 +23,15 @@ pub fn cifar10_cnn(seed: u64) -> Result<Sequential> {
     let mut net = Sequential::new();
     let blocks = [("1", 3, 64), ("2", 64, 128), ("3", 128, 128)];
     for (b, cin, cout) in blocks {
-        net.push(format!("conv{b}1"), Layer::conv2d(cin, cout, 3, 1, 1, &mut rng))?;
+        net.push(
+            format!("conv{b}1"),
+            Layer::conv2d(cin, cout, 3, 1, 1, &mut rng),
+        )?;
         net.push(format!("ReLU{b}1"), Layer::Relu)?;
-        net.push(format!("conv{b}2"), Layer::conv2d(cout, cout, 3, 1, 1, &mut rng))?;
+        net.push(
+            format!("conv{b}2"),
+            Layer::conv2d(cout, cout, 3, 1, 1, &mut rng),
+        )?;
         net.push(format!("ReLU{b}2"), Layer::Relu)?;
         net.push(format!("pool{b}"), Layer::max_pool(2, 2))?;
     }

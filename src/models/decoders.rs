@@ -50,7 +50,11 @@ pub fn decoder_for(split: &str, feat: &[usize], chw: [usize; 3], seed: u64) -> R
 }
 
 /// Builds a decoder from shapes alone (any layer, FC layers included).
-pub fn auto_decoder(feat: &[usize], chw: [usize; 3], rng: &mut rand_chacha::ChaCha8Rng) -> Result<Sequential> {
+pub fn auto_decoder(
+    feat: &[usize],
+    chw: [usize; 3],
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Sequential> {
     let [c0, h0, w0] = chw;
     let mut g = Sequential::new();
     // Start: feature maps (c, h, w).
@@ -58,26 +62,41 @@ pub fn auto_decoder(feat: &[usize], chw: [usize; 3], rng: &mut rand_chacha::ChaC
         [c, h, w] => (c, h, w),
         [d] => {
             // Lift a vector to maps at 1/4 (or 1/8) of the image size.
-            let (hs, ws) = if h0 >= 32 { (h0 / 8, w0 / 8) } else { (h0.div_ceil(4), w0.div_ceil(4)) };
+            let (hs, ws) = if h0 >= 32 {
+                (h0 / 8, w0 / 8)
+            } else {
+                (h0.div_ceil(4), w0.div_ceil(4))
+            };
             let ch = if h0 >= 32 { 128 } else { 32 };
             g.push("lift", Layer::linear(d, ch * hs * ws, rng))?;
             g.push("lift_act", Layer::Relu)?;
             g.push("unflatten", Layer::Reshape(vec![ch, hs, ws]))?;
             (ch, hs, ws)
         }
-        _ => return Err(Error::invalid("decoder", format!("cannot build a decoder for features of shape {feat:?}"))),
+        _ => {
+            return Err(Error::invalid(
+                "decoder",
+                format!("cannot build a decoder for features of shape {feat:?}"),
+            ))
+        }
     };
     let mut k = 0;
     // Double the size while that does not overshoot.
     while h * 2 <= h0 && w * 2 <= w0 {
         k += 1;
         let cout = (c / 2).max(16).max(c0);
-        g.push(format!("up{k}"), Layer::conv_transpose2d(c, cout, 3, 2, 1, 1, rng))?;
+        g.push(
+            format!("up{k}"),
+            Layer::conv_transpose2d(c, cout, 3, 2, 1, 1, rng),
+        )?;
         g.push(format!("up{k}_act"), Layer::Relu)?;
         (c, h, w) = (cout, h * 2, w * 2);
     }
     if h > h0 || w > w0 || h0 - h != w0 - w {
-        return Err(Error::invalid("decoder", format!("cannot map feature maps {c}×{h}×{w} onto images {c0}×{h0}×{w0}")));
+        return Err(Error::invalid(
+            "decoder",
+            format!("cannot map feature maps {c}×{h}×{w} onto images {c0}×{h0}×{w0}"),
+        ));
     }
     // Close the remaining gap (e.g. 24 → 28, 7·4 = 28 → 28) with one kernel:
     // a stride-1 transposed conv of size k grows the map by k − 1.

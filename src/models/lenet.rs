@@ -10,7 +10,9 @@ pub const MNIST_MEAN: [f32; 1] = [0.5];
 pub const MNIST_STD: [f32; 1] = [0.5];
 
 /// Every layer of LeNet, each a split point.
-pub const LENET_SPLITS: [&str; 11] = ["conv1", "ReLU1", "pool1", "conv2", "ReLU2", "pool2", "fc1", "fc1act", "fc2", "fc2act", "fc3"];
+pub const LENET_SPLITS: [&str; 11] = [
+    "conv1", "ReLU1", "pool1", "conv2", "ReLU2", "pool2", "fc1", "fc1act", "fc2", "fc2act", "fc3",
+];
 
 /// conv1 1→8 k5 → ReLU → maxpool 2 → conv2 8→16 k5 → ReLU → maxpool 2 →
 /// flatten 256 → fc1 120 → ReLU → fc2 84 → ReLU → fc3 10.

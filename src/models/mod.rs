@@ -1,8 +1,8 @@
 //! The target networks of the paper, by name.
 
 mod cifar_cnn;
-mod lenet;
 pub mod decoders;
+mod lenet;
 pub mod shadows;
 pub mod spec;
 
@@ -27,7 +27,11 @@ impl std::str::FromStr for ModelKind {
         match s.to_ascii_lowercase().as_str() {
             "lenet" | "lenet5" | "lenet-5" => Ok(ModelKind::Lenet),
             "cifar10cnn" | "cifar10_cnn" | "cifar-cnn" | "cifar" => Ok(ModelKind::Cifar10Cnn),
-            _ => Err(Error::UnknownName { kind: "model", name: s.to_string(), expected: "lenet, cifar10cnn".into() }),
+            _ => Err(Error::UnknownName {
+                kind: "model",
+                name: s.to_string(),
+                expected: "lenet, cifar10cnn".into(),
+            }),
         }
     }
 }
@@ -71,7 +75,13 @@ mod tests {
     #[test]
     fn lenet_shapes_match_the_paper() {
         let net = lenet(0).unwrap();
-        assert_eq!(net.layer_names(), ["conv1", "ReLU1", "pool1", "conv2", "ReLU2", "pool2", "flatten", "fc1", "fc1act", "fc2", "fc2act", "fc3"]);
+        assert_eq!(
+            net.layer_names(),
+            [
+                "conv1", "ReLU1", "pool1", "conv2", "ReLU2", "pool2", "flatten", "fc1", "fc1act",
+                "fc2", "fc2act", "fc3"
+            ]
+        );
         let outs = net.forward_all(&Tensor::zeros([2, 1, 28, 28])).unwrap();
         let dims: Vec<Vec<usize>> = outs.iter().map(|t| t.dims().to_vec()).collect();
         assert_eq!(dims[0], [2, 8, 24, 24]); // conv1, the paper's split

@@ -69,11 +69,19 @@ fn cifar_alternative(split: &str, seed: u64) -> Result<Sequential> {
     net.push("pool1", Layer::max_pool(2, 2))?;
     // Name the 5×5/128 conv after whichever layer of block 2 is the split,
     // so `split(name)` cuts right after it.
-    let (c2, a2) = if matches!(split, "conv21" | "ReLU21") { ("conv21", "ReLU21") } else { ("conv22", "ReLU22") };
+    let (c2, a2) = if matches!(split, "conv21" | "ReLU21") {
+        ("conv21", "ReLU21")
+    } else {
+        ("conv22", "ReLU22")
+    };
     net.push(c2, Layer::conv2d(64, 128, 5, 1, 2, &mut r))?;
     net.push(a2, Layer::Relu)?;
     net.push("pool2", Layer::max_pool(2, 2))?;
-    let (c3, a3) = if matches!(split, "conv31" | "ReLU31") { ("conv31", "ReLU31") } else { ("conv32", "ReLU32") };
+    let (c3, a3) = if matches!(split, "conv31" | "ReLU31") {
+        ("conv31", "ReLU31")
+    } else {
+        ("conv32", "ReLU32")
+    };
     net.push(c3, Layer::conv2d(128, 128, 5, 1, 2, &mut r))?;
     net.push(a3, Layer::Relu)?;
     net.push("pool3", Layer::max_pool(2, 2))?;
@@ -98,7 +106,11 @@ mod tests {
                 let want = f1.output_shape(&[1, c, h, w]).unwrap();
                 for same in [true, false] {
                     let s = shadow_for(kind, split, same, 1).unwrap();
-                    assert_eq!(s.output_shape(&[1, c, h, w]).unwrap(), want, "{kind:?} {split} same_net={same}");
+                    assert_eq!(
+                        s.output_shape(&[1, c, h, w]).unwrap(),
+                        want,
+                        "{kind:?} {split} same_net={same}"
+                    );
                 }
             }
         }

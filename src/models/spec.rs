@@ -160,8 +160,14 @@ impl NetSpec {
     /// Reads and checks a spec file.
     pub fn from_file(path: &Path) -> Result<NetSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec: NetSpec = serde_json::from_str(&text).map_err(|e| Error::BadData { path: path.to_path_buf(), msg: format!("not a valid net spec: {e}") })?;
-        spec.build(0).map_err(|e| Error::BadData { path: path.to_path_buf(), msg: e.to_string() })?;
+        let spec: NetSpec = serde_json::from_str(&text).map_err(|e| Error::BadData {
+            path: path.to_path_buf(),
+            msg: format!("not a valid net spec: {e}"),
+        })?;
+        spec.build(0).map_err(|e| Error::BadData {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         Ok(spec)
     }
 
@@ -171,16 +177,34 @@ impl NetSpec {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let [c, h, w] = self.input;
         if c == 0 || h == 0 || w == 0 {
-            return Err(Error::invalid("net spec", format!("input shape {:?} has a zero dimension", self.input)));
+            return Err(Error::invalid(
+                "net spec",
+                format!("input shape {:?} has a zero dimension", self.input),
+            ));
         }
-        if self.normalization.mean.len() != c || self.normalization.std.len() != c || self.normalization.std.iter().any(|s| *s <= 0.0) {
-            return Err(Error::invalid("net spec", format!("normalization needs {c} means and {c} positive stds")));
+        if self.normalization.mean.len() != c
+            || self.normalization.std.len() != c
+            || self.normalization.std.iter().any(|s| *s <= 0.0)
+        {
+            return Err(Error::invalid(
+                "net spec",
+                format!("normalization needs {c} means and {c} positive stds"),
+            ));
         }
         let mut net = Sequential::new();
         for l in &self.layers {
             let (name, layer) = match l {
-                LayerSpec::Conv2d { name, cin, cout, kernel, stride, padding, bias } => {
-                    let mut layer = Layer::conv2d(*cin, *cout, *kernel, *stride, *padding, &mut rng);
+                LayerSpec::Conv2d {
+                    name,
+                    cin,
+                    cout,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                } => {
+                    let mut layer =
+                        Layer::conv2d(*cin, *cout, *kernel, *stride, *padding, &mut rng);
                     if !bias {
                         if let Layer::Conv2d { bias, .. } = &mut layer {
                             *bias = None;
@@ -188,12 +212,45 @@ impl NetSpec {
                     }
                     (name, layer)
                 }
-                LayerSpec::ConvTranspose2d { name, cin, cout, kernel, stride, padding, output_padding } => {
-                    (name, Layer::conv_transpose2d(*cin, *cout, *kernel, *stride, *padding, *output_padding, &mut rng))
+                LayerSpec::ConvTranspose2d {
+                    name,
+                    cin,
+                    cout,
+                    kernel,
+                    stride,
+                    padding,
+                    output_padding,
+                } => (
+                    name,
+                    Layer::conv_transpose2d(
+                        *cin,
+                        *cout,
+                        *kernel,
+                        *stride,
+                        *padding,
+                        *output_padding,
+                        &mut rng,
+                    ),
+                ),
+                LayerSpec::Linear { name, fin, fout } => {
+                    (name, Layer::linear(*fin, *fout, &mut rng))
                 }
-                LayerSpec::Linear { name, fin, fout } => (name, Layer::linear(*fin, *fout, &mut rng)),
-                LayerSpec::MaxPool2d { name, kernel, stride } => (name, Layer::MaxPool2d(Pool2dParams::new(*kernel, stride.unwrap_or(*kernel)))),
-                LayerSpec::AvgPool2d { name, kernel, stride } => (name, Layer::AvgPool2d(Pool2dParams::new(*kernel, stride.unwrap_or(*kernel)))),
+                LayerSpec::MaxPool2d {
+                    name,
+                    kernel,
+                    stride,
+                } => (
+                    name,
+                    Layer::MaxPool2d(Pool2dParams::new(*kernel, stride.unwrap_or(*kernel))),
+                ),
+                LayerSpec::AvgPool2d {
+                    name,
+                    kernel,
+                    stride,
+                } => (
+                    name,
+                    Layer::AvgPool2d(Pool2dParams::new(*kernel, stride.unwrap_or(*kernel))),
+                ),
                 LayerSpec::Relu { name } => (name, Layer::Relu),
                 LayerSpec::Sigmoid { name } => (name, Layer::Sigmoid),
                 LayerSpec::Tanh { name } => (name, Layer::Tanh),

@@ -61,7 +61,14 @@ pub fn init_uniform(shape: &[usize], fan_in: usize, rng: &mut impl Rng) -> Tenso
 
 impl Layer {
     /// A conv layer with PyTorch-default random weights.
-    pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, rng: &mut impl Rng) -> Layer {
+    pub fn conv2d(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        rng: &mut impl Rng,
+    ) -> Layer {
         let fan_in = cin * k * k;
         Layer::Conv2d {
             weight: init_uniform(&[cout, cin, k, k], fan_in, rng),
@@ -71,7 +78,15 @@ impl Layer {
     }
 
     /// A transposed-conv layer with PyTorch-default random weights.
-    pub fn conv_transpose2d(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, output_padding: usize, rng: &mut impl Rng) -> Layer {
+    pub fn conv_transpose2d(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        output_padding: usize,
+        rng: &mut impl Rng,
+    ) -> Layer {
         // PyTorch computes fan_in of a ConvTranspose weight [Cin, Cout, k, k] as Cout·k·k.
         let fan_in = cout * k * k;
         Layer::ConvTranspose2d {
@@ -83,7 +98,10 @@ impl Layer {
 
     /// A linear layer with PyTorch-default random weights.
     pub fn linear(fin: usize, fout: usize, rng: &mut impl Rng) -> Layer {
-        Layer::Linear { weight: init_uniform(&[fout, fin], fin, rng), bias: Some(init_uniform(&[fout], fin, rng)) }
+        Layer::Linear {
+            weight: init_uniform(&[fout, fin], fin, rng),
+            bias: Some(init_uniform(&[fout], fin, rng)),
+        }
     }
 
     /// Max pooling with a square kernel and stride.
@@ -111,8 +129,16 @@ impl Layer {
     /// Runs the layer. `rng` is `Some` in training mode (dropout active).
     pub fn forward(&self, x: &Tensor, rng: Option<&mut rand_chacha::ChaCha8Rng>) -> Result<Tensor> {
         match self {
-            Layer::Conv2d { weight, bias, params } => ops::conv2d(x, weight, bias.as_ref(), *params),
-            Layer::ConvTranspose2d { weight, bias, params } => ops::conv_transpose2d(x, weight, bias.as_ref(), *params),
+            Layer::Conv2d {
+                weight,
+                bias,
+                params,
+            } => ops::conv2d(x, weight, bias.as_ref(), *params),
+            Layer::ConvTranspose2d {
+                weight,
+                bias,
+                params,
+            } => ops::conv_transpose2d(x, weight, bias.as_ref(), *params),
             Layer::Linear { weight, bias } => ops::linear(x, weight, bias.as_ref()),
             Layer::MaxPool2d(p) => ops::max_pool2d(x, *p),
             Layer::AvgPool2d(p) => ops::avg_pool2d(x, *p),
@@ -135,7 +161,9 @@ impl Layer {
     /// The layer's parameters with their suffixes ("weight", "bias").
     pub fn params(&self) -> Vec<(&'static str, &Tensor)> {
         match self {
-            Layer::Conv2d { weight, bias, .. } | Layer::ConvTranspose2d { weight, bias, .. } | Layer::Linear { weight, bias } => {
+            Layer::Conv2d { weight, bias, .. }
+            | Layer::ConvTranspose2d { weight, bias, .. }
+            | Layer::Linear { weight, bias } => {
                 let mut v = vec![("weight", weight)];
                 if let Some(b) = bias {
                     v.push(("bias", b));
@@ -150,7 +178,9 @@ impl Layer {
     /// switch between trainable and frozen).
     pub fn map_params(&mut self, f: &dyn Fn(&Tensor) -> Tensor) {
         match self {
-            Layer::Conv2d { weight, bias, .. } | Layer::ConvTranspose2d { weight, bias, .. } | Layer::Linear { weight, bias } => {
+            Layer::Conv2d { weight, bias, .. }
+            | Layer::ConvTranspose2d { weight, bias, .. }
+            | Layer::Linear { weight, bias } => {
                 *weight = f(weight);
                 if let Some(b) = bias {
                     *b = f(b);
@@ -163,9 +193,24 @@ impl Layer {
     /// Replaces the parameter `suffix` by `t`, checking the shape.
     pub fn set_param(&mut self, suffix: &str, t: Tensor) -> Result<()> {
         let slot = match (self, suffix) {
-            (Layer::Conv2d { weight, .. } | Layer::ConvTranspose2d { weight, .. } | Layer::Linear { weight, .. }, "weight") => weight,
-            (Layer::Conv2d { bias: Some(b), .. } | Layer::ConvTranspose2d { bias: Some(b), .. } | Layer::Linear { bias: Some(b), .. }, "bias") => b,
-            (l, s) => return Err(Error::invalid("set_param", format!("a {} layer has no parameter '{s}'", l.kind()))),
+            (
+                Layer::Conv2d { weight, .. }
+                | Layer::ConvTranspose2d { weight, .. }
+                | Layer::Linear { weight, .. },
+                "weight",
+            ) => weight,
+            (
+                Layer::Conv2d { bias: Some(b), .. }
+                | Layer::ConvTranspose2d { bias: Some(b), .. }
+                | Layer::Linear { bias: Some(b), .. },
+                "bias",
+            ) => b,
+            (l, s) => {
+                return Err(Error::invalid(
+                    "set_param",
+                    format!("a {} layer has no parameter '{s}'", l.kind()),
+                ))
+            }
         };
         if slot.shape() != t.shape() {
             return Err(Error::shape("set_param", slot.shape(), t.shape()));

@@ -20,7 +20,10 @@ impl Sequential {
     pub fn push(&mut self, name: impl Into<String>, layer: Layer) -> Result<&mut Self> {
         let name = name.into();
         if self.layers.iter().any(|(n, _)| *n == name) {
-            return Err(Error::invalid("Sequential::push", format!("duplicate layer name '{name}'")));
+            return Err(Error::invalid(
+                "Sequential::push",
+                format!("duplicate layer name '{name}'"),
+            ));
         }
         self.layers.push((name, layer));
         Ok(self)
@@ -59,11 +62,14 @@ impl Sequential {
 
     /// Position of a layer, or an error listing the names that exist.
     pub fn index_of(&self, name: &str) -> Result<usize> {
-        self.layers.iter().position(|(n, _)| n == name).ok_or_else(|| Error::UnknownName {
-            kind: "layer",
-            name: name.to_string(),
-            expected: self.layer_names().join(", "),
-        })
+        self.layers
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::UnknownName {
+                kind: "layer",
+                name: name.to_string(),
+                expected: self.layer_names().join(", "),
+            })
     }
 
     /// Evaluation-mode forward pass (dropout off).
@@ -77,10 +83,18 @@ impl Sequential {
     }
 
     /// Runs layers `start..end`.
-    pub fn forward_range(&self, x: &Tensor, start: usize, end: usize, mut rng: Option<&mut rand_chacha::ChaCha8Rng>) -> Result<Tensor> {
+    pub fn forward_range(
+        &self,
+        x: &Tensor,
+        start: usize,
+        end: usize,
+        mut rng: Option<&mut rand_chacha::ChaCha8Rng>,
+    ) -> Result<Tensor> {
         let mut h = x.clone();
         for (name, layer) in self.layers.get(start..end).unwrap_or(&[]) {
-            h = layer.forward(&h, rng.as_deref_mut()).map_err(|e| Error::Msg(format!("layer '{name}' ({}): {e}", layer.kind())))?;
+            h = layer
+                .forward(&h, rng.as_deref_mut())
+                .map_err(|e| Error::Msg(format!("layer '{name}' ({}): {e}", layer.kind())))?;
         }
         Ok(h)
     }
@@ -101,14 +115,25 @@ impl Sequential {
     /// f2 with the rest). Both share the original weight storage.
     pub fn split(&self, layer: &str) -> Result<(Sequential, Sequential)> {
         let i = self.index_of(layer)? + 1;
-        Ok((Sequential { layers: self.layers[..i].to_vec() }, Sequential { layers: self.layers[i..].to_vec() }))
+        Ok((
+            Sequential {
+                layers: self.layers[..i].to_vec(),
+            },
+            Sequential {
+                layers: self.layers[i..].to_vec(),
+            },
+        ))
     }
 
     /// All parameters with PyTorch-style names (`conv1.weight`, ...).
     pub fn named_params(&self) -> Vec<(String, Tensor)> {
         self.layers
             .iter()
-            .flat_map(|(n, l)| l.params().into_iter().map(move |(s, t)| (format!("{n}.{s}"), t.clone())))
+            .flat_map(|(n, l)| {
+                l.params()
+                    .into_iter()
+                    .map(move |(s, t)| (format!("{n}.{s}"), t.clone()))
+            })
             .collect()
     }
 

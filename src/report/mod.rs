@@ -8,7 +8,9 @@ use std::path::Path;
 /// Pixels of a batch `[N, C, H, W]` in [0, 1] as 8-bit RGB rows of tiles:
 /// `rows` is a list of batches, each drawn as one row of the grid.
 fn grid_rgb(rows: &[&Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
-    let first = rows.first().ok_or_else(|| Error::invalid("image grid", "no rows to draw"))?;
+    let first = rows
+        .first()
+        .ok_or_else(|| Error::invalid("image grid", "no rows to draw"))?;
     let (_, c, h, w) = first.shape().nchw("image grid")?;
     let cols = rows.iter().map(|t| t.dims()[0]).max().unwrap_or(0);
     let pad = 2;
@@ -26,8 +28,14 @@ fn grid_rgb(rows: &[&Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
             for y in 0..h * s {
                 for x in 0..w * s {
                     let (sy, sx) = (y / s, x / s);
-                    let px = |ch: usize| (v[((i * c + ch) * h + sy) * w + sx].clamp(0.0, 1.0) * 255.0).round() as u8;
-                    let rgb = if c >= 3 { [px(0), px(1), px(2)] } else { [px(0); 3] };
+                    let px = |ch: usize| {
+                        (v[((i * c + ch) * h + sy) * w + sx].clamp(0.0, 1.0) * 255.0).round() as u8
+                    };
+                    let rgb = if c >= 3 {
+                        [px(0), px(1), px(2)]
+                    } else {
+                        [px(0); 3]
+                    };
                     let (gx, gy) = (pad + i * tw + x, pad + r * th + y);
                     let o = (gy * gw + gx) * 3;
                     buf[o..o + 3].copy_from_slice(&rgb);
@@ -43,8 +51,14 @@ fn grid_rgb(rows: &[&Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
 pub fn save_grid(path: &Path, rows: &[&Tensor], scale: usize) -> Result<()> {
     let (buf, w, h) = grid_rgb(rows, scale)?;
     let mut png = Vec::new();
-    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut png), &buf, w, h, image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::Msg(format!("encoding {}: {e}", path.display())))?;
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &buf,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| Error::Msg(format!("encoding {}: {e}", path.display())))?;
     crate::util::write_atomic(path, &png)
 }
 
@@ -54,14 +68,21 @@ pub fn save_gif(path: &Path, frames: &[Vec<Tensor>], scale: usize, delay_ms: u32
     let mut out = Vec::new();
     {
         let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
-        enc.set_repeat(image::codecs::gif::Repeat::Infinite).map_err(|e| Error::Msg(format!("gif: {e}")))?;
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .map_err(|e| Error::Msg(format!("gif: {e}")))?;
         for f in frames {
             let rows: Vec<&Tensor> = f.iter().collect();
             let (buf, w, h) = grid_rgb(&rows, scale)?;
-            let rgba: Vec<u8> = buf.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
-            let img = image::RgbaImage::from_raw(w, h, rgba).ok_or_else(|| Error::Msg("gif frame buffer size".into()))?;
-            let frame = image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(delay_ms, 1));
-            enc.encode_frame(frame).map_err(|e| Error::Msg(format!("gif: {e}")))?;
+            let rgba: Vec<u8> = buf
+                .chunks(3)
+                .flat_map(|p| [p[0], p[1], p[2], 255])
+                .collect();
+            let img = image::RgbaImage::from_raw(w, h, rgba)
+                .ok_or_else(|| Error::Msg("gif frame buffer size".into()))?;
+            let frame =
+                image::Frame::from_parts(img, 0, 0, image::Delay::from_numer_denom_ms(delay_ms, 1));
+            enc.encode_frame(frame)
+                .map_err(|e| Error::Msg(format!("gif: {e}")))?;
         }
     }
     crate::util::write_atomic(path, &out)
@@ -79,7 +100,10 @@ pub struct Table {
 impl Table {
     /// A table with these columns.
     pub fn new(header: &[&str]) -> Self {
-        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Appends a row.
@@ -102,10 +126,22 @@ impl Table {
     /// Aligned plain text for the terminal.
     pub fn to_text(&self) -> String {
         let w = self.widths();
-        let line = |cells: &[String]| cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0))).collect::<Vec<_>>().join("  ");
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
         let mut s = line(&self.header);
         s.push('\n');
-        s.push_str(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "));
+        s.push_str(
+            &w.iter()
+                .map(|n| "-".repeat(*n))
+                .collect::<Vec<_>>()
+                .join("  "),
+        );
         for r in &self.rows {
             s.push('\n');
             s.push_str(&line(r));
@@ -116,7 +152,15 @@ impl Table {
 
     /// A markdown table.
     pub fn to_markdown(&self) -> String {
-        let mut s = format!("| {} |\n|{}|\n", self.header.join(" | "), self.header.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+        let mut s = format!(
+            "| {} |\n|{}|\n",
+            self.header.join(" | "),
+            self.header
+                .iter()
+                .map(|_| "---")
+                .collect::<Vec<_>>()
+                .join("|")
+        );
         for r in &self.rows {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }
@@ -125,7 +169,13 @@ impl Table {
 
     /// CSV (cells with commas or quotes are quoted).
     pub fn to_csv(&self) -> String {
-        let esc = |c: &String| if c.contains([',', '"', '\n']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.clone() };
+        let esc = |c: &String| {
+            if c.contains([',', '"', '\n']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        };
         let mut s = self.header.iter().map(esc).collect::<Vec<_>>().join(",");
         s.push('\n');
         for r in &self.rows {
