@@ -24,8 +24,8 @@
 //!   pixel sum (weight-grad, with per-part partial sums reduced in a fixed
 //!   order so that results do not depend on scheduling).
 
-use crate::cpu::gemm::{gemm, MatRef};
-use crate::cpu::simd::SimdLevel;
+use crate::cpu::gemm::{gemm_at, MatRef};
+use crate::cpu::simd::{self, SimdLevel};
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -399,8 +399,6 @@ fn col2im(lv: SimdLevel, g: &ConvGeom, col: &mut [f32], p0: usize, t: usize, dx:
 
 /// One GEMM of a conv kernel. `nested` is true when the caller already runs
 /// one task per thread, so splitting this GEMM further only adds overhead.
-/// (`gemm`'s signature has no way to say so yet; once the packed GEMM's
-/// `gemm_at(level, parallel, ..)` lands, pass `!nested` there.)
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn mm(
@@ -414,8 +412,7 @@ fn mm(
     ldc: usize,
     acc: bool,
 ) {
-    let _ = nested;
-    gemm(m, n, k, a, b, c, ldc, acc)
+    gemm_at(simd::level(), !nested, m, n, k, a, b, c, ldc, acc)
 }
 
 // ---------------------------------------------------------------- forward
