@@ -22,6 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The whole story on synthetic digits, no files needed: train LeNet
+    /// briefly, run all three attacks at two split layers, print the table
+    /// and write PNG grids.
+    Demo {
+        /// Output folder.
+        #[arg(long, default_value = "results/demo")]
+        out: std::path::PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Print the CPU's SIMD level, the thread count and the CUDA status.
     Info,
     /// Time the standard workloads (training steps and white-box attack steps).
@@ -41,6 +52,7 @@ enum Cmd {
 fn run(cli: Cli) -> Result<()> {
     threads::init(cli.threads)?;
     match cli.cmd {
+        Cmd::Demo { out, seed } => splitinv::demo::run(&out, seed).map(|_| ()),
         Cmd::Info => {
             println!("splitinv {}", env!("CARGO_PKG_VERSION"));
             let levels: Vec<String> = simd::available_levels()

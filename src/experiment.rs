@@ -1,0 +1,298 @@
+//! Putting the pieces together: training a target classifier, and running
+//! each attack against a split of it on a set of images. The CLI commands
+//! (`train`, `eval`, `attack`, `reproduce`, `demo`) are thin layers over this.
+
+use crate::attacks::blackbox::{self, ClientOracle, DataSetting};
+use crate::attacks::metrics::{self, ImageScores};
+use crate::attacks::queryfree::{self, ShadowSetting};
+use crate::attacks::whitebox::{self, Normalization, WhiteBoxConfig};
+use crate::autograd::no_grad;
+use crate::data::transforms::Augment;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::models::{decoders, shadows, ModelKind};
+use crate::nn::Sequential;
+use crate::ops;
+use crate::tensor::Tensor;
+use crate::train::{argmax_rows, fit, EpochStats, TrainConfig, TrainRng};
+use std::path::Path;
+
+/// A labelled, normalised batch (optionally augmented) of a dataset.
+pub fn prepare_batch(
+    ds: &Dataset,
+    idx: &[usize],
+    norm: &Normalization,
+    augment: Option<(&Augment, &mut TrainRng)>,
+) -> Result<(Tensor, Vec<usize>)> {
+    let (x, labels) = ds.batch(idx)?;
+    let x = match augment {
+        Some((aug, rng)) => {
+            let (c, h, w) = (ds.channels, ds.height, ds.width);
+            let mut v = x.to_vec()?;
+            for img in v.chunks_mut(c * h * w) {
+                aug.apply(img, c, h, w, rng)?;
+            }
+            Tensor::from_vec(v, x.shape().clone())?
+        }
+        None => x,
+    };
+    Ok((norm.normalize(&x)?, labels))
+}
+
+/// Test accuracy of a classifier on a dataset, in [0, 1].
+pub fn evaluate(net: &Sequential, ds: &Dataset, norm: &Normalization, batch: usize) -> Result<f64> {
+    if ds.is_empty() {
+        return Err(Error::invalid("evaluate", "the evaluation set is empty"));
+    }
+    let mut correct = 0usize;
+    let all: Vec<usize> = (0..ds.len()).collect();
+    for idx in all.chunks(batch.max(1)) {
+        let (x, labels) = prepare_batch(ds, idx, norm, None)?;
+        let logits = no_grad(|| net.forward(&x))?;
+        correct += argmax_rows(&logits)?
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| a == b)
+            .count();
+    }
+    Ok(correct as f64 / ds.len() as f64)
+}
+
+/// Per-epoch record of a classifier training run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClassifierEpoch {
+    /// Loss, rate, lr.
+    #[serde(flatten)]
+    pub stats: EpochStats,
+    /// Training accuracy over the epoch.
+    pub train_accuracy: f64,
+    /// Test accuracy after the epoch, if a test set was given.
+    pub test_accuracy: Option<f64>,
+}
+
+/// Trains `net` as a classifier with cross-entropy (the authors' recipe:
+/// Adam/amsgrad, eps 1e-3, lr halved every 20 epochs), calling `on_epoch`
+/// after every epoch (for printing and checkpointing).
+pub fn train_classifier(
+    net: &mut Sequential,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    norm: &Normalization,
+    cfg: &TrainConfig,
+    augment: Option<Augment>,
+    start_epoch: usize,
+    on_epoch: &mut dyn FnMut(&Sequential, &ClassifierEpoch) -> Result<()>,
+) -> Result<Vec<ClassifierEpoch>> {
+    net.set_trainable(true);
+    let params = net.params();
+    let model = net.clone();
+    let mut step = |idx: &[usize], rng: &mut TrainRng| -> Result<(Tensor, f64)> {
+        let (x, labels) =
+            prepare_batch(train, idx, norm, augment.as_ref().map(|a| (a, &mut *rng)))?;
+        let logits = model.forward_train(&x, rng)?;
+        let correct = argmax_rows(&logits)?
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| a == b)
+            .count();
+        Ok((ops::cross_entropy(&logits, &labels)?, correct as f64))
+    };
+    let mut epochs = Vec::new();
+    let eval_net = net.clone();
+    let mut end = |s: &EpochStats| -> Result<()> {
+        let test_accuracy = match test {
+            Some(t) => Some(evaluate(&eval_net, t, norm, 256)?),
+            None => None,
+        };
+        let e = ClassifierEpoch {
+            stats: s.clone(),
+            train_accuracy: s.metric,
+            test_accuracy,
+        };
+        on_epoch(&eval_net, &e)?;
+        epochs.push(e);
+        Ok(())
+    };
+    fit(
+        &params,
+        train.len(),
+        cfg,
+        start_epoch,
+        "train",
+        &mut step,
+        &mut end,
+    )?;
+    net.set_trainable(false);
+    Ok(epochs)
+}
+
+/// A trained target network with what an attack needs to know about it.
+#[derive(Clone)]
+pub struct Target {
+    /// The architecture (for decoders and shadows).
+    pub kind: ModelKind,
+    /// The whole net f = f2 ∘ f1 (frozen).
+    pub net: Sequential,
+    /// Input normalisation.
+    pub norm: Normalization,
+}
+
+impl Target {
+    /// Wraps a net.
+    pub fn new(kind: ModelKind, mut net: Sequential) -> Self {
+        net.set_trainable(false);
+        let (m, s) = kind.normalization();
+        Target {
+            kind,
+            net,
+            norm: Normalization::new(m, s),
+        }
+    }
+
+    /// Loads a built-in architecture's weights from a safetensors file.
+    pub fn load(kind: ModelKind, weights: &Path) -> Result<Self> {
+        let mut net = kind.build(0)?;
+        crate::nn::weights::load(&mut net, weights)?;
+        Ok(Target::new(kind, net))
+    }
+
+    /// The features the server sees for these pixel images: f1(normalise(x)).
+    pub fn observe(&self, split: &str, pixels: &Tensor) -> Result<Tensor> {
+        let (f1, _) = self.net.split(split)?;
+        let x = self.norm.normalize(pixels)?;
+        no_grad(|| f1.forward(&x))
+    }
+
+    fn chw(&self) -> [usize; 3] {
+        self.kind.input_chw()
+    }
+
+    fn to_pixels(&self, x: &Tensor) -> Result<Tensor> {
+        ops::clamp(&self.norm.denormalize(x)?, 0.0, 1.0)
+    }
+}
+
+/// One attack's outcome on a batch of images.
+#[derive(Clone)]
+pub struct AttackOutcome {
+    /// Reconstructions as pixels in [0, 1], `[N, C, H, W]`.
+    pub recon: Tensor,
+    /// Per-image scores.
+    pub scores: Vec<ImageScores>,
+    /// Seconds spent (training included).
+    pub seconds: f64,
+}
+
+fn outcome(
+    target: &Target,
+    recon_norm: &Tensor,
+    originals: &Tensor,
+    t0: std::time::Instant,
+) -> Result<AttackOutcome> {
+    let recon = target.to_pixels(recon_norm)?;
+    let scores = metrics::score(&recon, originals)?;
+    Ok(AttackOutcome {
+        recon,
+        scores,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// White-box attack on `originals` (pixels) at `split`.
+pub fn run_whitebox(
+    target: &Target,
+    split: &str,
+    originals: &Tensor,
+    cfg: &WhiteBoxConfig,
+    frames: Option<(&mut Vec<Tensor>, usize)>,
+) -> Result<AttackOutcome> {
+    let t0 = std::time::Instant::now();
+    let v = target.observe(split, originals)?;
+    let (f1, _) = target.net.split(split)?;
+    let pb = crate::train::progress_bar(cfg.iterations as u64, true, &format!("white-box {split}"));
+    let mut frames = frames;
+    let recon = whitebox::invert(&f1, &v, target.chw(), &target.norm, cfg, &mut |p| {
+        if p.iteration % 50 == 0 {
+            pb.set_position(p.iteration as u64);
+            pb.set_message(format!("loss {:.3e}", p.loss));
+        }
+        if let Some((f, every)) = frames.as_mut() {
+            if p.iteration % (*every).max(1) == 0 || p.iteration == 1 {
+                f.push(target.to_pixels(&p.x.detach())?);
+            }
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    outcome(target, &recon, originals, t0)
+}
+
+/// Black-box attack: trains an inverse network on `attacker` images
+/// (pixels; ignored for the random setting, which draws Gaussian noise in
+/// normalised space) through the query-only oracle, then inverts.
+pub fn run_blackbox(
+    target: &Target,
+    split: &str,
+    setting: DataSetting,
+    attacker: &Dataset,
+    originals: &Tensor,
+    cfg: &TrainConfig,
+    random_n: usize,
+) -> Result<AttackOutcome> {
+    let t0 = std::time::Instant::now();
+    let (f1, _) = target.net.split(split)?;
+    let oracle = ClientOracle::new(f1);
+    let [c, h, w] = target.chw();
+    let feat = no_grad(|| blackbox::QueryOracle::query(&oracle, &Tensor::zeros([1, c, h, w])))?;
+    let mut g = decoders::decoder_for(split, &feat.dims()[1..], [c, h, w], cfg.seed ^ 0xdec0)?;
+    let norm = target.norm.clone();
+    let n = match setting {
+        DataSetting::Random => random_n,
+        _ => attacker.len(),
+    };
+    let mut images = |idx: &[usize], rng: &mut TrainRng| -> Result<Tensor> {
+        match setting {
+            DataSetting::Random => Ok(Tensor::rand_normal([idx.len(), c, h, w], 0.0, 1.0, rng)),
+            _ => Ok(prepare_batch(attacker, idx, &norm, None)?.0),
+        }
+    };
+    blackbox::train_inverse(&oracle, &mut g, n, &mut images, cfg)?;
+    let v = target.observe(split, originals)?;
+    let recon = blackbox::reconstruct(&g, &v)?;
+    outcome(target, &recon, originals, t0)
+}
+
+/// Query-free attack: trains a shadow f1' through the frozen f2 on
+/// `shadow_data`, then runs the white-box attack on f1'.
+pub fn run_queryfree(
+    target: &Target,
+    split: &str,
+    setting: ShadowSetting,
+    shadow_data: &Dataset,
+    originals: &Tensor,
+    train_cfg: &TrainConfig,
+    wb: &WhiteBoxConfig,
+) -> Result<AttackOutcome> {
+    let t0 = std::time::Instant::now();
+    let (_, f2) = target.net.split(split)?;
+    let mut shadow = shadows::shadow_for(
+        target.kind,
+        split,
+        setting.same_net,
+        train_cfg.seed ^ 0x5bad,
+    )?;
+    let norm = target.norm.clone();
+    let mut batch =
+        |idx: &[usize], _rng: &mut TrainRng| prepare_batch(shadow_data, idx, &norm, None);
+    queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, train_cfg)?;
+    let v = target.observe(split, originals)?;
+    let pb = crate::train::progress_bar(wb.iterations as u64, true, &format!("query-free {split}"));
+    let recon = whitebox::invert(&shadow, &v, target.chw(), &target.norm, wb, &mut |p| {
+        if p.iteration % 50 == 0 {
+            pb.set_position(p.iteration as u64);
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    outcome(target, &recon, originals, t0)
+}
