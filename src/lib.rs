@@ -24,6 +24,7 @@
 pub mod attacks;
 pub mod autograd;
 pub mod bench;
+pub mod cli_train;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
@@ -36,6 +37,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod report;
+pub mod reproduce;
 pub mod shape;
 pub mod tensor;
 pub mod train;

@@ -1,8 +1,13 @@
 //! The `splitinv` command line.
 
 use clap::{Parser, Subcommand};
+use splitinv::attacks::whitebox::AttackOptimizer;
 use splitinv::bench;
+use splitinv::cli_train::{self, ModelChoice, TrainArgs};
 use splitinv::cpu::{simd, threads};
+use splitinv::data::Split;
+use splitinv::train::TrainConfig;
+use splitinv::{experiment, report, reproduce, Tensor};
 use splitinv::{Error, Result};
 use std::process::ExitCode;
 
@@ -16,6 +21,9 @@ struct Cli {
     /// Worker threads for the CPU kernels (default: $SPLITINV_THREADS, else all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Folder holding the datasets (default: $SPLITINV_DATA).
+    #[arg(long, global = true)]
+    data: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -29,6 +37,128 @@ enum Cmd {
         /// Output folder.
         #[arg(long, default_value = "results/demo")]
         out: std::path::PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a target classifier; checkpoints every epoch, `--resume` continues.
+    Train {
+        /// lenet, cifar10cnn, or a JSON net spec file.
+        #[arg(long)]
+        model: String,
+        /// mnist, fashion-mnist, cifar10, synthetic-digits, folder:PATH.
+        #[arg(long)]
+        dataset: String,
+        /// Passes over the training set.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Mini-batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Learning rate (Adam, amsgrad, eps 1e-3; halved every 20 epochs).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        /// Multiply the lr by --lr-gamma every this many epochs.
+        #[arg(long, default_value_t = 20)]
+        lr_step: usize,
+        /// See --lr-step.
+        #[arg(long, default_value_t = 0.5)]
+        lr_gamma: f32,
+        /// Seed for initialisation, shuffling and augmentation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the weights (safetensors).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Continue from <out>.ckpt.
+        #[arg(long)]
+        resume: bool,
+        /// Use only the first N training images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Random flip + small affine (default: on for colour data).
+        #[arg(long)]
+        augment: Option<bool>,
+        /// Print the JSON summary only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test accuracy of trained weights.
+    Eval {
+        /// lenet, cifar10cnn, or a JSON net spec file.
+        #[arg(long)]
+        model: String,
+        /// Weights (safetensors).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// Dataset name.
+        #[arg(long)]
+        dataset: String,
+        /// Evaluate on the training split instead of the test split.
+        #[arg(long)]
+        train_split: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one attack against a trained target at one split layer.
+    Attack {
+        /// whitebox, blackbox or queryfree.
+        attack: String,
+        /// mnist (LeNet) or cifar10 (CIFAR10CNN).
+        #[arg(long)]
+        dataset: String,
+        /// Split layer (every layer is allowed: conv1 … fc3, conv11 … fc2).
+        #[arg(long)]
+        split: String,
+        /// Target weights (default: the zoo's under models/).
+        #[arg(long)]
+        weights: Option<std::path::PathBuf>,
+        /// Attack the first N test images (default: the first of each class).
+        #[arg(long)]
+        images: Option<usize>,
+        /// blackbox: same-set | same-dist | random; queryfree: {same,diff}-set-{same,diff}-net.
+        #[arg(long)]
+        setting: Option<String>,
+        /// White-box iterations (default: per-split tuned).
+        #[arg(long)]
+        iterations: Option<usize>,
+        /// White-box Adam learning rate.
+        #[arg(long)]
+        lr: Option<f32>,
+        /// White-box TV weight.
+        #[arg(long)]
+        lambda_tv: Option<f32>,
+        /// Output folder for the PNG grid and JSON.
+        #[arg(long, default_value = "results/attack")]
+        out: std::path::PathBuf,
+        /// White-box only: write the reconstruction emerging over the iterations as a GIF.
+        #[arg(long)]
+        gif: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Reproduce the paper's Tables 3, 4 and 6 and the per-layer figure.
+    Reproduce {
+        /// mnist or cifar10.
+        #[arg(long)]
+        dataset: String,
+        /// Target weights (default: the zoo's under models/).
+        #[arg(long)]
+        weights: Option<std::path::PathBuf>,
+        /// Evaluate on the first N test images (default: the first of each class, as the paper).
+        #[arg(long)]
+        images: Option<usize>,
+        /// Output folder (default results/<dataset>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// One JSON line per cell.
+        #[arg(long)]
+        json: bool,
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -52,6 +182,203 @@ enum Cmd {
 fn run(cli: Cli) -> Result<()> {
     threads::init(cli.threads)?;
     match cli.cmd {
+        Cmd::Train {
+            model,
+            dataset,
+            epochs,
+            batch,
+            lr,
+            lr_step,
+            lr_gamma,
+            seed,
+            out,
+            resume,
+            limit,
+            augment,
+            json,
+        } => {
+            let cfg = TrainConfig {
+                epochs,
+                batch,
+                lr,
+                lr_step,
+                lr_gamma,
+                seed,
+                progress: !json,
+                ..TrainConfig::default()
+            };
+            let args = TrainArgs {
+                model: ModelChoice::parse(&model)?,
+                dataset,
+                data: cli.data,
+                cfg,
+                out,
+                resume,
+                limit,
+                augment,
+            };
+            let summary = cli_train::train(&args)?;
+            println!(
+                "{}",
+                if json {
+                    summary.to_string()
+                } else {
+                    serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?
+                }
+            );
+            Ok(())
+        }
+        Cmd::Eval {
+            model,
+            weights,
+            dataset,
+            train_split,
+            json,
+        } => {
+            let split = if train_split {
+                Split::Train
+            } else {
+                Split::Test
+            };
+            let r = cli_train::eval(
+                &ModelChoice::parse(&model)?,
+                &weights,
+                &dataset,
+                cli.data.as_deref(),
+                split,
+            )?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "accuracy {:.2}% on {} {} images ({})",
+                    100.0 * r["accuracy"].as_f64().unwrap_or(f64::NAN),
+                    r["images"],
+                    dataset,
+                    split.as_str()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Attack {
+            attack,
+            dataset,
+            split,
+            weights,
+            images,
+            setting,
+            iterations,
+            lr,
+            lambda_tv,
+            out,
+            gif,
+            json,
+            seed,
+        } => {
+            let s = reproduce::setup(
+                &dataset,
+                weights.as_deref(),
+                cli.data.as_deref(),
+                images,
+                None,
+            )?;
+            let kind = s.target.kind;
+            let (name, setting) = match attack.as_str() {
+                "whitebox" | "white-box" => ("white-box", "-".to_string()),
+                "blackbox" | "black-box" => {
+                    ("black-box", setting.unwrap_or_else(|| "same-dist".into()))
+                }
+                "queryfree" | "query-free" => (
+                    "query-free",
+                    setting.unwrap_or_else(|| "diff-set-same-net".into()),
+                ),
+                _ => {
+                    return Err(Error::UnknownName {
+                        kind: "attack",
+                        name: attack,
+                        expected: "whitebox, blackbox, queryfree".into(),
+                    })
+                }
+            };
+            s.target.net.index_of(&split)?;
+            let (cell, o) = if name == "white-box" {
+                let mut cfg = reproduce::whitebox_defaults(kind, &split);
+                if let Some(i) = iterations {
+                    cfg.iterations = i;
+                }
+                if let Some(l) = lambda_tv {
+                    cfg.lambda_tv = l;
+                }
+                if let Some(lr) = lr {
+                    if let AttackOptimizer::Adam { lr: ref mut a, .. } = cfg.optimizer {
+                        *a = lr;
+                    }
+                }
+                cfg.seed = seed;
+                let mut frames = Vec::new();
+                let every = (cfg.iterations / 40).max(1);
+                let o = experiment::run_whitebox(
+                    &s.target,
+                    &split,
+                    &s.originals,
+                    &cfg,
+                    gif.as_ref().map(|_| (&mut frames, every)),
+                )?;
+                if let Some(g) = &gif {
+                    let rows: Vec<Vec<Tensor>> = frames
+                        .into_iter()
+                        .map(|f| vec![s.originals.clone(), f])
+                        .collect();
+                    report::save_gif(g, &rows, 3, 100)?;
+                    eprintln!("wrote {}", g.display());
+                }
+                (
+                    reproduce::Cell::from_outcome(&dataset, name, "-", &split, &o),
+                    o,
+                )
+            } else {
+                reproduce::run_cell(&s, name, &setting, &split, seed, s.train.len())?
+            };
+            let file = out.join(format!("{name}_{setting}_{split}.png"));
+            report::save_grid(&file, &[&s.originals, &o.recon], 3)?;
+            if json {
+                println!("{}", cell.json_line());
+            } else {
+                println!("{name} {setting} at {split}: PSNR {:.2} ± {:.2} dB, SSIM (paper protocol) {:.4}, SSIM (standard) {:.4}; paper: {} / {} ; {:.1} s", cell.psnr, cell.summary.psnr.ci95, cell.ssim_paper, cell.ssim_standard, cell.paper_psnr.map(|v| format!("{v:.2}")).unwrap_or("—".into()), cell.paper_ssim.map(|v| format!("{v:.4}")).unwrap_or("—".into()), cell.seconds);
+                println!(
+                    "wrote {} (top: originals, bottom: reconstructions)",
+                    file.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Reproduce {
+            dataset,
+            weights,
+            images,
+            out,
+            json,
+            seed,
+        } => {
+            let s = reproduce::setup(
+                &dataset,
+                weights.as_deref(),
+                cli.data.as_deref(),
+                images,
+                None,
+            )?;
+            let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{dataset}")));
+            let cells = reproduce::reproduce(&s, &out, json, seed)?;
+            if !json {
+                let beaten = cells
+                    .iter()
+                    .filter(|c| c.beats_paper() == Some(true))
+                    .count();
+                let total = cells.iter().filter(|c| c.beats_paper().is_some()).count();
+                println!("{beaten}/{total} paper cells matched or beaten; tables in {}/results.{{md,csv,json}}", out.display());
+            }
+            Ok(())
+        }
         Cmd::Demo { out, seed } => splitinv::demo::run(&out, seed).map(|_| ()),
         Cmd::Info => {
             println!("splitinv {}", env!("CARGO_PKG_VERSION"));

@@ -42,6 +42,11 @@ pub fn save(
 /// and shapes; otherwise the error lists every mismatch. Accepts f32, f16
 /// and bf16 tensors (converted to f32).
 pub fn load(net: &mut Sequential, path: &Path) -> Result<()> {
+    load_with_metadata(net, path).map(|_| ())
+}
+
+/// Like [`load`], also returning the file's metadata strings.
+pub fn load_with_metadata(net: &mut Sequential, path: &Path) -> Result<HashMap<String, String>> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| Error::BadData {
         path: path.to_path_buf(),
@@ -122,5 +127,9 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<()> {
             t.assign(src)?;
         }
     }
-    Ok(())
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| Error::BadData {
+        path: path.to_path_buf(),
+        msg: format!("{e}"),
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }

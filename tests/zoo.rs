@@ -1,0 +1,81 @@
+//! The model zoo: checksums of the committed weights, the spec files
+//! describing the built-in nets, and the LeNet's MNIST accuracy (with the
+//! real data from `SPLITINV_DATA`).
+
+use splitinv::cli_train::{self, ModelChoice};
+use splitinv::data::Split;
+use splitinv::models::{spec::NetSpec, ModelKind};
+use std::path::Path;
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn manifest() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string("models/manifest.json").unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn zoo_files_match_their_checksums() {
+    let m = manifest();
+    assert!(!m.is_empty());
+    for entry in m {
+        let file = Path::new("models").join(entry["file"].as_str().unwrap());
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(
+            sha256_hex(&bytes),
+            entry["sha256"].as_str().unwrap(),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn spec_files_describe_the_builtin_nets() {
+    for (file, kind) in [
+        ("models/lenet.json", ModelKind::Lenet),
+        ("models/cifar10cnn.json", ModelKind::Cifar10Cnn),
+    ] {
+        let spec = NetSpec::from_file(Path::new(file)).unwrap();
+        let a = spec.build(3).unwrap();
+        let b = kind.build(3).unwrap();
+        assert_eq!(a.layer_names(), b.layer_names(), "{file}");
+        let shapes = |n: &splitinv::nn::Sequential| {
+            n.named_params()
+                .into_iter()
+                .map(|(k, t)| (k, t.dims().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shapes(&a), shapes(&b), "{file}");
+    }
+}
+
+#[test]
+fn lenet_zoo_model_reaches_99_percent_on_mnist() {
+    let Some(root) = std::env::var_os("SPLITINV_DATA") else {
+        println!("skipped: SPLITINV_DATA not set");
+        return;
+    };
+    let r = cli_train::eval(
+        &ModelChoice::Builtin(ModelKind::Lenet),
+        Path::new("models/lenet_mnist.safetensors"),
+        "mnist",
+        Some(Path::new(&root)),
+        Split::Test,
+    )
+    .unwrap();
+    let acc = r["accuracy"].as_f64().unwrap();
+    let listed = manifest()[0]["test_accuracy"].as_f64().unwrap();
+    println!("LeNet MNIST test accuracy {acc:.4} (manifest {listed:.4})");
+    assert!(acc >= 0.99, "accuracy {acc}");
+    assert!(
+        (acc - listed).abs() < 1e-4,
+        "manifest says {listed}, measured {acc}"
+    );
+}
