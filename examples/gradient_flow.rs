@@ -36,12 +36,21 @@ fn norm(t: &Tensor) -> Result<f32> {
 }
 
 fn main() -> Result<()> {
-    let net = models::lenet(0)?;
-    let (f1, _) = net.split("pool2")?;
+    // The trained zoo LeNet when it is there (run from the repository root),
+    // else random weights — the gradient flows the same way through both.
+    let mut net = models::lenet(0)?;
+    let zoo = std::path::Path::new("models/lenet_mnist.safetensors");
+    if zoo.is_file() {
+        splitinv::nn::weights::load(&mut net, zoo)?;
+        println!("weights: {}", zoo.display());
+    } else {
+        println!("weights: random (models/lenet_mnist.safetensors not found)");
+    }
+    let (f1, _) = net.split("ReLU2")?;
     let x0 = test_image();
     let target = no_grad(|| f1.forward(&x0))?;
     let x = Tensor::zeros([1, 1, 28, 28]).requires_grad();
-    let mut opt = Adam::new(0.05);
+    let mut opt = Adam::new(0.1);
     let names = f1.layer_names();
 
     print!("{:>5} {:>10}", "step", "loss");
