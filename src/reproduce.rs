@@ -256,23 +256,24 @@ pub fn setup(
     })
 }
 
-/// Training settings for inverse networks and shadows in `reproduce`.
-pub fn attack_train_config(kind: ModelKind, seed: u64) -> TrainConfig {
-    match kind {
-        ModelKind::Lenet => TrainConfig {
-            epochs: 3,
-            batch: 64,
-            lr: 2e-3,
-            seed,
-            ..TrainConfig::default()
-        },
-        ModelKind::Cifar10Cnn => TrainConfig {
-            epochs: 3,
-            batch: 64,
-            lr: 1e-3,
-            seed,
-            ..TrainConfig::default()
-        },
+/// Training settings for inverse networks and shadows in `reproduce`: the
+/// same number of image presentations whatever the attacker's data size,
+/// so a 10k-image attacker set trains as long as the 60k one.
+pub fn attack_train_config(kind: ModelKind, n: usize, seed: u64) -> TrainConfig {
+    let passes: usize = match kind {
+        ModelKind::Lenet => 180_000,
+        ModelKind::Cifar10Cnn => 150_000,
+    };
+    let epochs = passes.div_ceil(n.max(1)).max(1);
+    let lr_step = epochs.div_ceil(3).max(1);
+    TrainConfig {
+        epochs,
+        batch: 64,
+        lr: 1e-2,
+        lr_step,
+        lr_gamma: 0.2,
+        seed,
+        ..TrainConfig::default()
     }
 }
 
@@ -284,9 +285,17 @@ pub fn run_cell(
     split: &str,
     seed: u64,
     random_n: usize,
+    train_override: Option<&TrainConfig>,
 ) -> Result<(Cell, AttackOutcome)> {
     let kind = s.target.kind;
-    let tc = attack_train_config(kind, seed);
+    let data_n = match setting {
+        "same-set" | "same-set-same-net" | "same-set-diff-net" => s.train.len(),
+        "random" => random_n,
+        _ => s.disjoint.len(),
+    };
+    let tc = train_override
+        .cloned()
+        .unwrap_or_else(|| attack_train_config(kind, data_n, seed));
     let o = match attack {
         "white-box" => experiment::run_whitebox(
             &s.target,
@@ -307,15 +316,8 @@ pub fn run_cell(
         "query-free" => {
             let st: ShadowSetting = setting.parse()?;
             let data = if st.same_set { &s.train } else { &s.disjoint };
-            experiment::run_queryfree(
-                &s.target,
-                split,
-                st,
-                data,
-                &s.originals,
-                &tc,
-                &whitebox_defaults(kind, split),
-            )?
+            let wb = whitebox_defaults(kind, split);
+            experiment::run_queryfree(&s.target, split, st, data, &s.originals, &tc, &wb)?
         }
         _ => {
             return Err(Error::UnknownName {
@@ -359,7 +361,7 @@ pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cel
     for (attack, setting) in ROWS {
         let mut recons = Vec::new();
         for split in paper_splits(kind) {
-            let (cell, o) = run_cell(s, attack, setting, split, seed, s.train.len())?;
+            let (cell, o) = run_cell(s, attack, setting, split, seed, s.train.len(), None)?;
             if json {
                 println!("{}", cell.json_line());
             } else {

@@ -129,6 +129,12 @@ enum Cmd {
         /// White-box TV weight.
         #[arg(long)]
         lambda_tv: Option<f32>,
+        /// Black-box / query-free: epochs of inverse-network / shadow training (default: tuned).
+        #[arg(long)]
+        train_epochs: Option<usize>,
+        /// Black-box / query-free: learning rate of that training.
+        #[arg(long)]
+        train_lr: Option<f32>,
         /// Output folder for the PNG grid and JSON.
         #[arg(long, default_value = "results/attack")]
         out: std::path::PathBuf,
@@ -270,6 +276,8 @@ fn run(cli: Cli) -> Result<()> {
             iterations,
             lr,
             lambda_tv,
+            train_epochs,
+            train_lr,
             out,
             gif,
             json,
@@ -337,7 +345,22 @@ fn run(cli: Cli) -> Result<()> {
                     o,
                 )
             } else {
-                reproduce::run_cell(&s, name, &setting, &split, seed, s.train.len())?
+                let over = (train_epochs.is_some() || train_lr.is_some()).then(|| TrainConfig {
+                    epochs: train_epochs.unwrap_or(3),
+                    batch: 64,
+                    lr: train_lr.unwrap_or(5e-3),
+                    seed,
+                    ..TrainConfig::default()
+                });
+                reproduce::run_cell(
+                    &s,
+                    name,
+                    &setting,
+                    &split,
+                    seed,
+                    s.train.len(),
+                    over.as_ref(),
+                )?
             };
             let file = out.join(format!("{name}_{setting}_{split}.png"));
             report::save_grid(&file, &[&s.originals, &o.recon], 3)?;
