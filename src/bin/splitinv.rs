@@ -415,6 +415,7 @@ fn run(cli: Cli) -> Result<()> {
                 levels.join(", ")
             );
             println!("threads:  {}", threads::num_threads());
+            println!("cuda:     {}", splitinv::cuda::info());
             Ok(())
         }
         Cmd::Bench {
