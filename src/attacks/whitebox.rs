@@ -145,38 +145,14 @@ impl Normalization {
         }
     }
 
-    fn channel(&self, c: usize) -> (f32, f32) {
-        let m = self
-            .mean
-            .get(c)
-            .or(self.mean.first())
-            .copied()
-            .unwrap_or(0.0);
-        let s = self.std.get(c).or(self.std.first()).copied().unwrap_or(1.0);
-        (m, s)
-    }
-
-    fn map(&self, x: &Tensor, f: impl Fn(f32, f32, f32) -> f32) -> Result<Tensor> {
-        let (n, c, h, w) = x.shape().nchw("normalize")?;
-        let mut v = x.to_vec()?;
-        let plane = h * w;
-        for i in 0..n * c {
-            let (m, s) = self.channel(i % c);
-            for p in &mut v[i * plane..(i + 1) * plane] {
-                *p = f(*p, m, s);
-            }
-        }
-        Tensor::from_vec(v, [n, c, h, w])
-    }
-
     /// Pixels → net input.
     pub fn normalize(&self, x: &Tensor) -> Result<Tensor> {
-        self.map(x, |p, m, s| (p - m) / s)
+        crate::data::transforms::normalize(x, &self.mean, &self.std)
     }
 
     /// Net input → pixels (not clipped).
     pub fn denormalize(&self, x: &Tensor) -> Result<Tensor> {
-        self.map(x, |p, m, s| p * s + m)
+        crate::data::transforms::denormalize(x, &self.mean, &self.std)
     }
 }
 
