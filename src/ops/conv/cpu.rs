@@ -223,6 +223,9 @@ fn linear_rows(g: &ConvGeom) -> bool {
 /// iy = oy·sh + ky − ph, ix = ox·sw + kx − pw, or 0 in the padding.
 #[inline(always)]
 fn im2col_body(g: &ConvGeom, x: &[f32], p0: usize, t: usize, col: &mut [f32]) {
+    if super::valid::is_valid_stride1(g) {
+        return super::valid::im2col_valid(g, x, p0, t, col);
+    }
     let hw = g.in_plane();
     for ci in 0..g.cin {
         let plane = &x[ci * hw..(ci + 1) * hw];
@@ -291,6 +294,9 @@ fn im2col_body(g: &ConvGeom, x: &[f32], p0: usize, t: usize, col: &mut [f32]) {
 /// came from the padding are dropped. `col` is scratch and may be modified.
 #[inline(always)]
 fn col2im_body(g: &ConvGeom, col: &mut [f32], p0: usize, t: usize, dx: &mut [f32]) {
+    if super::valid::is_valid_stride1(g) {
+        return super::valid::col2im_valid(g, col, p0, t, dx);
+    }
     let hw = g.in_plane();
     for ci in 0..g.cin {
         let plane = &mut dx[ci * hw..(ci + 1) * hw];
