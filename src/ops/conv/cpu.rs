@@ -74,8 +74,11 @@ impl ConvGeom {
 /// packed panels.
 const COL_TILE_BYTES: usize = 1 << 20;
 /// Below this much work a kernel runs on the calling thread (the GEMM may
-/// still use threads): waking the pool would cost more than it saves.
-const PAR_MIN_FLOPS: usize = 1 << 21;
+/// still use threads): waking the pool would cost more than it saves. The
+/// same bar as the GEMM's own (`gemm::PAR_MIN_FLOPS`); at 2 M (the old
+/// value) LeNet's convs on 10–32 images ran slower split on two shared
+/// cores than on one.
+const PAR_MIN_FLOPS: usize = crate::cpu::gemm::PAR_MIN_FLOPS;
 
 /// How a call is carried out: tile width and parallel split. Computed from
 /// the geometry and the pool size by [`Plan::new`]; tests build other plans

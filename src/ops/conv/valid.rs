@@ -7,8 +7,7 @@
 //! padding bookkeeping and a `memmove` call than on moving the 32 bytes
 //! themselves. Here there is no padding, so every segment is a plain copy of
 //! `ow` (or fewer, at tile ends) input floats, walked with running
-//! (oy, ox) counters, and copied / added in fixed 8-float blocks that the
-//! compiler turns into single vector moves.
+//! (oy, ox) counters, and copied with constant-length moves where possible.
 
 use super::cpu::ConvGeom;
 
@@ -18,16 +17,35 @@ pub(super) fn is_valid_stride1(g: &ConvGeom) -> bool {
     g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0
 }
 
-/// `dst = src` for short slices of equal length, in 8-float blocks.
+/// `dst = src` for short slices of equal length. A copy of run-time length
+/// becomes a `memcpy` call (the compiler also turns any plain copy loop into
+/// one), and its call overhead dominates for the 8–32 float runs of small
+/// conv planes; with a constant length the copy is emitted as a few vector
+/// moves instead. Other lengths fall back to `copy_from_slice`.
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d8 = dst.chunks_exact_mut(8);
-    let mut s8 = src.chunks_exact(8);
-    for (d, s) in (&mut d8).zip(&mut s8) {
-        d.copy_from_slice(s);
+    let done = match dst.len() {
+        8 => copy_n::<8>(dst, src),
+        16 => copy_n::<16>(dst, src),
+        24 => copy_n::<24>(dst, src),
+        32 => copy_n::<32>(dst, src),
+        _ => false,
+    };
+    if !done {
+        dst.copy_from_slice(src);
     }
-    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
-        *d = *s;
+}
+
+/// Copies N floats as one fixed-size array (so the compiler sees the
+/// length); false when either slice is not exactly N long.
+#[inline(always)]
+fn copy_n<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+    match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+        (Ok(d), Ok(s)) => {
+            *d = *s;
+            true
+        }
+        _ => false,
     }
 }
 
