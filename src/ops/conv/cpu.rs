@@ -74,8 +74,11 @@ impl ConvGeom {
 /// packed panels.
 const COL_TILE_BYTES: usize = 1 << 20;
 /// Below this much work a kernel runs on the calling thread (the GEMM may
-/// still use threads): waking the pool would cost more than it saves.
-const PAR_MIN_FLOPS: usize = 1 << 21;
+/// still use threads): waking the pool would cost more than it saves. The
+/// same bar as the GEMM's own (`gemm::PAR_MIN_FLOPS`); at 2 M (the old
+/// value) LeNet's convs on 10–32 images ran slower split on two shared
+/// cores than on one.
+const PAR_MIN_FLOPS: usize = crate::cpu::gemm::PAR_MIN_FLOPS;
 
 /// How a call is carried out: tile width and parallel split. Computed from
 /// the geometry and the pool size by [`Plan::new`]; tests build other plans
@@ -223,6 +226,9 @@ fn linear_rows(g: &ConvGeom) -> bool {
 /// iy = oy·sh + ky − ph, ix = ox·sw + kx − pw, or 0 in the padding.
 #[inline(always)]
 fn im2col_body(g: &ConvGeom, x: &[f32], p0: usize, t: usize, col: &mut [f32]) {
+    if super::valid::is_valid_stride1(g) {
+        return super::valid::im2col_valid(g, x, p0, t, col);
+    }
     let hw = g.in_plane();
     for ci in 0..g.cin {
         let plane = &x[ci * hw..(ci + 1) * hw];
@@ -291,6 +297,9 @@ fn im2col_body(g: &ConvGeom, x: &[f32], p0: usize, t: usize, col: &mut [f32]) {
 /// came from the padding are dropped. `col` is scratch and may be modified.
 #[inline(always)]
 fn col2im_body(g: &ConvGeom, col: &mut [f32], p0: usize, t: usize, dx: &mut [f32]) {
+    if super::valid::is_valid_stride1(g) {
+        return super::valid::col2im_valid(g, col, p0, t, dx);
+    }
     let hw = g.in_plane();
     for ci in 0..g.cin {
         let plane = &mut dx[ci * hw..(ci + 1) * hw];

@@ -43,6 +43,7 @@
 //! The CPU kernels (im2col / col2im around the packed GEMM) are in `cpu.rs`.
 
 pub(crate) mod cpu;
+mod valid;
 
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
@@ -644,6 +645,7 @@ mod tests {
         (1, 3, 4, 4, 2, 6, 6, [1, 1], [1, 1]),
         (3, 6, 12, 12, 9, 3, 3, [1, 1], [0, 0]),
         (1, 7, 9, 9, 3, 3, 3, [2, 2], [2, 2]),
+        (2, 8, 12, 11, 5, 5, 4, [1, 1], [0, 0]),
     ];
 
     fn plan(tile: usize, threads: usize, nested: bool) -> Plan {

@@ -238,6 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn small_matmul_matches_reference_at_every_level() {
+        // Few rows (the small path), every stored layout it handles, odd
+        // sizes with and without a 16-float tail.
+        for (m, k, n) in [(1, 7, 3), (3, 37, 5), (4, 256, 120), (2, 16, 1)] {
+            let a = rnd(&[m, k], 11).to_vec().unwrap();
+            let b = rnd(&[k, n], 12).to_vec().unwrap();
+            let want = crate::cpu::reference::matmul(&a, &b, m, k, n);
+            let at = cpu::transpose(&a, m, k);
+            let bt = cpu::transpose(&b, k, n);
+            for lv in crate::cpu::simd::available_levels() {
+                for (ta, tb) in [(false, false), (true, false), (false, true)] {
+                    let aa = if ta { &at } else { &a };
+                    let bb = if tb { &bt } else { &b };
+                    let mut c = vec![0.0; m * n];
+                    cpu::small_matmul_at(lv, aa, bb, m, k, n, ta, tb, &mut c);
+                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            "m{m} k{k} n{n} ta {ta} tb {tb} level {lv}: first mismatch at \
+                             ({}, {}): {x} vs {y}",
+                            i / n,
+                            i % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn gradients() {
         let a = rnd(&[4, 6], 3);
         let b = rnd(&[6, 5], 4);

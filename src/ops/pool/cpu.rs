@@ -70,11 +70,17 @@ pub(crate) fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], idx: &mut
     if hw == 0 || ohw == 0 {
         return;
     }
-    let cols = g.cols();
     let items = x
         .par_chunks(hw)
         .zip(y.par_chunks_mut(ohw))
         .zip(idx.par_chunks_mut(ohw));
+    if is_2x2_s2(g) {
+        over_planes(x.len() >= PAR_MIN, items, |((xp, yp), ip)| {
+            max_pool_2x2_plane(g, xp, yp, ip)
+        });
+        return;
+    }
+    let cols = g.cols();
     over_planes(x.len() >= PAR_MIN, items, |((xp, yp), ip)| {
         for oy in 0..g.oh {
             let (y0, y1) = g.rows(oy);
@@ -98,6 +104,39 @@ pub(crate) fn max_pool_forward(g: &PoolGeom, x: &[f32], y: &mut [f32], idx: &mut
             }
         }
     });
+}
+
+/// The common 2×2 stride-2 unpadded window (LeNet's pools), whose every
+/// window lies inside the plane.
+fn is_2x2_s2(g: &PoolGeom) -> bool {
+    (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) && 2 * g.oh <= g.h && 2 * g.ow <= g.w
+}
+
+/// One plane of 2×2 stride-2 max pooling. Same result as the general loop
+/// (scan order, first maximum, NaN wins) but with fixed windows and
+/// branch-free selects: the general loop's data-dependent branches and
+/// per-window range logic cost several ns per input pixel.
+fn max_pool_2x2_plane(g: &PoolGeom, xp: &[f32], yp: &mut [f32], ip: &mut [u32]) {
+    let w = g.w;
+    for ((oy, yrow), irow) in yp.chunks_mut(g.ow).enumerate().zip(ip.chunks_mut(g.ow)) {
+        let (i0, i1) = (2 * oy * w, (2 * oy + 1) * w);
+        let r0 = &xp[i0..i0 + 2 * g.ow];
+        let r1 = &xp[i1..i1 + 2 * g.ow];
+        let wins = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        for (ox, ((yv, iv), (a, b))) in yrow.iter_mut().zip(irow.iter_mut()).zip(wins).enumerate() {
+            let (ia, ib) = (i0 + 2 * ox, i1 + 2 * ox);
+            let mut best = f32::NEG_INFINITY;
+            let mut bi = ia;
+            for (v, i) in [(a[0], ia), (a[1], ia + 1), (b[0], ib), (b[1], ib + 1)] {
+                let take = v > best || v.is_nan();
+                best = if take { v } else { best };
+                bi = if take { i } else { bi };
+            }
+            *yv = best;
+            // Fits: the caller checked H·W ≤ u32::MAX.
+            *iv = bi as u32;
+        }
+    }
 }
 
 /// Max pooling's backward: dx[argmax] += g, per plane (accumulating into a

@@ -283,6 +283,7 @@ mod tests {
     const CASES: &[PoolCase] = &[
         ([1, 3, 7, 9], [3, 3], [2, 2], [0, 0]),
         ([3, 2, 8, 6], [2, 2], [2, 2], [0, 0]),
+        ([2, 3, 7, 9], [2, 2], [2, 2], [0, 0]),
         ([3, 4, 5, 7], [3, 3], [1, 1], [1, 1]),
         ([1, 2, 9, 8], [3, 2], [2, 1], [1, 0]),
         ([2, 3, 6, 5], [5, 5], [2, 3], [2, 2]),
@@ -412,6 +413,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(y.to_vec().unwrap(), vec![4.0 / 9.0]);
+    }
+
+    #[test]
+    fn max_pool_2x2_ties_and_nan_match_the_general_rule() {
+        // 2×2 stride 2 takes the fast path, which must keep the general
+        // rule: the first maximum in scan order wins, and so does a NaN.
+        // Plane 2×6: window 0 ties (first wins), window 1 holds a NaN,
+        // window 2 is -inf everywhere but one pixel.
+        let v = vec![
+            1.0,
+            0.0,
+            2.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            0.5,
+            1.0,
+            7.0,
+            9.0,
+            f32::NEG_INFINITY,
+            -3.0,
+        ];
+        let x = Tensor::from_vec(v, [1, 1, 2, 6]).unwrap().requires_grad();
+        let y = max_pool2d(&x, Pool2dParams::new(2, 2)).unwrap();
+        let yv = y.to_vec().unwrap();
+        assert_eq!(yv[0], 1.0);
+        assert!(yv[1].is_nan(), "{yv:?}");
+        assert_eq!(yv[2], -3.0);
+        let gy = Tensor::from_vec(vec![1.0, 2.0, 3.0], [1, 1, 1, 3]).unwrap();
+        let dx = y.backward_from(gy, &[]).unwrap();
+        let dx = dx.get(&x).unwrap().to_vec().unwrap();
+        let mut want = vec![0.0; 12];
+        want[0] = 1.0;
+        want[3] = 2.0;
+        want[11] = 3.0;
+        assert_eq!(dx, want);
     }
 
     #[test]
