@@ -43,6 +43,7 @@
 //! The CPU kernels (im2col / col2im around the packed GEMM) are in `cpu.rs`.
 
 pub(crate) mod cpu;
+pub(crate) mod winograd;
 
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
