@@ -506,7 +506,7 @@ pub(crate) fn conv2d_forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    if super::winograd::applies(g) {
+    if super::winograd::enabled() && super::winograd::applies(g) {
         return super::winograd::conv2d_forward(lv, g, x, w, bias, y);
     }
     conv2d_forward_with(lv, g, &Plan::new(g), x, w, bias, y)
@@ -641,7 +641,7 @@ pub(crate) fn conv2d_input_grad(
     bias: Option<&[f32]>,
     dx: &mut [f32],
 ) {
-    if super::winograd::applies(g) {
+    if super::winograd::enabled() && super::winograd::applies(g) {
         return super::winograd::conv2d_input_grad(lv, g, gy, w, bias, dx);
     }
     conv2d_input_grad_with(lv, g, &Plan::new(g), gy, w, bias, dx)
