@@ -227,19 +227,32 @@ fn input_transform_body(r: &Run, x: &[f32], v: &mut [f32], ld: usize, t0: usize,
         // outside the image.
         for k in 0..4 {
             let (e, o) = ro[2 * k * n..(2 * k + 2) * n].split_at_mut(n);
-            e.fill(0.0);
-            o.fill(0.0);
             let iy = (2 * ty + k) as isize - 1;
-            if iy >= 0 && (iy as usize) < r.h {
-                let src = &x[iy as usize * r.w..(iy as usize + 1) * r.w];
-                for (c, &val) in src.iter().enumerate() {
-                    // Input column c is padded column c + 1.
-                    if c % 2 == 1 {
-                        e[c.div_ceil(2)] = val;
-                    } else {
-                        o[c / 2] = val;
-                    }
-                }
+            if iy < 0 || iy as usize >= r.h {
+                e.fill(0.0);
+                o.fill(0.0);
+                continue;
+            }
+            let src = &x[iy as usize * r.w..(iy as usize + 1) * r.w];
+            // Input column c is padded column c + 1: even c → o[c/2], odd
+            // c → e[(c+1)/2]. Pairs first (branch-free, vectorisable), then
+            // the zero padding at both ends.
+            let pairs = r.w / 2;
+            for ((pair, ov), ev) in src
+                .chunks_exact(2)
+                .zip(&mut o[..pairs])
+                .zip(&mut e[1..=pairs])
+            {
+                *ov = pair[0];
+                *ev = pair[1];
+            }
+            e[0] = 0.0;
+            e[pairs + 1..].fill(0.0);
+            if r.w % 2 == 1 {
+                o[pairs] = src[r.w - 1];
+                o[pairs + 1..].fill(0.0);
+            } else {
+                o[pairs..].fill(0.0);
             }
         }
         // Bᵀ along the rows (on e and o halves alike): b0 = d0 − d2,
@@ -298,7 +311,7 @@ fn input_transform_body(r: &Run, x: &[f32], v: &mut [f32], ld: usize, t0: usize,
 
 /// Y = Aᵀ M A for every tile of one output plane `y` (h×w), reading
 /// `m[ξ·ld + t0 + tile]`; y = bias + Y, or y += bias + Y when `acc`.
-/// `tmp` is scratch of at least 4·tw floats. The four outputs of each tile
+/// `tmp` is scratch of at least 12·tw floats. The four outputs of each tile
 /// are first computed as four unit-stride rows over tx, then interleaved
 /// into the image rows.
 #[allow(clippy::too_many_arguments)]
@@ -314,21 +327,37 @@ fn output_transform_body(
     tmp: &mut [f32],
 ) {
     let tw = r.tw;
-    let (o00, rest) = tmp[..4 * tw].split_at_mut(tw);
+    let (sr, orow) = tmp[..12 * tw].split_at_mut(8 * tw);
+    let (o00, rest) = orow.split_at_mut(tw);
     let (o01, rest) = rest.split_at_mut(tw);
     let (o10, o11) = rest.split_at_mut(tw);
     for ty in 0..r.th {
         let base = t0 + ty * tw;
-        let ms: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * ld + base..xi * ld + base + tw]);
-        for t in 0..tw {
-            // Aᵀ along the rows: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 (per column j).
-            let s0: [f32; 4] = std::array::from_fn(|j| ms[j][t] + ms[4 + j][t] + ms[8 + j][t]);
-            let s1: [f32; 4] = std::array::from_fn(|j| ms[4 + j][t] - ms[8 + j][t] - ms[12 + j][t]);
-            // … and along the columns.
-            o00[t] = bias + s0[0] + s0[1] + s0[2];
-            o01[t] = bias + s0[1] - s0[2] - s0[3];
-            o10[t] = bias + s1[0] + s1[1] + s1[2];
-            o11[t] = bias + s1[1] - s1[2] - s1[3];
+        let mrow = |xi: usize| &m[xi * ld + base..xi * ld + base + tw];
+        // Aᵀ along the rows, column j of every tile at once:
+        // s0_j = m0j + m1j + m2j, s1_j = m1j − m2j − m3j.
+        for j in 0..4 {
+            let (s0, s1) = sr[2 * j * tw..(2 * j + 2) * tw].split_at_mut(tw);
+            let (a, b, c, d) = (mrow(j), mrow(4 + j), mrow(8 + j), mrow(12 + j));
+            for (((((p, q), &a), &b), &c), &d) in
+                s0.iter_mut().zip(s1.iter_mut()).zip(a).zip(b).zip(c).zip(d)
+            {
+                *p = a + b + c;
+                *q = b - c - d;
+            }
+        }
+        // … and along the columns: y_i0 = s_i0 + s_i1 + s_i2,
+        // y_i1 = s_i1 − s_i2 − s_i3.
+        for (i, (ya, yb)) in [(&mut *o00, &mut *o01), (&mut *o10, &mut *o11)]
+            .into_iter()
+            .enumerate()
+        {
+            let srow = |j: usize| &sr[(2 * j + i) * tw..(2 * j + i + 1) * tw];
+            let (c0, c1, c2, c3) = (srow(0), srow(1), srow(2), srow(3));
+            for t in 0..tw {
+                ya[t] = bias + c0[t] + c1[t] + c2[t];
+                yb[t] = bias + c1[t] - c2[t] - c3[t];
+            }
         }
         for (dy, (oa, ob)) in [(&*o00, &*o01), (&*o10, &*o11)].into_iter().enumerate() {
             let yy = 2 * ty + dy;
@@ -508,7 +537,7 @@ fn run(
                 .par_chunks_mut(hw)
                 .enumerate()
                 .for_each_init(
-                    || vec![0f32; 4 * r.tw],
+                    || vec![0f32; 12 * r.tw],
                     |tmp, (p, plane)| {
                         let (img, co) = (p / r.c_out, p % r.c_out);
                         let b = bias.map_or(0.0, |b| b[co]);
