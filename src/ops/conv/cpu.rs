@@ -9,6 +9,11 @@
 //!
 //! conv_transpose2d runs the same three kernels with roles swapped.
 //!
+//! 3×3 stride-1 "same" convolutions with many channels take another route
+//! for the forward and the input-gradient: Winograd F(2×2, 3×3) in
+//! `winograd.rs` (2.25× fewer multiplies); the dispatch is at the top of
+//! [`conv2d_forward`] and [`conv2d_input_grad`].
+//!
 //! Data movement, which is what this file is about:
 //! - The column matrix is never built for a whole image at once: it is built
 //!   for a *tile* of output pixels small enough (about 1 MiB) to stay in the
