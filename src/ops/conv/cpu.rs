@@ -9,6 +9,11 @@
 //!
 //! conv_transpose2d runs the same three kernels with roles swapped.
 //!
+//! 3×3 stride-1 "same" convolutions with many channels take another route
+//! for the forward and the input-gradient: Winograd F(2×2, 3×3) in
+//! `winograd.rs` (2.25× fewer multiplies); the dispatch is at the top of
+//! [`conv2d_forward`] and [`conv2d_input_grad`].
+//!
 //! Data movement, which is what this file is about:
 //! - The column matrix is never built for a whole image at once: it is built
 //!   for a *tile* of output pixels small enough (about 1 MiB) to stay in the
@@ -515,6 +520,9 @@ pub(crate) fn conv2d_forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    if super::winograd::enabled() && super::winograd::applies(g) {
+        return super::winograd::conv2d_forward(lv, g, x, w, bias, y);
+    }
     conv2d_forward_with(lv, g, &Plan::new(g), x, w, bias, y)
 }
 
@@ -647,6 +655,9 @@ pub(crate) fn conv2d_input_grad(
     bias: Option<&[f32]>,
     dx: &mut [f32],
 ) {
+    if super::winograd::enabled() && super::winograd::applies(g) {
+        return super::winograd::conv2d_input_grad(lv, g, gy, w, bias, dx);
+    }
     conv2d_input_grad_with(lv, g, &Plan::new(g), gy, w, bias, dx)
 }
 

@@ -44,6 +44,7 @@
 
 pub(crate) mod cpu;
 mod valid;
+pub(crate) mod winograd;
 
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
