@@ -186,7 +186,6 @@ enum Cmd {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    threads::init(cli.threads)?;
     match cli.cmd {
         Cmd::Train {
             model,
@@ -465,7 +464,13 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The command itself runs on a worker of the kernel thread pool: every
+    // parallel kernel it calls then starts on the current thread, instead of
+    // waking a pool thread and putting the main thread to sleep (a context
+    // switch per op, which dominated the small MNIST steps).
+    let result = threads::init(cli.threads).and_then(|()| rayon::scope(|_| run(cli)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
