@@ -316,7 +316,11 @@ pub fn run_cell(
         "query-free" => {
             let st: ShadowSetting = setting.parse()?;
             let data = if st.same_set { &s.train } else { &s.disjoint };
-            let wb = whitebox_defaults(kind, split);
+            // Start from noise, not the flat mean image: a freshly trained
+            // shadow often maps a flat image to all-negative pre-activations,
+            // where every ReLU is off and the gradient is exactly zero.
+            let mut wb = whitebox_defaults(kind, split);
+            wb.init = Init::Random;
             experiment::run_queryfree(&s.target, split, st, data, &s.originals, &tc, &wb)?
         }
         _ => {
