@@ -47,7 +47,7 @@ fn window(o: usize, k: usize, s: usize, p: usize, len: usize) -> (usize, usize) 
 }
 
 /// Below this many input elements the loops run on the calling thread.
-const PAR_MIN: usize = 1 << 15;
+const PAR_MIN: usize = 1 << 18;
 
 /// Runs `f(plane index)` over all planes, in parallel when large.
 fn over_planes<T: Send, F: Fn(T) + Sync + Send>(
