@@ -31,7 +31,7 @@ pub struct TrainConfig {
     pub eps: f32,
     /// AMSGrad.
     pub amsgrad: bool,
-    /// Halve... multiply the lr by `lr_gamma` every `lr_step` epochs.
+    /// Multiply the lr by `lr_gamma` every `lr_step` epochs.
     pub lr_step: usize,
     /// See `lr_step`.
     pub lr_gamma: f32,

@@ -1,13 +1,10 @@
 //! The CIFAR-10 CNN of the authors' code (DESIGN.md §2).
 
+/// The input normalisation, defined once with the data transforms.
+pub use crate::data::transforms::{CIFAR_MEAN, CIFAR_STD};
 use crate::error::Result;
 use crate::nn::{Layer, Sequential};
 use rand::SeedableRng;
-
-/// CIFAR-10 normalisation mean used by the authors.
-pub const CIFAR_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// CIFAR-10 normalisation std used by the authors.
-pub const CIFAR_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Every layer of the CIFAR CNN, each a split point.
 pub const CIFAR_SPLITS: [&str; 18] = [

@@ -1,13 +1,10 @@
 //! LeNet-5 as in the authors' code (DESIGN.md §2).
 
+/// The input normalisation, defined once with the data transforms.
+pub use crate::data::transforms::{MNIST_MEAN, MNIST_STD};
 use crate::error::Result;
 use crate::nn::{Layer, Sequential};
 use rand::SeedableRng;
-
-/// MNIST normalisation used by the paper: (x − 0.5) / 0.5.
-pub const MNIST_MEAN: [f32; 1] = [0.5];
-/// See [`MNIST_MEAN`].
-pub const MNIST_STD: [f32; 1] = [0.5];
 
 /// Every layer of LeNet, each a split point.
 pub const LENET_SPLITS: [&str; 11] = [
