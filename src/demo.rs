@@ -123,6 +123,7 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &originals,
             &qf_cfg,
             &wb,
+            1,
         )?;
         for (name, o) in [
             ("white-box", &white),

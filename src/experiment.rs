@@ -17,6 +17,25 @@ use crate::tensor::Tensor;
 use crate::train::{argmax_rows, fit, EpochStats, TrainConfig, TrainRng};
 use std::path::Path;
 
+/// Appends f2's leading ReLU layers to `shadow` and applies them to the
+/// observed features `v` (unchanged when f2 does not start with a ReLU).
+fn with_leading_relus(
+    shadow: &Sequential,
+    f2: &Sequential,
+    v: &Tensor,
+) -> Result<(Sequential, Tensor)> {
+    let mut net = shadow.clone();
+    let mut v = v.clone();
+    for (name, layer) in f2.layers() {
+        if !matches!(layer, crate::nn::Layer::Relu) {
+            break;
+        }
+        net.push(format!("server {name}"), layer.clone())?;
+        v = ops::relu(&v)?;
+    }
+    Ok((net, v))
+}
+
 /// A labelled, normalised batch (optionally augmented) of a dataset.
 pub fn prepare_batch(
     ds: &Dataset,
@@ -262,8 +281,11 @@ pub fn run_blackbox(
     outcome(target, &recon, originals, t0)
 }
 
-/// Query-free attack: trains a shadow f1' through the frozen f2 on
-/// `shadow_data`, then runs the white-box attack on f1'.
+/// Query-free attack: trains `n_shadows` shadow nets f1' (seeds differ)
+/// through the frozen f2 on `shadow_data`, then runs the white-box attack
+/// on all of them at once ([`whitebox::invert_ensemble`]; one shadow is
+/// the paper's attack).
+#[allow(clippy::too_many_arguments)]
 pub fn run_queryfree(
     target: &Target,
     split: &str,
@@ -272,22 +294,48 @@ pub fn run_queryfree(
     originals: &Tensor,
     train_cfg: &TrainConfig,
     wb: &WhiteBoxConfig,
+    n_shadows: usize,
 ) -> Result<AttackOutcome> {
+    if n_shadows == 0 {
+        return Err(Error::invalid(
+            "query-free",
+            "the number of shadow networks must be at least 1, got 0",
+        ));
+    }
     let t0 = std::time::Instant::now();
     let (_, f2) = target.net.split(split)?;
-    let mut shadow = shadows::shadow_for(
-        target.kind,
-        split,
-        setting.same_net,
-        train_cfg.seed ^ 0x5bad,
-    )?;
-    let norm = target.norm.clone();
-    let mut batch =
-        |idx: &[usize], _rng: &mut TrainRng| prepare_batch(shadow_data, idx, &norm, None);
-    queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, train_cfg)?;
     let v = target.observe(split, originals)?;
+    let norm = target.norm.clone();
+    let mut nets = Vec::with_capacity(n_shadows);
+    let mut observed = v.clone();
+    for k in 0..n_shadows as u64 {
+        let seed = train_cfg.seed ^ 0x5bad ^ k.wrapping_mul(0x9e37_79b9);
+        let mut shadow = shadows::shadow_for(target.kind, split, setting.same_net, seed)?;
+        let mut batch =
+            |idx: &[usize], _rng: &mut TrainRng| prepare_batch(shadow_data, idx, &norm, None);
+        let cfg = TrainConfig {
+            seed: train_cfg.seed.wrapping_add(k),
+            ..train_cfg.clone()
+        };
+        queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, &cfg)?;
+        // The shadow was trained only through f2, so it is faithful only in
+        // what f2 sees: where f2 starts with a ReLU (a pre-activation split
+        // such as conv1), the negative part of its features is
+        // unconstrained. Matching after that ReLU — on both sides — fits the
+        // shadow where it agrees with f1 and leaves alone where it cannot.
+        let (net, v_seen) = with_leading_relus(&shadow, &f2, &v)?;
+        nets.push(net);
+        observed = v_seen;
+    }
+    // The attacker holds data from the target's distribution: an L2 prior
+    // without an explicit centre pulls towards that data's mean image.
+    let mut wb = wb.clone();
+    if wb.lambda_l2 > 0.0 && wb.l2_center.is_none() {
+        wb.l2_center = Some(shadow_data.mean_image());
+    }
     let pb = crate::train::progress_bar(wb.iterations as u64, true, &format!("query-free {split}"));
-    let recon = whitebox::invert(&shadow, &v, target.chw(), &target.norm, wb, &mut |p| {
+    let refs: Vec<&Sequential> = nets.iter().collect();
+    let recon = whitebox::invert_ensemble(&refs, &observed, target.chw(), &norm, &wb, &mut |p| {
         if p.iteration % 50 == 0 {
             pb.set_position(p.iteration as u64);
         }

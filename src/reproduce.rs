@@ -121,6 +121,7 @@ pub fn whitebox_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
         lambda_tv,
         tv_beta: 2.0,
         lambda_l2: 0.0,
+        l2_center: None,
         box_constraint: true,
         seed: 0,
     }
@@ -281,7 +282,24 @@ pub fn attack_train_config(kind: ModelKind, n: usize, seed: u64) -> TrainConfig 
     }
 }
 
-/// Runs one attack cell.
+/// Shadow networks the query-free attack trains and inverts together by
+/// default (1 = the paper's attack).
+pub const QUERYFREE_SHADOWS: usize = 3;
+
+/// The white-box settings the query-free attack inverts its shadow with:
+/// the white-box defaults, started from noise rather than the flat mean
+/// image — a freshly trained shadow often maps a flat image to
+/// all-negative pre-activations, where every ReLU is off and the gradient
+/// is exactly zero.
+pub fn queryfree_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
+    let mut wb = whitebox_defaults(kind, split);
+    wb.init = Init::Random;
+    wb
+}
+
+/// Runs one attack cell. `train_override` replaces the inverse-network /
+/// shadow training settings, `wb_override` the white-box settings (of the
+/// white-box attack, or of the query-free attack's inversion of its shadow).
 pub fn run_cell(
     s: &Setup,
     attack: &str,
@@ -290,7 +308,10 @@ pub fn run_cell(
     seed: u64,
     random_n: usize,
     train_override: Option<&TrainConfig>,
+    wb_override: Option<&WhiteBoxConfig>,
+    shadows_override: Option<usize>,
 ) -> Result<(Cell, AttackOutcome)> {
+    let n_shadows = shadows_override.unwrap_or(QUERYFREE_SHADOWS);
     let kind = s.target.kind;
     let data_n = match setting {
         "same-set" | "same-set-same-net" | "same-set-diff-net" => s.train.len(),
@@ -305,7 +326,9 @@ pub fn run_cell(
             &s.target,
             split,
             &s.originals,
-            &whitebox_defaults(kind, split),
+            &wb_override
+                .cloned()
+                .unwrap_or_else(|| whitebox_defaults(kind, split)),
             None,
         )?,
         "black-box" => {
@@ -320,12 +343,19 @@ pub fn run_cell(
         "query-free" => {
             let st: ShadowSetting = setting.parse()?;
             let data = if st.same_set { &s.train } else { &s.disjoint };
-            // Start from noise, not the flat mean image: a freshly trained
-            // shadow often maps a flat image to all-negative pre-activations,
-            // where every ReLU is off and the gradient is exactly zero.
-            let mut wb = whitebox_defaults(kind, split);
-            wb.init = Init::Random;
-            experiment::run_queryfree(&s.target, split, st, data, &s.originals, &tc, &wb)?
+            let wb = wb_override
+                .cloned()
+                .unwrap_or_else(|| queryfree_defaults(kind, split));
+            experiment::run_queryfree(
+                &s.target,
+                split,
+                st,
+                data,
+                &s.originals,
+                &tc,
+                &wb,
+                n_shadows,
+            )?
         }
         _ => {
             return Err(Error::UnknownName {
@@ -369,7 +399,17 @@ pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cel
     for (attack, setting) in ROWS {
         let mut recons = Vec::new();
         for split in paper_splits(kind) {
-            let (cell, o) = run_cell(s, attack, setting, split, seed, s.train.len(), None)?;
+            let (cell, o) = run_cell(
+                s,
+                attack,
+                setting,
+                split,
+                seed,
+                s.train.len(),
+                None,
+                None,
+                None,
+            )?;
             if json {
                 println!("{}", cell.json_line());
             } else {

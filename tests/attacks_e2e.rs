@@ -106,6 +106,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
         &s.originals,
         &cfg,
         &wb,
+        1,
     )
     .unwrap();
     let m = summarize(&qf.scores);

@@ -58,8 +58,15 @@ pub struct WhiteBoxConfig {
     pub lambda_tv: f32,
     /// TV exponent β (2 = the authors' squared form).
     pub tv_beta: f32,
-    /// Weight of an L2 prior on the (normalised) image.
+    /// Weight of an L2 prior on the (normalised) image: λ_L2 · mean (x − c)².
     pub lambda_l2: f32,
+    /// The image c that prior pulls towards, in pixels, `C·H·W` values
+    /// (`None`: the normalised zero, i.e. the data's mean colour). An
+    /// attacker who holds data from the target's distribution uses its mean
+    /// image: it pins down what the features cannot see, such as a flat
+    /// background a shadow network is blind to.
+    #[serde(default)]
+    pub l2_center: Option<Vec<f32>>,
     /// Project onto the valid pixel box after every step.
     pub box_constraint: bool,
     /// Seed for random initialisation.
@@ -80,6 +87,7 @@ impl Default for WhiteBoxConfig {
             lambda_tv: 0.0,
             tv_beta: 2.0,
             lambda_l2: 0.0,
+            l2_center: None,
             box_constraint: false,
             seed: 0,
         }
@@ -166,6 +174,19 @@ pub struct Progress<'a> {
     pub x: &'a Tensor,
 }
 
+/// Mean squared error between `net(x)` and the observed features.
+fn feature_loss(net: &Sequential, x: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let feats = net.forward(x)?;
+    if feats.shape() != target.shape() {
+        return Err(Error::shape(
+            "whitebox target features",
+            feats.shape(),
+            target.shape(),
+        ));
+    }
+    ops::mse_loss(&feats, target)
+}
+
 /// Runs the attack against observed features `target` (one row per image).
 /// Returns the reconstruction in *normalised* space, `[N, C, H, W]`.
 pub fn invert(
@@ -176,7 +197,26 @@ pub fn invert(
     cfg: &WhiteBoxConfig,
     on_progress: &mut dyn FnMut(Progress) -> Result<()>,
 ) -> Result<Tensor> {
+    invert_ensemble(&[f1], target, chw, norm, cfg, on_progress)
+}
+
+/// [`invert`] against several stand-ins for f1 at once (the query-free
+/// attack's shadow ensemble): the feature loss is the mean over the nets.
+/// Each shadow errs where the data never pinned it down, and those errors
+/// differ from shadow to shadow, so an image that satisfies all of them
+/// is closer to what the target saw.
+pub fn invert_ensemble(
+    nets: &[&Sequential],
+    target: &Tensor,
+    chw: [usize; 3],
+    norm: &Normalization,
+    cfg: &WhiteBoxConfig,
+    on_progress: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<Tensor> {
     cfg.validate()?;
+    if nets.is_empty() {
+        return Err(Error::invalid("whitebox", "no network to invert"));
+    }
     let n = target.shape().dim(0)?;
     let [c, h, w] = chw;
     let pixels = match cfg.init {
@@ -191,6 +231,25 @@ pub fn invert(
     };
     let x = norm.normalize(&pixels)?.requires_grad();
     let target = target.detach();
+    let l2_center = match &cfg.l2_center {
+        Some(img) if img.len() != c * h * w => {
+            return Err(Error::invalid(
+                "whitebox",
+                format!(
+                    "the L2 prior's centre has {} values, expected C·H·W = {}",
+                    img.len(),
+                    c * h * w
+                ),
+            ))
+        }
+        Some(img) => {
+            let one = norm
+                .normalize(&Tensor::from_slice(img, [1, c, h, w])?)?
+                .to_vec()?;
+            Some(Tensor::from_vec(one.repeat(n), [n, c, h, w])?)
+        }
+        None => None,
+    };
     let (lo, hi) = (
         norm.normalize(&Tensor::zeros([1, c, 1, 1]))?.to_vec()?,
         norm.normalize(&Tensor::ones([1, c, 1, 1]))?.to_vec()?,
@@ -210,15 +269,13 @@ pub fn invert(
         AttackOptimizer::Gd { lr } => Box::new(Sgd::new(lr)),
     };
     for it in 1..=cfg.iterations {
-        let feats = f1.forward(&x)?;
-        if feats.shape() != target.shape() {
-            return Err(Error::shape(
-                "whitebox target features",
-                feats.shape(),
-                target.shape(),
-            ));
+        let mut loss = feature_loss(nets[0], &x, &target)?;
+        for net in &nets[1..] {
+            loss = ops::add(&loss, &feature_loss(net, &x, &target)?)?;
         }
-        let mut loss = ops::mse_loss(&feats, &target)?;
+        if nets.len() > 1 {
+            loss = ops::scale(&loss, 1.0 / nets.len() as f32)?;
+        }
         if cfg.lambda_tv > 0.0 {
             loss = ops::add(
                 &loss,
@@ -226,9 +283,13 @@ pub fn invert(
             )?;
         }
         if cfg.lambda_l2 > 0.0 {
+            let off = match &l2_center {
+                Some(centre) => ops::sub(&x, centre)?,
+                None => x.clone(),
+            };
             loss = ops::add(
                 &loss,
-                &ops::scale(&ops::mean(&ops::square(&x)?)?, cfg.lambda_l2)?,
+                &ops::scale(&ops::mean(&ops::square(&off)?)?, cfg.lambda_l2)?,
             )?;
         }
         let lv = loss.item()?;

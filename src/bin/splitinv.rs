@@ -120,15 +120,21 @@ enum Cmd {
         /// blackbox: same-set | same-dist | random; queryfree: {same,diff}-set-{same,diff}-net.
         #[arg(long)]
         setting: Option<String>,
-        /// White-box iterations (default: per-split tuned).
+        /// White-box (and query-free inversion) iterations (default: per-split tuned).
         #[arg(long)]
         iterations: Option<usize>,
-        /// White-box Adam learning rate.
+        /// White-box (and query-free inversion) Adam learning rate.
         #[arg(long)]
         lr: Option<f32>,
-        /// White-box TV weight.
+        /// White-box (and query-free inversion) TV weight.
         #[arg(long)]
         lambda_tv: Option<f32>,
+        /// White-box (and query-free inversion) weight of an L2 prior; query-free pulls towards the attacker data's mean image.
+        #[arg(long)]
+        lambda_l2: Option<f32>,
+        /// Query-free: shadow networks trained and inverted together (1 = the paper's attack; default 3).
+        #[arg(long)]
+        shadows: Option<usize>,
         /// Black-box / query-free: epochs of inverse-network / shadow training (default: tuned).
         #[arg(long)]
         train_epochs: Option<usize>,
@@ -275,6 +281,8 @@ fn run(cli: Cli) -> Result<()> {
             iterations,
             lr,
             lambda_tv,
+            lambda_l2,
+            shadows,
             train_epochs,
             train_lr,
             out,
@@ -308,20 +316,29 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             s.target.net.index_of(&split)?;
+            // The white-box flags tune the white-box attack and the query-free
+            // attack's inversion of its shadow alike.
+            let mut cfg = if name == "query-free" {
+                reproduce::queryfree_defaults(kind, &split)
+            } else {
+                reproduce::whitebox_defaults(kind, &split)
+            };
+            if let Some(i) = iterations {
+                cfg.iterations = i;
+            }
+            if let Some(l) = lambda_tv {
+                cfg.lambda_tv = l;
+            }
+            if let Some(l) = lambda_l2 {
+                cfg.lambda_l2 = l;
+            }
+            if let Some(lr) = lr {
+                if let AttackOptimizer::Adam { lr: ref mut a, .. } = cfg.optimizer {
+                    *a = lr;
+                }
+            }
+            cfg.seed = seed;
             let (cell, o) = if name == "white-box" {
-                let mut cfg = reproduce::whitebox_defaults(kind, &split);
-                if let Some(i) = iterations {
-                    cfg.iterations = i;
-                }
-                if let Some(l) = lambda_tv {
-                    cfg.lambda_tv = l;
-                }
-                if let Some(lr) = lr {
-                    if let AttackOptimizer::Adam { lr: ref mut a, .. } = cfg.optimizer {
-                        *a = lr;
-                    }
-                }
-                cfg.seed = seed;
                 let mut frames = Vec::new();
                 let every = (cfg.iterations / 40).max(1);
                 let o = experiment::run_whitebox(
@@ -359,6 +376,8 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                     s.train.len(),
                     over.as_ref(),
+                    (name == "query-free").then_some(&cfg),
+                    shadows,
                 )?
             };
             let file = out.join(format!("{name}_{setting}_{split}.png"));

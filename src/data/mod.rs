@@ -56,6 +56,19 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The mean image, `C·H·W` values (zeros for an empty set).
+    pub fn mean_image(&self) -> Vec<f32> {
+        let size = self.image_size();
+        let mut sum = vec![0f64; size];
+        for img in self.images.chunks_exact(size.max(1)) {
+            for (s, &p) in sum.iter_mut().zip(img) {
+                *s += p as f64;
+            }
+        }
+        let n = self.len().max(1) as f64;
+        sum.into_iter().map(|s| (s / n) as f32).collect()
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.n
