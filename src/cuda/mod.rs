@@ -7,10 +7,12 @@
 //! starts a kernel by name. Nothing here needs a CUDA toolkit at build time;
 //! at run time, a missing driver or NVRTC is an error value, never a panic.
 //!
-//! The ops do not dispatch to the GPU yet: their CUDA branch still calls
-//! [`not_available`].
+//! Every op dispatches on its inputs' device; its `Device::Cuda` branch is
+//! in `src/ops/<family>/cuda.rs` and builds on [`exec`] (device checks,
+//! pointers, pooled output buffers, fills, two-stage sums).
 
 pub mod context;
+pub mod exec;
 pub mod kernels;
 pub mod launch;
 pub mod params;
