@@ -45,6 +45,29 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// The compute device the high-level entry points (training, attacks,
+/// benchmarks) put models and batches on: `0` is the CPU, `n + 1` is
+/// `cuda:n`. The CLI sets it from `--device`; library users who build their
+/// own loops pick devices per tensor with [`crate::Tensor::to_device`].
+static DEFAULT_DEVICE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the device the training loops, attacks and benchmarks run on.
+pub fn set_default_device(d: Device) {
+    let code = match d {
+        Device::Cpu => 0,
+        Device::Cuda(n) => n.saturating_add(1),
+    };
+    DEFAULT_DEVICE.store(code, Ordering::Relaxed);
+}
+
+/// The device set by [`set_default_device`] (the CPU unless changed).
+pub fn default_device() -> Device {
+    match DEFAULT_DEVICE.load(Ordering::Relaxed) {
+        0 => Device::Cpu,
+        n => Device::Cuda(n - 1),
+    }
+}
+
 /// The memory behind a tensor.
 #[derive(Debug)]
 pub enum Storage {

@@ -89,3 +89,45 @@ pub fn unavailable(what: &str) -> Error {
 pub fn not_available<T>(what: &str) -> Result<T> {
     Err(unavailable(what))
 }
+
+/// Resolves a `--device` value: `auto`, `cpu`, `cuda` or `cuda:N`.
+///
+/// `auto` picks `cuda:0` when CUDA is usable and otherwise the CPU, with a
+/// one-line notice (returned, for the caller to print) saying why. An
+/// explicit `cuda[:N]` that cannot be used is an error naming the reason,
+/// never a silent fallback. A CUDA device is opened (and its kernels
+/// compiled) here, so a broken setup fails before any work starts.
+pub fn select_device(spec: &str) -> Result<(crate::Device, Option<String>)> {
+    use crate::Device;
+    if spec == "auto" {
+        let i = info();
+        if !i.available {
+            let why = i.reason.unwrap_or_else(|| "unknown reason".into());
+            return Ok((
+                Device::Cpu,
+                Some(format!("note: no usable CUDA device ({why}); running on the CPU")),
+            ));
+        }
+        return match device(0).and_then(|d| d.load_all_kernels()) {
+            Ok(()) => Ok((Device::Cuda(0), None)),
+            Err(e) => Ok((
+                Device::Cpu,
+                Some(format!("note: cuda:0 cannot be used ({e}); running on the CPU")),
+            )),
+        };
+    }
+    let d: Device = spec.parse()?;
+    if let Device::Cuda(n) = d {
+        let i = info();
+        if !i.available {
+            return Err(Error::Cuda(format!(
+                "--device {spec} was asked for, but CUDA is unavailable: {}; use --device cpu or auto",
+                i.reason.unwrap_or_else(|| "unknown reason".into())
+            )));
+        }
+        device(n)
+            .and_then(|dev| dev.load_all_kernels())
+            .map_err(|e| Error::Cuda(format!("--device {spec}: {e}")))?;
+    }
+    Ok((d, None))
+}
