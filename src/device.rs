@@ -2,8 +2,9 @@
 //!
 //! [`Storage`] has one variant per kind of device. Every op dispatches on the
 //! device of its inputs: the CPU path calls the op's `cpu.rs` kernels, the
-//! CUDA path its `cuda.rs` launches. Until the CUDA backend lands, asking for a
-//! CUDA tensor is a clear error, never a silent fallback.
+//! CUDA path its `cuda.rs` launches. Inputs on different devices are a
+//! [`Error::DeviceMismatch`], never a silent copy; tensors move with
+//! [`crate::Tensor::to_device`].
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
