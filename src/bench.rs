@@ -115,7 +115,8 @@ pub fn prepare(w: &Workload) -> Result<Step> {
             let mut net = w.model.build(1)?;
             net.to_device(dev)?;
             let (f1, _) = net.split(split)?;
-            let x0 = Tensor::rand_uniform([w.batch, c, h, wd], -1.0, 1.0, &mut rng).to_device(dev)?;
+            let x0 =
+                Tensor::rand_uniform([w.batch, c, h, wd], -1.0, 1.0, &mut rng).to_device(dev)?;
             let target = no_grad(|| f1.forward(&x0))?;
             let x = Tensor::zeros_on([w.batch, c, h, wd], dev)?.requires_grad();
             let mut opt = Adam::new(1e-2).with_amsgrad(true).with_eps(1e-8);

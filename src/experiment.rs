@@ -37,7 +37,8 @@ pub fn prepare_batch(
         None => x,
     };
     Ok((
-        norm.normalize(&x)?.to_device(crate::device::default_device())?,
+        norm.normalize(&x)?
+            .to_device(crate::device::default_device())?,
         labels,
     ))
 }
@@ -265,10 +266,21 @@ fn whitebox_chunk(
         iterations: 1,
         ..cfg.clone()
     };
-    whitebox::invert(f1, &one, target.chw(), &target.norm, &probe, &mut |_| Ok(()))
-        .map_err(|e| Error::Msg(format!("white-box: one image does not fit on the GPU: {e}")))?;
+    whitebox::invert(
+        f1,
+        &one,
+        target.chw(),
+        &target.norm,
+        &probe,
+        &mut |_| Ok(()),
+    )
+    .map_err(|e| Error::Msg(format!("white-box: one image does not fit on the GPU: {e}")))?;
     dev.synchronize()?;
-    let need = dev.memory_stats().peak_in_use.saturating_sub(base.in_use).max(1);
+    let need = dev
+        .memory_stats()
+        .peak_in_use
+        .saturating_sub(base.in_use)
+        .max(1);
     let per_image = need + need / 10;
     let fit = room / per_image;
     if fit == 0 {
@@ -322,7 +334,10 @@ pub fn run_whitebox(
         if let Some((out, _)) = frames {
             let count = chunk_frames.iter().map(Vec::len).min().unwrap_or(0);
             for i in 0..count {
-                let parts: Vec<Tensor> = chunk_frames.iter().filter_map(|f| f.get(i).cloned()).collect();
+                let parts: Vec<Tensor> = chunk_frames
+                    .iter()
+                    .filter_map(|f| f.get(i).cloned())
+                    .collect();
                 out.push(cat_rows(&parts)?);
             }
         }

@@ -636,13 +636,7 @@ impl Optimizer for Adam {
             self.state = (0..params.len()).map(|_| None).collect();
         }
         let lv = self.level;
-        let hyper = (
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
-        );
+        let hyper = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
         for (i, p) in params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
             let Some(slot) = self.state.get_mut(i) else {

@@ -34,7 +34,8 @@ fn auto_falls_back_to_the_cpu_with_one_notice() {
     let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("CUDA")).collect();
     assert_eq!(notes.len(), 1, "exactly one notice line: {stderr:?}");
     assert!(
-        notes[0].starts_with("note: no usable CUDA device (") && notes[0].ends_with("running on the CPU"),
+        notes[0].starts_with("note: no usable CUDA device (")
+            && notes[0].ends_with("running on the CPU"),
         "{stderr}"
     );
     assert!(stdout.contains("device:   cpu"), "{stdout}");
@@ -61,7 +62,9 @@ fn explicit_cuda_is_a_clear_error_here() {
         let (ok, _, stderr) = splitinv(&["--device", dev, "--gpu-mem", "1GiB", "info"]);
         assert!(!ok, "--device {dev} must fail without a GPU");
         assert!(
-            stderr.contains(&format!("--device {dev} was asked for, but CUDA is unavailable")),
+            stderr.contains(&format!(
+                "--device {dev} was asked for, but CUDA is unavailable"
+            )),
             "{stderr}"
         );
         assert!(stderr.contains("--device cpu"), "says what to do: {stderr}");
@@ -72,10 +75,16 @@ fn explicit_cuda_is_a_clear_error_here() {
 fn bad_device_and_budget_values_are_rejected() {
     let (ok, _, stderr) = splitinv(&["--device", "gpu0", "info"]);
     assert!(!ok);
-    assert!(stderr.contains("unknown device 'gpu0'") && stderr.contains("cuda:N"), "{stderr}");
+    assert!(
+        stderr.contains("unknown device 'gpu0'") && stderr.contains("cuda:N"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "2 parsecs", "info"]);
     assert!(!ok);
-    assert!(stderr.contains("'2 parsecs' is not a byte count"), "{stderr}");
+    assert!(
+        stderr.contains("'2 parsecs' is not a byte count"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "0", "info"]);
     assert!(!ok);
     assert!(stderr.contains("more than 0 bytes"), "{stderr}");

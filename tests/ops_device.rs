@@ -75,7 +75,13 @@ fn away(shape: &[usize], seed: u64) -> Tensor {
         .to_vec()
         .unwrap()
         .iter()
-        .map(|&x| if x.abs() < 0.1 { x + 0.3f32.copysign(x) } else { x })
+        .map(|&x| {
+            if x.abs() < 0.1 {
+                x + 0.3f32.copysign(x)
+            } else {
+                x
+            }
+        })
         .collect();
     Tensor::from_vec(v, shape.to_vec()).unwrap()
 }
@@ -174,6 +180,11 @@ fn check(
     assert!(r.ok(), "{what} gradcheck on {dev}: {r}");
 }
 
+/// (x dims, w dims, stride, padding)
+type ConvCase = ([usize; 4], [usize; 4], [usize; 2], [usize; 2]);
+/// A named optimizer constructor.
+type MakeOpt = fn() -> Box<dyn Optimizer>;
+
 const FD: (f32, f64, f64) = (1e-2, 2e-3, 1e-2);
 
 device_tests! {
@@ -225,7 +236,7 @@ device_tests! {
     };
     conv2d => |dev: Device| {
         // (x dims, w dims, stride, padding): odd sizes, H ≠ W, stride 2, padding.
-        let cases: &[([usize; 4], [usize; 4], [usize; 2], [usize; 2])] = &[
+        let cases: &[ConvCase] = &[
             ([2, 3, 7, 6], [4, 3, 3, 3], [2, 2], [1, 1]),
             ([1, 2, 5, 8], [3, 2, 5, 3], [1, 1], [2, 1]),
             ([3, 5, 9, 11], [7, 5, 3, 3], [2, 1], [0, 2]),
@@ -321,7 +332,7 @@ device_tests! {
             }
             ps.iter().map(|p| p.to_vec().unwrap()).collect()
         };
-        let makers: Vec<(&str, fn() -> Box<dyn Optimizer>)> = vec![
+        let makers: Vec<(&str, MakeOpt)> = vec![
             ("adam", || Box::new(Adam::new(1e-2))),
             ("adam amsgrad wd", || Box::new(Adam::new(1e-2).with_amsgrad(true).with_weight_decay(0.1).with_eps(1e-3))),
             ("sgd", || Box::new(Sgd::new(0.1))),

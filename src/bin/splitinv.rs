@@ -480,7 +480,10 @@ fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
     if let Some(mem) = &cli.gpu_mem {
         let bytes = splitinv::cuda::parse_bytes(mem)?;
         if bytes == 0 {
-            return Err(Error::invalid("--gpu-mem", "the budget must be more than 0 bytes"));
+            return Err(Error::invalid(
+                "--gpu-mem",
+                "the budget must be more than 0 bytes",
+            ));
         }
         splitinv::cuda::set_memory_budget(Some(bytes));
     }

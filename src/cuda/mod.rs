@@ -105,14 +105,18 @@ pub fn select_device(spec: &str) -> Result<(crate::Device, Option<String>)> {
             let why = i.reason.unwrap_or_else(|| "unknown reason".into());
             return Ok((
                 Device::Cpu,
-                Some(format!("note: no usable CUDA device ({why}); running on the CPU")),
+                Some(format!(
+                    "note: no usable CUDA device ({why}); running on the CPU"
+                )),
             ));
         }
         return match device(0).and_then(|d| d.load_all_kernels()) {
             Ok(()) => Ok((Device::Cuda(0), None)),
             Err(e) => Ok((
                 Device::Cpu,
-                Some(format!("note: cuda:0 cannot be used ({e}); running on the CPU")),
+                Some(format!(
+                    "note: cuda:0 cannot be used ({e}); running on the CPU"
+                )),
             )),
         };
     }

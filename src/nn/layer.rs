@@ -192,10 +192,7 @@ impl Layer {
 
     /// Replaces every parameter handle by `f(handle)`, stopping at the first
     /// error (moving weights between devices).
-    pub fn try_map_params(
-        &mut self,
-        f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
-    ) -> Result<()> {
+    pub fn try_map_params(&mut self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<()> {
         match self {
             Layer::Conv2d { weight, bias, .. }
             | Layer::ConvTranspose2d { weight, bias, .. }

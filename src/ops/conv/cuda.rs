@@ -130,7 +130,12 @@ pub(crate) fn weight_grad(
     let ws = out(ordinal, split * m * n)?;
     p.workspace = ws.ptr();
     p.split_k = i32_of(split, "split_k")?;
-    run(ordinal, "conv2d_bwd_weight", Launch::tiles(m, n, split)?, &p)?;
+    run(
+        ordinal,
+        "conv2d_bwd_weight",
+        Launch::tiles(m, n, split)?,
+        &p,
+    )?;
     run(
         ordinal,
         "conv2d_bwd_weight_reduce",

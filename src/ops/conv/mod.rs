@@ -362,7 +362,10 @@ pub fn conv2d_input_grad(
     )?;
     check_dims(OP, gy, [g.n, g.cout, g.oh, g.ow], "output gradient")?;
     if let Some(d) = gpu_of(OP, &[gy, w])? {
-        return wrap(cuda::input_grad(d, &g, gy, w, None)?, [g.n, g.cin, g.h, g.w]);
+        return wrap(
+            cuda::input_grad(d, &g, gy, w, None)?,
+            [g.n, g.cin, g.h, g.w],
+        );
     }
     let mut dx = vec![0.0f32; g.n * g.cin * g.in_plane()];
     cpu::conv2d_input_grad(simd::level(), &g, &gy.cpu()?, &w.cpu()?, None, &mut dx);
@@ -421,10 +424,20 @@ impl BackwardOp for Conv2dBackward {
         if let Some(d) = gpu_of("conv2d backward", &[gy, &self.x, &self.w])? {
             let mut out = vec![
                 need(0)
-                    .then(|| wrap(cuda::input_grad(d, g, gy, &self.w, None)?, [g.n, g.cin, g.h, g.w]))
+                    .then(|| {
+                        wrap(
+                            cuda::input_grad(d, g, gy, &self.w, None)?,
+                            [g.n, g.cin, g.h, g.w],
+                        )
+                    })
                     .transpose()?,
                 need(1)
-                    .then(|| wrap(cuda::weight_grad(d, g, &self.x, gy)?, [g.cout, g.cin, g.kh, g.kw]))
+                    .then(|| {
+                        wrap(
+                            cuda::weight_grad(d, g, &self.x, gy)?,
+                            [g.cout, g.cin, g.kh, g.kw],
+                        )
+                    })
                     .transpose()?,
             ];
             if self.b.is_some() {
@@ -560,10 +573,20 @@ impl BackwardOp for ConvTranspose2dBackward {
             // x as the output gradient; db = per-channel sums of g.
             let mut out = vec![
                 need(0)
-                    .then(|| wrap(cuda::forward(d, g, gy, &self.w, None)?, [g.n, g.cout, g.oh, g.ow]))
+                    .then(|| {
+                        wrap(
+                            cuda::forward(d, g, gy, &self.w, None)?,
+                            [g.n, g.cout, g.oh, g.ow],
+                        )
+                    })
                     .transpose()?,
                 need(1)
-                    .then(|| wrap(cuda::weight_grad(d, g, gy, &self.x)?, [g.cout, g.cin, g.kh, g.kw]))
+                    .then(|| {
+                        wrap(
+                            cuda::weight_grad(d, g, gy, &self.x)?,
+                            [g.cout, g.cin, g.kh, g.kw],
+                        )
+                    })
                     .transpose()?,
             ];
             if self.b.is_some() {

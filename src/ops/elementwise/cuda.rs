@@ -2,9 +2,11 @@
 //! grid-stride launch per op, the op picked by a code in the params struct.
 
 use super::{BinaryOp, UnaryOp};
-use crate::cuda::exec::{run, i32_of, i64_of, out, ptr};
+use crate::cuda::exec::{i32_of, i64_of, out, ptr, run};
 use crate::cuda::launch::Launch;
-use crate::cuda::params::{BiasAddParams, BinaryCode, BinaryParams, UnaryBwdParams, UnaryCode, UnaryParams};
+use crate::cuda::params::{
+    BiasAddParams, BinaryCode, BinaryParams, UnaryBwdParams, UnaryCode, UnaryParams,
+};
 use crate::cuda::CudaBuffer;
 use crate::error::Result;
 use crate::tensor::Tensor;

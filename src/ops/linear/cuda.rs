@@ -4,7 +4,7 @@
 //! with its indices swapped. Grid: 64×64 output tiles, (ceil(N/64),
 //! ceil(M/64)), 256 threads.
 
-use crate::cuda::exec::{run, i32_of, out, ptr};
+use crate::cuda::exec::{i32_of, out, ptr, run};
 use crate::cuda::launch::Launch;
 use crate::cuda::params::{DevPtr, MatmulParams};
 use crate::cuda::CudaBuffer;

@@ -142,7 +142,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
                 let t = wrap(y, [n, fout])?;
                 y = crate::ops::elementwise::cuda::bias_add(d, &t, b, fout, 1)?;
             }
-            return Ok(Tensor::from_cuda_op(y, Shape::new([n, fout]), &inputs, make));
+            return Ok(Tensor::from_cuda_op(
+                y,
+                Shape::new([n, fout]),
+                &inputs,
+                make,
+            ));
         }
     };
     Ok(Tensor::from_cpu_op(
@@ -178,11 +183,19 @@ impl BackwardOp for LinearBackward {
             // dx = G·W, dW = Gᵀ·x, db = column sums of G.
             let mut out = vec![
                 need(0)
-                    .then(|| wrap(cuda::matmul(d, g, &self.w, n, fout, fin, false, false)?, [n, fin]))
+                    .then(|| {
+                        wrap(
+                            cuda::matmul(d, g, &self.w, n, fout, fin, false, false)?,
+                            [n, fin],
+                        )
+                    })
                     .transpose()?,
                 need(1)
                     .then(|| {
-                        wrap(cuda::matmul(d, g, &self.x, fout, n, fin, true, false)?, [fout, fin])
+                        wrap(
+                            cuda::matmul(d, g, &self.x, fout, n, fin, true, false)?,
+                            [fout, fin],
+                        )
                     })
                     .transpose()?,
             ];
@@ -190,7 +203,10 @@ impl BackwardOp for LinearBackward {
                 out.push(
                     need(2)
                         .then(|| {
-                            wrap(crate::ops::reduce::cuda::channel_sums(d, g, n, fout, 1)?, [fout])
+                            wrap(
+                                crate::ops::reduce::cuda::channel_sums(d, g, n, fout, 1)?,
+                                [fout],
+                            )
                         })
                         .transpose()?,
                 );

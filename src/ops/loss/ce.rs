@@ -12,10 +12,10 @@
 //! redoing the row reductions.
 
 use super::{cpu, cuda, loss_device, scalar_shape, upstream};
-use crate::cuda::exec::wrap;
-use crate::device::Device;
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

@@ -23,7 +23,12 @@ fn two_stage<P: crate::cuda::params::KernelParams + cudarc::driver::DeviceRepr>(
     let partials = out(ordinal, cfg.blocks())?;
     run(ordinal, kernel, cfg, &set(partials.ptr()))?;
     let y = out(ordinal, 1)?;
-    finish_sum(&*crate::cuda::exec::dev(ordinal)?, &partials, cfg.blocks(), y.ptr())?;
+    finish_sum(
+        &*crate::cuda::exec::dev(ordinal)?,
+        &partials,
+        cfg.blocks(),
+        y.ptr(),
+    )?;
     Ok(y)
 }
 
@@ -78,7 +83,12 @@ pub(crate) fn upload_labels(ordinal: usize, labels: &[usize]) -> Result<CudaBuff
     CudaBuffer::from_host(ordinal, &bits)
 }
 
-fn ce_params(logits: &Tensor, labels: &CudaBuffer, rows: usize, classes: usize) -> Result<CrossEntropyParams> {
+fn ce_params(
+    logits: &Tensor,
+    labels: &CudaBuffer,
+    rows: usize,
+    classes: usize,
+) -> Result<CrossEntropyParams> {
     Ok(CrossEntropyParams {
         logits: ptr(logits)?,
         labels: labels.ptr(),
@@ -99,9 +109,11 @@ pub(crate) fn cross_entropy(
     classes: usize,
 ) -> Result<CudaBuffer> {
     let base = ce_params(logits, labels, rows, classes)?;
-    two_stage(ordinal, "ce_fwd", rows * 32, |partials| CrossEntropyParams {
-        out: partials,
-        ..base
+    two_stage(ordinal, "ce_fwd", rows * 32, |partials| {
+        CrossEntropyParams {
+            out: partials,
+            ..base
+        }
     })
 }
 
@@ -233,8 +245,18 @@ fn ssim_stats(ordinal: usize, a: &Tensor, b: &Tensor, s: &SsimGeom) -> Result<Ss
         scale: 1.0 / positions as f32,
         ..SsimParams::default()
     };
-    run(ordinal, "ssim_filter_h", Launch::elementwise(s.planes * s.h * wv), &p)?;
-    run(ordinal, "ssim_filter_v", Launch::elementwise(5 * positions), &p)?;
+    run(
+        ordinal,
+        "ssim_filter_h",
+        Launch::elementwise(s.planes * s.h * wv),
+        &p,
+    )?;
+    run(
+        ordinal,
+        "ssim_filter_v",
+        Launch::elementwise(5 * positions),
+        &p,
+    )?;
     Ok(SsimRun {
         p,
         _win: win,
@@ -248,9 +270,11 @@ fn ssim_stats(ordinal: usize, a: &Tensor, b: &Tensor, s: &SsimGeom) -> Result<Ss
 pub(crate) fn ssim(ordinal: usize, a: &Tensor, b: &Tensor, s: &SsimGeom) -> Result<CudaBuffer> {
     let r = ssim_stats(ordinal, a, b, s)?;
     let base = r.p;
-    two_stage(ordinal, "ssim_map_fwd", r.positions, |partials| SsimParams {
-        out: partials,
-        ..base
+    two_stage(ordinal, "ssim_map_fwd", r.positions, |partials| {
+        SsimParams {
+            out: partials,
+            ..base
+        }
     })
 }
 
@@ -277,8 +301,18 @@ pub(crate) fn ssim_grad(
         gb: gb.as_ref().map_or(0, |b| b.ptr()),
         ..r.p
     };
-    run(ordinal, "ssim_map_bwd", Launch::elementwise(r.positions), &p)?;
-    run(ordinal, "ssim_filter_v_adj", Launch::elementwise(r.tmp.len()), &p)?;
+    run(
+        ordinal,
+        "ssim_map_bwd",
+        Launch::elementwise(r.positions),
+        &p,
+    )?;
+    run(
+        ordinal,
+        "ssim_filter_v_adj",
+        Launch::elementwise(r.tmp.len()),
+        &p,
+    )?;
     run(ordinal, "ssim_filter_h_adj", Launch::elementwise(n), &p)?;
     Ok((ga, gb))
 }

@@ -7,10 +7,10 @@
 //! only dL/da is computed.
 
 use super::{cpu, cuda, loss_device, scalar_shape, upstream};
-use crate::cuda::exec::wrap;
-use crate::device::Device;
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

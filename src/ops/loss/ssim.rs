@@ -61,10 +61,10 @@
 
 use super::cpu::{self, SsimParams, SsimScratch};
 use super::{cuda, loss_device, scalar_shape, upstream};
-use crate::cuda::exec::wrap;
-use crate::device::Device;
 use crate::autograd::BackwardOp;
 use crate::cpu::simd::{self, SimdLevel};
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

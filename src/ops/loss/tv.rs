@@ -19,10 +19,10 @@
 //! the pixel itself −u·(dh + dv).
 
 use super::{cpu, cuda, loss_device, scalar_shape, upstream};
-use crate::cuda::exec::wrap;
-use crate::device::Device;
 use crate::autograd::BackwardOp;
 use crate::cpu::simd::{self, SimdLevel};
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

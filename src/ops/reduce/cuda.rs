@@ -3,7 +3,7 @@
 //! sums with `channel_sum` (one block per channel), the bias gradient of
 //! conv and linear layers.
 
-use crate::cuda::exec::{run, i32_of, out, ptr, sum_into};
+use crate::cuda::exec::{i32_of, out, ptr, run, sum_into};
 use crate::cuda::launch::Launch;
 use crate::cuda::params::ChannelSumParams;
 use crate::cuda::CudaBuffer;
