@@ -89,3 +89,45 @@ fn bad_device_and_budget_values_are_rejected() {
     assert!(!ok);
     assert!(stderr.contains("more than 0 bytes"), "{stderr}");
 }
+
+/// With a GPU: a small benchmark runs on it and reports the pool's peak.
+#[test]
+fn a_gpu_command_reports_its_peak_memory() {
+    if !splitinv::cuda::info().available {
+        assert!(
+            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
+        );
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (ok, stdout, stderr) = splitinv(&[
+        "--device",
+        "cuda",
+        "--gpu-mem",
+        "1GiB",
+        "bench",
+        "--quick",
+        "--filter",
+        "whitebox/mnist/ReLU2/b10",
+    ]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("whitebox/mnist/ReLU2/b10"), "{stdout}");
+    assert!(
+        stderr.contains("cuda:0 GPU memory: peak") && stderr.contains("budget 1.00 GiB"),
+        "{stderr}"
+    );
+    // A budget too small for the step is a clear error naming it.
+    let (ok, _, stderr) = splitinv(&[
+        "--device",
+        "cuda",
+        "--gpu-mem",
+        "4KiB",
+        "bench",
+        "--quick",
+        "--filter",
+        "train/cifar/b128",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("GPU memory budget exceeded"), "{stderr}");
+}
