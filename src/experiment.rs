@@ -281,6 +281,8 @@ fn whitebox_chunk(
         .peak_in_use
         .saturating_sub(base.in_use)
         .max(1);
+    // The command's own peak (reported at its end) is kept.
+    dev.merge_peak(&base);
     let per_image = need + need / 10;
     let fit = room / per_image;
     if fit == 0 {
