@@ -84,12 +84,22 @@ pub type Step = Box<dyn FnMut() -> Result<()>>;
 pub fn prepare(w: &Workload) -> Result<Step> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let [c, h, wd] = w.model.input_chw();
+    // On a GPU each step ends with a synchronisation, so the time measured
+    // is the time the queued kernels took, not the time to queue them.
+    let dev = crate::device::default_device();
+    let sync = move || -> Result<()> {
+        match dev {
+            crate::Device::Cpu => Ok(()),
+            crate::Device::Cuda(n) => crate::cuda::device(n)?.synchronize(),
+        }
+    };
     match w.split {
         None => {
             let mut net = w.model.build(1)?;
+            net.to_device(dev)?;
             net.set_trainable(true);
             let params = net.params();
-            let x = Tensor::rand_normal([w.batch, c, h, wd], 0.0, 1.0, &mut rng);
+            let x = Tensor::rand_normal([w.batch, c, h, wd], 0.0, 1.0, &mut rng).to_device(dev)?;
             let labels: Vec<usize> = (0..w.batch).map(|i| i % 10).collect();
             let mut opt = Adam::new(1e-3).with_amsgrad(true).with_eps(1e-3);
             let mut drop_rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -97,15 +107,18 @@ pub fn prepare(w: &Workload) -> Result<Step> {
                 let logits = net.forward_train(&x, &mut drop_rng)?;
                 let loss = ops::cross_entropy(&logits, &labels)?;
                 let grads = loss.backward()?;
-                opt.step(&params, &grads)
+                opt.step(&params, &grads)?;
+                sync()
             }))
         }
         Some(split) => {
-            let net = w.model.build(1)?;
+            let mut net = w.model.build(1)?;
+            net.to_device(dev)?;
             let (f1, _) = net.split(split)?;
-            let x0 = Tensor::rand_uniform([w.batch, c, h, wd], -1.0, 1.0, &mut rng);
+            let x0 =
+                Tensor::rand_uniform([w.batch, c, h, wd], -1.0, 1.0, &mut rng).to_device(dev)?;
             let target = no_grad(|| f1.forward(&x0))?;
-            let x = Tensor::zeros([w.batch, c, h, wd]).requires_grad();
+            let x = Tensor::zeros_on([w.batch, c, h, wd], dev)?.requires_grad();
             let mut opt = Adam::new(1e-2).with_amsgrad(true).with_eps(1e-8);
             Ok(Box::new(move || {
                 let feats = f1.forward(&x)?;
@@ -114,7 +127,8 @@ pub fn prepare(w: &Workload) -> Result<Step> {
                     &ops::tv_loss(&x, TvKind::Squared)?,
                 )?;
                 let grads = loss.backward()?;
-                opt.step(std::slice::from_ref(&x), &grads)
+                opt.step(std::slice::from_ref(&x), &grads)?;
+                sync()
             }))
         }
     }

@@ -227,6 +227,7 @@ pub fn eval(
 ) -> Result<serde_json::Value> {
     let mut net = model.build(0)?;
     weights::load(&mut net, weights_path)?;
+    net.to_device(crate::device::default_device())?;
     let ds = load_for(model, dataset, split, data_dir, None)?;
     let acc = experiment::evaluate(&net, &ds, &model.normalization(), 256)?;
     Ok(

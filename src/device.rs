@@ -2,8 +2,9 @@
 //!
 //! [`Storage`] has one variant per kind of device. Every op dispatches on the
 //! device of its inputs: the CPU path calls the op's `cpu.rs` kernels, the
-//! CUDA path its `cuda.rs` launches. Until the CUDA backend lands, asking for a
-//! CUDA tensor is a clear error, never a silent fallback.
+//! CUDA path its `cuda.rs` launches. Inputs on different devices are a
+//! [`Error::DeviceMismatch`], never a silent copy; tensors move with
+//! [`crate::Tensor::to_device`].
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,29 @@ impl std::str::FromStr for Device {
                 }),
             },
         }
+    }
+}
+
+/// The compute device the high-level entry points (training, attacks,
+/// benchmarks) put models and batches on: `0` is the CPU, `n + 1` is
+/// `cuda:n`. The CLI sets it from `--device`; library users who build their
+/// own loops pick devices per tensor with [`crate::Tensor::to_device`].
+static DEFAULT_DEVICE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the device the training loops, attacks and benchmarks run on.
+pub fn set_default_device(d: Device) {
+    let code = match d {
+        Device::Cpu => 0,
+        Device::Cuda(n) => n.saturating_add(1),
+    };
+    DEFAULT_DEVICE.store(code, Ordering::Relaxed);
+}
+
+/// The device set by [`set_default_device`] (the CPU unless changed).
+pub fn default_device() -> Device {
+    match DEFAULT_DEVICE.load(Ordering::Relaxed) {
+        0 => Device::Cpu,
+        n => Device::Cuda(n - 1),
     }
 }
 

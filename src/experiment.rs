@@ -55,7 +55,11 @@ pub fn prepare_batch(
         }
         None => x,
     };
-    Ok((norm.normalize(&x)?, labels))
+    Ok((
+        norm.normalize(&x)?
+            .to_device(crate::device::default_device())?,
+        labels,
+    ))
 }
 
 /// Test accuracy of a classifier on a dataset, in [0, 1].
@@ -102,6 +106,7 @@ pub fn train_classifier(
     start_epoch: usize,
     on_epoch: &mut dyn FnMut(&Sequential, &ClassifierEpoch) -> Result<()>,
 ) -> Result<Vec<ClassifierEpoch>> {
+    net.to_device(crate::device::default_device())?;
     net.set_trainable(true);
     let params = net.params();
     let model = net.clone();
@@ -172,13 +177,14 @@ impl Target {
     pub fn load(kind: ModelKind, weights: &Path) -> Result<Self> {
         let mut net = kind.build(0)?;
         crate::nn::weights::load(&mut net, weights)?;
+        net.to_device(crate::device::default_device())?;
         Ok(Target::new(kind, net))
     }
 
     /// The features the server sees for these pixel images: f1(normalise(x)).
     pub fn observe(&self, split: &str, pixels: &Tensor) -> Result<Tensor> {
         let (f1, _) = self.net.split(split)?;
-        let x = self.norm.normalize(pixels)?;
+        let x = self.norm.normalize(pixels)?.to_device(self.net.device())?;
         no_grad(|| f1.forward(&x))
     }
 
@@ -217,7 +223,113 @@ fn outcome(
     })
 }
 
-/// White-box attack on `originals` (pixels) at `split`.
+/// Rows `range` of an `[N, ...]` tensor, as a new CPU tensor.
+fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Result<Tensor> {
+    let n = t.shape().dim(0)?;
+    let per = t.numel() / n.max(1);
+    let v = t.to_vec()?;
+    let part = v
+        .get(range.start * per..range.end * per)
+        .ok_or_else(|| Error::invalid("rows", format!("rows {range:?} of {n}")))?;
+    let mut dims = t.dims().to_vec();
+    dims[0] = range.len();
+    Tensor::from_slice(part, dims)
+}
+
+/// `[N_i, ...]` tensors stacked along the first axis, on the CPU.
+fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let mut data = Vec::new();
+    let mut n = 0;
+    for p in parts {
+        data.extend(p.to_vec()?);
+        n += p.shape().dim(0)?;
+    }
+    let mut dims = parts
+        .first()
+        .map(|p| p.dims().to_vec())
+        .ok_or_else(|| Error::invalid("cat_rows", "nothing to stack"))?;
+    dims[0] = n;
+    Tensor::from_vec(data, dims)
+}
+
+/// How many images one white-box batch may hold on the GPU, or `None`
+/// when the whole batch is run at once (on the CPU, or when it fits).
+///
+/// The need per image is *measured*: one iteration on the first image with
+/// the pool's peak counter reset, minus what was in use before. That counts
+/// exactly what the attack allocates (activations kept for backward, their
+/// gradients, the optimizer state, size-class rounding) with no model of
+/// the layers to keep in sync; the activations, and so the need, grow
+/// linearly with the batch. 10% is kept in reserve for the per-launch
+/// scratch (partial sums) that does not scale with the batch. The room is
+/// the budget (`--gpu-mem`), else the device's free memory.
+fn whitebox_chunk(
+    f1: &Sequential,
+    v: &Tensor,
+    target: &Target,
+    cfg: &WhiteBoxConfig,
+) -> Result<Option<usize>> {
+    let crate::Device::Cuda(ord) = v.device() else {
+        return Ok(None);
+    };
+    let n = v.shape().dim(0)?;
+    let dev = crate::cuda::device(ord)?;
+    let base = dev.memory_stats();
+    let room = match base.budget {
+        Some(b) => b.saturating_sub(base.in_use),
+        None => dev.mem_info()?.0 + base.cached,
+    };
+    let one = rows(v, 0..1)?.to_device(v.device())?;
+    dev.reset_peak();
+    let probe = WhiteBoxConfig {
+        iterations: 1,
+        ..cfg.clone()
+    };
+    whitebox::invert(
+        f1,
+        &one,
+        target.chw(),
+        &target.norm,
+        &probe,
+        &mut |_| Ok(()),
+    )
+    .map_err(|e| Error::Msg(format!("white-box: one image does not fit on the GPU: {e}")))?;
+    dev.synchronize()?;
+    let need = dev
+        .memory_stats()
+        .peak_in_use
+        .saturating_sub(base.in_use)
+        .max(1);
+    // The command's own peak (reported at its end) is kept.
+    dev.merge_peak(&base);
+    let per_image = need + need / 10;
+    let fit = room / per_image;
+    if fit == 0 {
+        return Err(Error::Cuda(format!(
+            "white-box: one image needs about {} of GPU memory (measured), but only {} is \
+             free under the budget {}; raise --gpu-mem",
+            crate::cuda::format_bytes(per_image),
+            crate::cuda::format_bytes(room),
+            base.budget
+                .map_or("(none: device memory)".into(), crate::cuda::format_bytes)
+        )));
+    }
+    if fit >= n {
+        return Ok(None);
+    }
+    eprintln!(
+        "white-box: {n} images need about {} of GPU memory, {} is free: attacking {fit} at a time",
+        crate::cuda::format_bytes(per_image * n),
+        crate::cuda::format_bytes(room)
+    );
+    Ok(Some(fit))
+}
+
+/// White-box attack on `originals` (pixels) at `split`. On a GPU, a batch
+/// that does not fit the memory budget is attacked in chunks that do (each
+/// chunk is an independent attack: the loss is a mean per chunk, and the
+/// images do not interact, so only the effective step size per image can
+/// differ slightly from one big batch with a mean loss).
 pub fn run_whitebox(
     target: &Target,
     split: &str,
@@ -228,6 +340,37 @@ pub fn run_whitebox(
     let t0 = std::time::Instant::now();
     let v = target.observe(split, originals)?;
     let (f1, _) = target.net.split(split)?;
+    if let Some(chunk) = whitebox_chunk(&f1, &v, target, cfg)? {
+        let n = originals.shape().dim(0)?;
+        let mut recons = Vec::new();
+        let mut chunk_frames: Vec<Vec<Tensor>> = Vec::new();
+        let every = frames.as_ref().map(|(_, e)| *e);
+        for start in (0..n).step_by(chunk) {
+            let part = rows(originals, start..(start + chunk).min(n))?;
+            let mut fr = Vec::new();
+            let o = run_whitebox(target, split, &part, cfg, every.map(|e| (&mut fr, e)))?;
+            recons.push(o.recon);
+            chunk_frames.push(fr);
+        }
+        if let Some((out, _)) = frames {
+            let count = chunk_frames.iter().map(Vec::len).min().unwrap_or(0);
+            for i in 0..count {
+                let parts: Vec<Tensor> = chunk_frames
+                    .iter()
+                    .filter_map(|f| f.get(i).cloned())
+                    .collect();
+                out.push(cat_rows(&parts)?);
+            }
+        }
+        // The chunks' reconstructions are pixels already.
+        let recon = cat_rows(&recons)?;
+        let scores = metrics::score(&recon, originals)?;
+        return Ok(AttackOutcome {
+            recon,
+            scores,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
     let pb = crate::train::progress_bar(cfg.iterations as u64, true, &format!("white-box {split}"));
     let mut frames = frames;
     let recon = whitebox::invert(&f1, &v, target.chw(), &target.norm, cfg, &mut |p| {
@@ -262,8 +405,11 @@ pub fn run_blackbox(
     let (f1, _) = target.net.split(split)?;
     let oracle = ClientOracle::new(f1);
     let [c, h, w] = target.chw();
-    let feat = no_grad(|| blackbox::QueryOracle::query(&oracle, &Tensor::zeros([1, c, h, w])))?;
+    let dev = target.net.device();
+    let probe = Tensor::zeros_on([1, c, h, w], dev)?;
+    let feat = no_grad(|| blackbox::QueryOracle::query(&oracle, &probe))?;
     let mut g = decoders::decoder_for(split, &feat.dims()[1..], [c, h, w], cfg.seed ^ 0xdec0)?;
+    g.to_device(dev)?;
     let norm = target.norm.clone();
     let n = match setting {
         DataSetting::Random => random_n,
@@ -271,7 +417,9 @@ pub fn run_blackbox(
     };
     let mut images = |idx: &[usize], rng: &mut TrainRng| -> Result<Tensor> {
         match setting {
-            DataSetting::Random => Ok(Tensor::rand_normal([idx.len(), c, h, w], 0.0, 1.0, rng)),
+            DataSetting::Random => {
+                Tensor::rand_normal([idx.len(), c, h, w], 0.0, 1.0, rng).to_device(dev)
+            }
             _ => Ok(prepare_batch(attacker, idx, &norm, None)?.0),
         }
     };
@@ -311,6 +459,7 @@ pub fn run_queryfree(
     for k in 0..n_shadows as u64 {
         let seed = train_cfg.seed ^ 0x5bad ^ k.wrapping_mul(0x9e37_79b9);
         let mut shadow = shadows::shadow_for(target.kind, split, setting.same_net, seed)?;
+        shadow.to_device(target.net.device())?;
         let mut batch =
             |idx: &[usize], _rng: &mut TrainRng| prepare_batch(shadow_data, idx, &norm, None);
         let cfg = TrainConfig {

@@ -15,6 +15,11 @@
 //! another length or a parameter whose size changed is an error, not a
 //! silent mix-up of state. [`Sgd::reset`] / [`Adam::reset`] forget the state.
 //!
+//! **On the GPU** (parameters and gradients on a CUDA device) each update
+//! is one fused launch of `adam_step` / `sgd_step` (`kernels/optim.cu`),
+//! and the state lives on the same device. The NaN check then sums each
+//! gradient on the device and copies only those sums to the host.
+//!
 //! **All or nothing.** A parameter with no gradient in the store is skipped
 //! (as PyTorch skips `grad is None`). Before anything is written, every
 //! gradient is checked: a NaN or infinity fails the step with
@@ -75,13 +80,16 @@ fn first_non_finite(x: &[f32]) -> Option<usize> {
 }
 
 /// Checks every (parameter, gradient) pair before any update: device, shape,
-/// storage, finiteness, and that the parameter list matches the state.
+/// storage, finiteness, and that the parameter list matches the state
+/// (its size and device per parameter).
 fn validate(
     op: &'static str,
     params: &[Tensor],
     grads: &GradStore,
-    state_sizes: &[Option<usize>],
+    state_sizes: &[Option<(usize, Device)>],
 ) -> Result<()> {
+    // GPU gradients whose finiteness is checked at the end, all at once.
+    let mut on_gpu: Vec<(usize, usize, &Tensor)> = Vec::new();
     if !state_sizes.is_empty() && state_sizes.len() != params.len() {
         return Err(Error::invalid(
             op,
@@ -95,11 +103,7 @@ fn validate(
     }
     for (i, p) in params.iter().enumerate() {
         let Some(g) = grads.get(p) else { continue };
-        for t in [p, g] {
-            if let Device::Cuda(_) = t.device() {
-                return crate::cuda::not_available(op);
-            }
-        }
+        let dev = crate::cuda::exec::common_device(op, &[p, g])?;
         if g.shape() != p.shape() {
             return Err(Error::shape(op, p.shape(), g.shape()));
         }
@@ -109,7 +113,16 @@ fn validate(
                 format!("parameter {i} shares its storage with its own gradient"),
             ));
         }
-        if let Some(Some(n)) = state_sizes.get(i) {
+        if let Some(Some((_, d))) = state_sizes.get(i) {
+            if *d != dev {
+                return Err(Error::DeviceMismatch {
+                    op,
+                    a: format!("optimizer state of parameter {i} on {d} (call reset() after moving parameters)"),
+                    b: dev.to_string(),
+                });
+            }
+        }
+        if let Some(Some((n, _))) = state_sizes.get(i) {
             if *n != p.numel() {
                 return Err(Error::invalid(
                     op,
@@ -121,16 +134,117 @@ fn validate(
                 ));
             }
         }
+        if let Device::Cuda(n) = dev {
+            on_gpu.push((n, i, g));
+            continue;
+        }
         if let Some(j) = first_non_finite(&g.cpu()?) {
             let v = g.cpu()?.get(j).copied().unwrap_or(f32::NAN);
-            return Err(Error::NonFinite(format!(
-                "{op}: the gradient of parameter {i} (shape {:?}) is {v} at element {j}; \
-                 no parameter was updated",
-                p.dims()
-            )));
+            return Err(non_finite(op, i, p, j, v));
+        }
+    }
+    // A NaN or infinity anywhere makes the sum non-finite; only then is
+    // that gradient copied to find the element.
+    let mut ordinals: Vec<usize> = on_gpu.iter().map(|(n, _, _)| *n).collect();
+    ordinals.dedup();
+    for n in ordinals {
+        let group: Vec<&(usize, usize, &Tensor)> = on_gpu.iter().filter(|e| e.0 == n).collect();
+        let ts: Vec<&Tensor> = group.iter().map(|e| e.2).collect();
+        let sums = crate::cuda::exec::sums(n, &ts)?;
+        for (s, (_, i, g)) in sums.iter().zip(group) {
+            if s.is_finite() {
+                continue;
+            }
+            let host = g.to_vec()?;
+            if let Some(j) = first_non_finite(&host) {
+                let v = host.get(j).copied().unwrap_or(f32::NAN);
+                let p = params.get(*i).unwrap_or(g);
+                return Err(non_finite(op, *i, p, j, v));
+            }
         }
     }
     Ok(())
+}
+
+fn non_finite(op: &str, i: usize, p: &Tensor, j: usize, v: f32) -> Error {
+    Error::NonFinite(format!(
+        "{op}: the gradient of parameter {i} (shape {:?}) is {v} at element {j}; \
+         no parameter was updated",
+        p.dims()
+    ))
+}
+
+/// The fused GPU updates (`kernels/optim.cu`), one launch per parameter.
+mod gpu {
+    use crate::cuda::exec::{i64_of, opt_ptr, ptr, run};
+    use crate::cuda::launch::Launch;
+    use crate::cuda::params::{AdamParams, SgdParams};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    /// PyTorch's SGD rule on device `ordinal`; `buf` is the momentum buffer
+    /// (None without momentum), `first` its first use.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sgd(
+        ordinal: usize,
+        p: &Tensor,
+        g: &Tensor,
+        buf: Option<&Tensor>,
+        lr: f32,
+        wd: f32,
+        momentum: f32,
+        dampening: f32,
+        nesterov: bool,
+        first: bool,
+    ) -> Result<()> {
+        let prm = SgdParams {
+            param: ptr(p)?,
+            grad: ptr(g)?,
+            momentum_buf: opt_ptr(buf)?,
+            n: i64_of(p.numel())?,
+            lr,
+            momentum: if buf.is_some() { momentum } else { 0.0 },
+            dampening,
+            weight_decay: wd,
+            nesterov: nesterov as i32,
+            first_step: first as i32,
+        };
+        run(ordinal, "sgd_step", Launch::elementwise(p.numel()), &prm)
+    }
+
+    /// PyTorch's Adam rule (L2 weight decay, optional AMSGrad) on device
+    /// `ordinal`; bias corrections 1 − β^t computed by the caller in f64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn adam(
+        ordinal: usize,
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        vmax: Option<&Tensor>,
+        (lr, beta1, beta2, eps, weight_decay): (f32, f32, f32, f32, f32),
+        bc1: f64,
+        bc2: f64,
+    ) -> Result<()> {
+        let prm = AdamParams {
+            param: ptr(p)?,
+            grad: ptr(g)?,
+            m: ptr(m)?,
+            v: ptr(v)?,
+            vmax: opt_ptr(vmax)?,
+            n: i64_of(p.numel())?,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            bias_correction1: bc1 as f32,
+            bias_correction2: bc2 as f32,
+            amsgrad: vmax.is_some() as i32,
+            decoupled: 0,
+        };
+        run(ordinal, "adam_step", Launch::elementwise(p.numel()), &prm)
+    }
 }
 
 // ----- kernels ----------------------------------------------------------------
@@ -318,10 +432,10 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
         self.check()?;
-        let sizes: Vec<Option<usize>> = self
+        let sizes: Vec<Option<(usize, Device)>> = self
             .bufs
             .iter()
-            .map(|b| b.as_ref().map(|t| t.numel()))
+            .map(|b| b.as_ref().map(|t| (t.numel(), t.device())))
             .collect();
         validate("sgd", params, grads, &sizes)?;
         let use_momentum = self.momentum != 0.0;
@@ -331,6 +445,22 @@ impl Optimizer for Sgd {
         let (lv, lr, wd) = (self.level, self.lr, self.weight_decay);
         for (i, p) in params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
+            if let Device::Cuda(n) = p.device() {
+                let first = use_momentum && self.bufs.get(i).is_some_and(|b| b.is_none());
+                if first {
+                    if let Some(slot) = self.bufs.get_mut(i) {
+                        *slot = Some(Tensor::zeros_on(p.shape().clone(), p.device())?);
+                    }
+                }
+                let buf = if use_momentum {
+                    self.bufs.get(i).and_then(|b| b.as_ref())
+                } else {
+                    None
+                };
+                let (m, damp, nest) = (self.momentum, self.dampening, self.nesterov);
+                gpu::sgd(n, p, g, buf, lr, wd, m, damp, nest, first)?;
+                continue;
+            }
             let g = g.cpu()?;
             let mut pw = p.cpu_mut()?;
             if !use_momentum {
@@ -489,10 +619,10 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
         self.check()?;
-        let sizes: Vec<Option<usize>> = self
+        let sizes: Vec<Option<(usize, Device)>> = self
             .state
             .iter()
-            .map(|s| s.as_ref().map(|s| s.m.numel()))
+            .map(|s| s.as_ref().map(|s| (s.m.numel(), s.m.device())))
             .collect();
         validate("adam", params, grads, &sizes)?;
         // A state made without AMSGrad has no maximum to continue from.
@@ -506,17 +636,25 @@ impl Optimizer for Adam {
             self.state = (0..params.len()).map(|_| None).collect();
         }
         let lv = self.level;
+        let hyper = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
         for (i, p) in params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
             let Some(slot) = self.state.get_mut(i) else {
                 continue;
             };
-            let st = slot.get_or_insert_with(|| AdamState {
-                step: 0,
-                m: Tensor::zeros(p.shape().clone()),
-                v: Tensor::zeros(p.shape().clone()),
-                vmax: self.amsgrad.then(|| Tensor::zeros(p.shape().clone())),
-            });
+            if slot.is_none() {
+                let (shape, dev) = (p.shape().clone(), p.device());
+                *slot = Some(AdamState {
+                    step: 0,
+                    m: Tensor::zeros_on(shape.clone(), dev)?,
+                    v: Tensor::zeros_on(shape.clone(), dev)?,
+                    vmax: self
+                        .amsgrad
+                        .then(|| Tensor::zeros_on(shape, dev))
+                        .transpose()?,
+                });
+            }
+            let Some(st) = slot.as_mut() else { continue };
             st.step += 1;
             // Bias corrections in f64, as PyTorch computes them in Python floats.
             let t = st.step as f64;
@@ -530,6 +668,11 @@ impl Optimizer for Adam {
                 eps: self.eps,
                 wd: self.weight_decay,
             };
+            if let Device::Cuda(n) = p.device() {
+                let vmax = st.vmax.as_ref().filter(|_| self.amsgrad);
+                gpu::adam(n, p, g, &st.m, &st.v, vmax, hyper, bc1, bc2)?;
+                continue;
+            }
             let g = g.cpu()?;
             let mut pw = p.cpu_mut()?;
             let mut mw = st.m.cpu_mut()?;

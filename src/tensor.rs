@@ -208,6 +208,58 @@ impl Tensor {
         }))
     }
 
+    /// Convenience for CUDA kernels: wraps an output device buffer as an op
+    /// result.
+    pub fn from_cuda_op(
+        buf: crate::cuda::CudaBuffer,
+        shape: Shape,
+        inputs: &[&Tensor],
+        make: impl FnOnce() -> Box<dyn BackwardOp>,
+    ) -> Tensor {
+        Tensor::from_op(Storage::Cuda(buf), shape, inputs, make)
+    }
+
+    /// A tensor filled with `v` on `device` (a fill kernel on a GPU).
+    pub fn full_on(shape: impl Into<Shape>, v: f32, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        match device {
+            Device::Cpu => Ok(Tensor::full(shape, v)),
+            Device::Cuda(n) => {
+                let buf = crate::cuda::exec::filled(n, shape.numel(), v)?;
+                Tensor::from_storage(Storage::Cuda(buf), shape)
+            }
+        }
+    }
+
+    /// All zeros on `device`.
+    pub fn zeros_on(shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        Tensor::full_on(shape, 0.0, device)
+    }
+
+    /// A copy of this tensor on `device` (the same handle when it already
+    /// lives there). The copy is a new leaf: gradients do not flow back
+    /// through a transfer, but a leaf that asked for its gradient gives a
+    /// copy that asks too. Host ↔ device copies wait for queued GPU work.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        let here = self.device();
+        if here == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(CpuBuffer::new(self.to_vec()?)),
+            Device::Cuda(n) => {
+                let host = self.to_vec()?;
+                Storage::Cuda(crate::cuda::CudaBuffer::from_host(n, &host)?)
+            }
+        };
+        let t = Tensor::from_storage(storage, self.shape().clone())?;
+        Ok(if self.is_requires_grad() {
+            t.requires_grad()
+        } else {
+            t
+        })
+    }
+
     /// Convenience for CPU kernels: wraps an output vector as an op result.
     pub fn from_cpu_op(
         data: Vec<f32>,
@@ -288,7 +340,7 @@ impl Tensor {
         match &*g {
             Storage::Cpu(_) => Ok(CpuRead(g)),
             Storage::Cuda(_) => Err(Error::DeviceMismatch {
-                op: "cpu access",
+                op: "cpu access (copy with to_vec() or to_device(Device::Cpu))",
                 a: "cpu".into(),
                 b: g.device().to_string(),
             }),
@@ -310,11 +362,12 @@ impl Tensor {
         }
     }
 
-    /// A copy of the elements on the host.
+    /// A copy of the elements on the host (for a GPU tensor: a device to
+    /// host copy, which waits for the queued kernels).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &*self.storage() {
             Storage::Cpu(b) => Ok(b.to_vec()),
-            Storage::Cuda(_) => crate::cuda::not_available("copy to host"),
+            Storage::Cuda(b) => b.to_host(),
         }
     }
 
@@ -335,10 +388,24 @@ impl Tensor {
         if self.same_storage(src) {
             return Ok(());
         }
-        let s = src.cpu()?;
-        let mut d = self.cpu_mut()?;
-        d.copy_from_slice(&s);
-        Ok(())
+        match (self.device(), src.device()) {
+            (Device::Cpu, Device::Cpu) => {
+                let s = src.cpu()?;
+                let mut d = self.cpu_mut()?;
+                d.copy_from_slice(&s);
+                Ok(())
+            }
+            (Device::Cpu, Device::Cuda(_)) => {
+                let s = src.to_vec()?;
+                let mut d = self.cpu_mut()?;
+                d.copy_from_slice(&s);
+                Ok(())
+            }
+            (Device::Cuda(n), _) => {
+                let s = src.to_device(Device::Cuda(n))?;
+                crate::cuda::exec::copy(&s, self)
+            }
+        }
     }
 
     /// Checks that two tensors have the same shape, naming the op if not.

@@ -229,7 +229,11 @@ pub fn invert_ensemble(
             &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed),
         ),
     };
-    let x = norm.normalize(&pixels)?.requires_grad();
+    // The guess lives where the observed features (and f1) do.
+    let x = norm
+        .normalize(&pixels)?
+        .to_device(target.device())?
+        .requires_grad();
     let target = target.detach();
     let l2_center = match &cfg.l2_center {
         Some(img) if img.len() != c * h * w => {
@@ -246,7 +250,7 @@ pub fn invert_ensemble(
             let one = norm
                 .normalize(&Tensor::from_slice(img, [1, c, h, w])?)?
                 .to_vec()?;
-            Some(Tensor::from_vec(one.repeat(n), [n, c, h, w])?)
+            Some(Tensor::from_vec(one.repeat(n), [n, c, h, w])?.to_device(target.device())?)
         }
         None => None,
     };
@@ -302,13 +306,22 @@ pub fn invert_ensemble(
         drop(loss);
         opt.step(std::slice::from_ref(&x), &grads)?;
         if cfg.box_constraint {
-            let mut v = x.cpu_mut()?;
-            let plane = h * w;
-            for (i, chunk) in v.chunks_mut(plane).enumerate() {
-                let ch = i % c;
-                for p in chunk {
-                    *p = p.clamp(lo[ch], hi[ch]);
+            let clamp_planes = |v: &mut [f32]| {
+                for (i, chunk) in v.chunks_mut(h * w).enumerate() {
+                    let ch = i % c;
+                    for p in chunk {
+                        *p = p.clamp(lo[ch], hi[ch]);
+                    }
                 }
+            };
+            if x.device() == crate::Device::Cpu {
+                clamp_planes(&mut x.cpu_mut()?);
+            } else {
+                // On a GPU: a round trip through the host (per-channel
+                // bounds; the box constraint is off in the paper's setup).
+                let mut v = x.to_vec()?;
+                clamp_planes(&mut v);
+                x.assign(&Tensor::from_vec(v, x.shape().clone())?)?;
             }
         }
         on_progress(Progress {

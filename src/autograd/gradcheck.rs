@@ -10,6 +10,7 @@
 //! subtraction does not lose what little precision f32 leaves.
 
 use crate::autograd::no_grad;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -48,6 +49,14 @@ impl std::fmt::Display for GradCheck {
     }
 }
 
+/// Element `j` of a (GPU) tensor, read back.
+fn analytic_host_value(t: &Tensor, j: usize) -> Result<f32> {
+    t.to_vec()?
+        .get(j)
+        .copied()
+        .ok_or_else(|| Error::invalid("gradcheck", format!("element {j} out of range")))
+}
+
 fn projected(out: &Tensor, r: &[f32]) -> Result<f64> {
     let v = out.to_vec()?;
     Ok(v.iter().zip(r).map(|(&a, &b)| a as f64 * b as f64).sum())
@@ -78,7 +87,7 @@ pub fn gradcheck(
     let r: Vec<f32> = (0..out.numel())
         .map(|_| rng.gen_range(0.5f32..1.5) * if rng.gen::<bool>() { 1.0 } else { -1.0 })
         .collect();
-    let rt = Tensor::from_vec(r.clone(), out.shape().clone())?;
+    let rt = Tensor::from_vec(r.clone(), out.shape().clone())?.to_device(out.device())?;
     let loss = crate::ops::reduce::sum(&crate::ops::elementwise::mul(&out, &rt)?)?;
     let grads = loss.backward()?;
     drop(loss);
@@ -95,13 +104,33 @@ pub fn gradcheck(
         };
         let n = leaf.numel();
         let step = (n / max_elems.max(1)).max(1);
+        // A GPU leaf is perturbed through a host copy written back whole.
+        let mut host = match leaf.device() {
+            Device::Cpu => None,
+            Device::Cuda(_) => Some(leaf.to_vec()?),
+        };
+        let mut set = |j: usize, v: f32| -> Result<()> {
+            match host.as_mut() {
+                None => {
+                    leaf.cpu_mut()?[j] = v;
+                    Ok(())
+                }
+                Some(h) => {
+                    h[j] = v;
+                    leaf.assign(&Tensor::from_slice(h, leaf.shape().clone())?)
+                }
+            }
+        };
         for j in (0..n).step_by(step) {
-            let orig = leaf.cpu()?[j];
-            leaf.cpu_mut()?[j] = orig + eps;
+            let orig = match leaf.device() {
+                Device::Cpu => leaf.cpu()?[j],
+                Device::Cuda(_) => analytic_host_value(leaf, j)?,
+            };
+            set(j, orig + eps)?;
             let lp = no_grad(|| f(&leaves).and_then(|o| projected(&o, &r)))?;
-            leaf.cpu_mut()?[j] = orig - eps;
+            set(j, orig - eps)?;
             let lm = no_grad(|| f(&leaves).and_then(|o| projected(&o, &r)))?;
-            leaf.cpu_mut()?[j] = orig;
+            set(j, orig)?;
             let numeric = (lp - lm) / (2.0 * eps as f64);
             let a = analytic[j] as f64;
             let err = (a - numeric).abs();

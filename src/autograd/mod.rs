@@ -163,7 +163,7 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape("backward", "a one-element loss", self.shape()));
         }
-        let seed = Tensor::ones(self.shape().clone());
+        let seed = Tensor::full_on(self.shape().clone(), 1.0, self.device())?;
         self.backward_from(seed, keep)
     }
 

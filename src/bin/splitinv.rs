@@ -24,6 +24,15 @@ struct Cli {
     /// Folder holding the datasets (default: $SPLITINV_DATA).
     #[arg(long, global = true)]
     data: Option<std::path::PathBuf>,
+    /// Where models and batches run: auto (a GPU when one is usable, else
+    /// the CPU with a one-line notice), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    /// GPU memory budget for the pool allocator, e.g. 2GiB, 512MiB, 1.5GB
+    /// (default: no budget beyond the device's memory). Peak use is printed
+    /// after every command that used the GPU.
+    #[arg(long, global = true)]
+    gpu_mem: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -423,6 +432,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo { out, seed } => splitinv::demo::run(&out, seed).map(|_| ()),
         Cmd::Info => {
             println!("splitinv {}", env!("CARGO_PKG_VERSION"));
+            println!("device:   {}", splitinv::device::default_device());
             let levels: Vec<String> = simd::available_levels()
                 .iter()
                 .map(|l| l.to_string())
@@ -482,13 +492,51 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Applies `--gpu-mem` and `--device`: the budget first (so the device
+/// opens under it), then the device every command puts its models and
+/// batches on.
+fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
+    if let Some(mem) = &cli.gpu_mem {
+        let bytes = splitinv::cuda::parse_bytes(mem)?;
+        if bytes == 0 {
+            return Err(Error::invalid(
+                "--gpu-mem",
+                "the budget must be more than 0 bytes",
+            ));
+        }
+        splitinv::cuda::set_memory_budget(Some(bytes));
+    }
+    let (dev, notice) = splitinv::cuda::select_device(&cli.device)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    splitinv::device::set_default_device(dev);
+    Ok(dev)
+}
+
+/// After a command that ran on a GPU: its peak memory (from the pool).
+fn report_gpu_memory(dev: splitinv::Device) {
+    if let splitinv::Device::Cuda(n) = dev {
+        if let Ok(d) = splitinv::cuda::device(n) {
+            let _ = d.synchronize();
+            eprintln!("cuda:{n} {}", d.memory_stats());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The command itself runs on a worker of the kernel thread pool: every
     // parallel kernel it calls then starts on the current thread, instead of
     // waking a pool thread and putting the main thread to sleep (a context
     // switch per op, which dominated the small MNIST steps).
-    let result = threads::init(cli.threads).and_then(|()| rayon::scope(|_| run(cli)));
+    let result = threads::init(cli.threads)
+        .and_then(|()| setup_device(&cli))
+        .and_then(|dev| {
+            let r = rayon::scope(|_| run(cli));
+            report_gpu_memory(dev);
+            r
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

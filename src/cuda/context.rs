@@ -349,6 +349,12 @@ impl GpuDevice {
         lock(&self.pool).reset_peak();
     }
 
+    /// Raises the peaks back to at least those in `earlier` (after a
+    /// [`GpuDevice::reset_peak`] used to measure one step).
+    pub fn merge_peak(&self, earlier: &PoolStats) {
+        lock(&self.pool).merge_peak(earlier);
+    }
+
     /// Frees every cached (unused) block back to the driver.
     pub fn trim(&self) {
         let blocks = lock(&self.pool).trim();

@@ -7,10 +7,12 @@
 //! starts a kernel by name. Nothing here needs a CUDA toolkit at build time;
 //! at run time, a missing driver or NVRTC is an error value, never a panic.
 //!
-//! The ops do not dispatch to the GPU yet: their CUDA branch still calls
-//! [`not_available`].
+//! Every op dispatches on its inputs' device; its `Device::Cuda` branch is
+//! in `src/ops/<family>/cuda.rs` and builds on [`exec`] (device checks,
+//! pointers, pooled output buffers, fills, two-stage sums).
 
 pub mod context;
+pub mod exec;
 pub mod kernels;
 pub mod launch;
 pub mod params;
@@ -86,4 +88,50 @@ pub fn unavailable(what: &str) -> Error {
 /// Fails with [`unavailable`]; the GPU path of an op calls this.
 pub fn not_available<T>(what: &str) -> Result<T> {
     Err(unavailable(what))
+}
+
+/// Resolves a `--device` value: `auto`, `cpu`, `cuda` or `cuda:N`.
+///
+/// `auto` picks `cuda:0` when CUDA is usable and otherwise the CPU, with a
+/// one-line notice (returned, for the caller to print) saying why. An
+/// explicit `cuda[:N]` that cannot be used is an error naming the reason,
+/// never a silent fallback. A CUDA device is opened (and its kernels
+/// compiled) here, so a broken setup fails before any work starts.
+pub fn select_device(spec: &str) -> Result<(crate::Device, Option<String>)> {
+    use crate::Device;
+    if spec == "auto" {
+        let i = info();
+        if !i.available {
+            let why = i.reason.unwrap_or_else(|| "unknown reason".into());
+            return Ok((
+                Device::Cpu,
+                Some(format!(
+                    "note: no usable CUDA device ({why}); running on the CPU"
+                )),
+            ));
+        }
+        return match device(0).and_then(|d| d.load_all_kernels()) {
+            Ok(()) => Ok((Device::Cuda(0), None)),
+            Err(e) => Ok((
+                Device::Cpu,
+                Some(format!(
+                    "note: cuda:0 cannot be used ({e}); running on the CPU"
+                )),
+            )),
+        };
+    }
+    let d: Device = spec.parse()?;
+    if let Device::Cuda(n) = d {
+        let i = info();
+        if !i.available {
+            return Err(Error::Cuda(format!(
+                "--device {spec} was asked for, but CUDA is unavailable: {}; use --device cpu or auto",
+                i.reason.unwrap_or_else(|| "unknown reason".into())
+            )));
+        }
+        device(n)
+            .and_then(|dev| dev.load_all_kernels())
+            .map_err(|e| Error::Cuda(format!("--device {spec}: {e}")))?;
+    }
+    Ok((d, None))
 }

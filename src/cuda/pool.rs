@@ -191,6 +191,15 @@ impl<B> Pool<B> {
         self.stats.peak_held = self.stats.in_use + self.stats.cached;
     }
 
+    /// Raises the peaks to at least those of `earlier` (undoes a
+    /// [`Pool::reset_peak`] done to measure one step, keeping that step's
+    /// own peak if higher).
+    pub fn merge_peak(&mut self, earlier: &PoolStats) {
+        let s = &mut self.stats;
+        s.peak_in_use = s.peak_in_use.max(earlier.peak_in_use);
+        s.peak_held = s.peak_held.max(earlier.peak_held);
+    }
+
     fn mark_used(&mut self, class: usize) {
         let s = &mut self.stats;
         s.in_use += class;
@@ -450,5 +459,18 @@ mod tests {
         assert_eq!(released, vec![1]);
         assert_eq!(pool.stats().in_use, 4096);
         assert_eq!(pool.stats().budget, Some(4096));
+    }
+
+    #[test]
+    fn merge_peak_keeps_the_higher_peak() {
+        let mut p = TestPool::new(None);
+        let (b, c) = p.take(4096, |c| Ok(c as u32), drop).unwrap();
+        p.give_back(b, c);
+        let before = p.stats();
+        p.reset_peak();
+        assert_eq!(p.stats().peak_in_use, 0);
+        let (_b, _c) = p.take(1024, |c| Ok(c as u32), drop).unwrap();
+        p.merge_peak(&before);
+        assert_eq!(p.stats().peak_in_use, 4096);
     }
 }

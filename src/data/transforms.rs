@@ -137,7 +137,8 @@ fn tensor_transform(
     let (c, plane) = image_layout(op, x)?;
     let mut data = x.to_vec()?;
     affine_per_channel(op, &mut data, c, plane, mean, std, inverse)?;
-    Tensor::from_vec(data, x.shape().clone())
+    // Computed on the host; the result goes back where the input was.
+    Tensor::from_vec(data, x.shape().clone())?.to_device(x.device())
 }
 
 /// `(x − mean[c]) / std[c]` on a `[B,C,H,W]` or `[C,H,W]` tensor (a data

@@ -190,6 +190,23 @@ impl Layer {
         }
     }
 
+    /// Replaces every parameter handle by `f(handle)`, stopping at the first
+    /// error (moving weights between devices).
+    pub fn try_map_params(&mut self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<()> {
+        match self {
+            Layer::Conv2d { weight, bias, .. }
+            | Layer::ConvTranspose2d { weight, bias, .. }
+            | Layer::Linear { weight, bias } => {
+                *weight = f(weight)?;
+                if let Some(b) = bias {
+                    *b = f(b)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Replaces the parameter `suffix` by `t`, checking the shape.
     pub fn set_param(&mut self, suffix: &str, t: Tensor) -> Result<()> {
         let slot = match (self, suffix) {

@@ -154,6 +154,27 @@ impl Sequential {
         }
     }
 
+    /// Moves every parameter to `device` (a copy per parameter; nothing
+    /// happens for those already there). Trainable parameters stay
+    /// trainable. Handles to the old parameters (clones of this network
+    /// made before) keep the old copies.
+    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
+        for (_, l) in &mut self.layers {
+            l.try_map_params(&mut |t| t.to_device(device))?;
+        }
+        Ok(())
+    }
+
+    /// The device of the parameters (the CPU for a network without any).
+    pub fn device(&self) -> crate::Device {
+        self.layers
+            .iter()
+            .flat_map(|(_, l)| l.params())
+            .map(|(_, t)| t.device())
+            .next()
+            .unwrap_or_default()
+    }
+
     /// Number of scalar parameters.
     pub fn num_params(&self) -> usize {
         self.params().iter().map(|t| t.numel()).sum()

@@ -1,6 +1,6 @@
 //! Every differentiable operation, one folder per op family: `mod.rs` holds
 //! the API, the backward rule and its derivation; `cpu.rs` the CPU kernels
-//! (and later `cuda.rs` the GPU launches).
+//! and `cuda.rs` the GPU launches (kernels in `kernels/*.cu`).
 
 pub mod conv;
 pub mod elementwise;

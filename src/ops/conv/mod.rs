@@ -43,11 +43,13 @@
 //! The CPU kernels (im2col / col2im around the packed GEMM) are in `cpu.rs`.
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 mod valid;
 pub(crate) mod winograd;
 
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
+use crate::cuda::exec::{common_device, ptr, wrap};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
@@ -274,23 +276,18 @@ fn check_bias(op: &'static str, b: Option<&Tensor>, c: usize) -> Result<()> {
     Ok(())
 }
 
-/// Every tensor on the CPU, or the right error.
-fn cpu_only(op: &'static str, ts: &[&Tensor]) -> Result<()> {
-    let first = ts.first().map(|t| t.device()).unwrap_or(Device::Cpu);
-    for t in ts {
-        let d = t.device();
-        if d != first {
-            return Err(Error::DeviceMismatch {
-                op,
-                a: first.to_string(),
-                b: d.to_string(),
-            });
-        }
-    }
-    match first {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => crate::cuda::not_available(op),
-    }
+/// The GPU ordinal all of `ts` live on, `None` when they are all on the
+/// CPU, or a device-mismatch error.
+fn gpu_of(op: &'static str, ts: &[&Tensor]) -> Result<Option<usize>> {
+    Ok(match common_device(op, ts)? {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(n),
+    })
+}
+
+/// The device address of an optional bias (0: none).
+fn bias_ptr(b: Option<&Tensor>) -> Result<Option<u64>> {
+    b.map(ptr).transpose()
 }
 
 fn check_dims(op: &'static str, t: &Tensor, want: [usize; 4], what: &str) -> Result<()> {
@@ -311,7 +308,19 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
     check_bias("conv2d", b, g.cout)?;
     let mut all = vec![x, w];
     all.extend(b);
-    cpu_only("conv2d", &all)?;
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(Conv2dBackward {
+            x: x.clone(),
+            w: w.clone(),
+            b: b.cloned(),
+            g,
+        })
+    };
+    if let Some(d) = gpu_of("conv2d", &all)? {
+        let y = cuda::forward(d, &g, x, w, bias_ptr(b)?)?;
+        let shape = Shape::new([g.n, g.cout, g.oh, g.ow]);
+        return Ok(Tensor::from_cuda_op(y, shape, &all, make));
+    }
     let mut y = vec![0.0f32; g.n * g.cout * g.out_plane()];
     {
         let bv = b.map(|b| b.cpu()).transpose()?;
@@ -328,14 +337,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
         y,
         Shape::new([g.n, g.cout, g.oh, g.ow]),
         &all,
-        || {
-            Box::new(Conv2dBackward {
-                x: x.clone(),
-                w: w.clone(),
-                b: b.cloned(),
-                g,
-            })
-        },
+        make,
     ))
 }
 
@@ -359,7 +361,12 @@ pub fn conv2d_input_grad(
         p,
     )?;
     check_dims(OP, gy, [g.n, g.cout, g.oh, g.ow], "output gradient")?;
-    cpu_only(OP, &[gy, w])?;
+    if let Some(d) = gpu_of(OP, &[gy, w])? {
+        return wrap(
+            cuda::input_grad(d, &g, gy, w, None)?,
+            [g.n, g.cin, g.h, g.w],
+        );
+    }
     let mut dx = vec![0.0f32; g.n * g.cin * g.in_plane()];
     cpu::conv2d_input_grad(simd::level(), &g, &gy.cpu()?, &w.cpu()?, None, &mut dx);
     Tensor::from_vec(dx, [g.n, g.cin, g.h, g.w])
@@ -380,7 +387,9 @@ pub fn conv2d_weight_grad(
     let ws = Shape::new([cout, cin, kernel_hw[0], kernel_hw[1]]);
     let g = conv2d_geom(OP, x.shape(), &ws, p)?;
     check_dims(OP, gy, [g.n, g.cout, g.oh, g.ow], "output gradient")?;
-    cpu_only(OP, &[x, gy])?;
+    if let Some(d) = gpu_of(OP, &[x, gy])? {
+        return wrap(cuda::weight_grad(d, &g, x, gy)?, ws);
+    }
     let mut dw = vec![0.0f32; g.cout * g.k()];
     cpu::conv2d_weight_grad(simd::level(), &g, &x.cpu()?, &gy.cpu()?, &mut dw);
     Tensor::from_vec(dw, ws)
@@ -411,10 +420,46 @@ impl BackwardOp for Conv2dBackward {
             [g.n, g.cout, g.oh, g.ow],
             "output gradient",
         )?;
-        cpu_only("conv2d backward", &[gy])?;
+        let need = |i: usize| needs.get(i).copied().unwrap_or(false);
+        if let Some(d) = gpu_of("conv2d backward", &[gy, &self.x, &self.w])? {
+            let mut out = vec![
+                need(0)
+                    .then(|| {
+                        wrap(
+                            cuda::input_grad(d, g, gy, &self.w, None)?,
+                            [g.n, g.cin, g.h, g.w],
+                        )
+                    })
+                    .transpose()?,
+                need(1)
+                    .then(|| {
+                        wrap(
+                            cuda::weight_grad(d, g, &self.x, gy)?,
+                            [g.cout, g.cin, g.kh, g.kw],
+                        )
+                    })
+                    .transpose()?,
+            ];
+            if self.b.is_some() {
+                out.push(
+                    need(2)
+                        .then(|| {
+                            let db = crate::ops::reduce::cuda::channel_sums(
+                                d,
+                                gy,
+                                g.n,
+                                g.cout,
+                                g.out_plane(),
+                            )?;
+                            wrap(db, [g.cout])
+                        })
+                        .transpose()?,
+                );
+            }
+            return Ok(out);
+        }
         let lv = simd::level();
         let gv = gy.cpu()?;
-        let need = |i: usize| needs.get(i).copied().unwrap_or(false);
         let mut out = Vec::with_capacity(3);
         // dx = col2im(Wᵀ·g): the transposed convolution of g with w.
         out.push(if need(0) {
@@ -467,7 +512,19 @@ pub fn conv_transpose2d(
     check_bias("conv_transpose2d", b, g.cin)?;
     let mut all = vec![x, w];
     all.extend(b);
-    cpu_only("conv_transpose2d", &all)?;
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(ConvTranspose2dBackward {
+            x: x.clone(),
+            w: w.clone(),
+            b: b.cloned(),
+            g,
+        })
+    };
+    if let Some(d) = gpu_of("conv_transpose2d", &all)? {
+        let y = cuda::input_grad(d, &g, x, w, bias_ptr(b)?)?;
+        let shape = Shape::new([g.n, g.cin, g.h, g.w]);
+        return Ok(Tensor::from_cuda_op(y, shape, &all, make));
+    }
     let mut y = vec![0.0f32; g.n * g.cin * g.in_plane()];
     {
         let bv = b.map(|b| b.cpu()).transpose()?;
@@ -484,14 +541,7 @@ pub fn conv_transpose2d(
         y,
         Shape::new([g.n, g.cin, g.h, g.w]),
         &all,
-        || {
-            Box::new(ConvTranspose2dBackward {
-                x: x.clone(),
-                w: w.clone(),
-                b: b.cloned(),
-                g,
-            })
-        },
+        make,
     ))
 }
 
@@ -517,10 +567,48 @@ impl BackwardOp for ConvTranspose2dBackward {
         let g = &self.g;
         const OP: &str = "conv_transpose2d backward";
         check_dims(OP, gy, [g.n, g.cin, g.h, g.w], "output gradient")?;
-        cpu_only(OP, &[gy])?;
+        let need = |i: usize| needs.get(i).copied().unwrap_or(false);
+        if let Some(d) = gpu_of(OP, &[gy, &self.x, &self.w])? {
+            // dx = conv2d(g, w); dW = weight-gradient with g as the input and
+            // x as the output gradient; db = per-channel sums of g.
+            let mut out = vec![
+                need(0)
+                    .then(|| {
+                        wrap(
+                            cuda::forward(d, g, gy, &self.w, None)?,
+                            [g.n, g.cout, g.oh, g.ow],
+                        )
+                    })
+                    .transpose()?,
+                need(1)
+                    .then(|| {
+                        wrap(
+                            cuda::weight_grad(d, g, gy, &self.x)?,
+                            [g.cout, g.cin, g.kh, g.kw],
+                        )
+                    })
+                    .transpose()?,
+            ];
+            if self.b.is_some() {
+                out.push(
+                    need(2)
+                        .then(|| {
+                            let db = crate::ops::reduce::cuda::channel_sums(
+                                d,
+                                gy,
+                                g.n,
+                                g.cin,
+                                g.in_plane(),
+                            )?;
+                            wrap(db, [g.cin])
+                        })
+                        .transpose()?,
+                );
+            }
+            return Ok(out);
+        }
         let lv = simd::level();
         let gv = gy.cpu()?;
-        let need = |i: usize| needs.get(i).copied().unwrap_or(false);
         let mut out = Vec::with_capacity(3);
         // dx = conv2d(g, w): the forward kernel, g in the role of the input.
         out.push(if need(0) {

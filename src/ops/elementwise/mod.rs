@@ -22,6 +22,7 @@
 //! | |x|^p (p≠0)   | g·p·|x|^(p−1)·sign(x)      |                                       |
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 
 use crate::autograd::BackwardOp;
 use crate::device::Device;
@@ -113,22 +114,23 @@ fn same_device(a: &Tensor, b: &Tensor, op: &'static str) -> Result<Device> {
 /// Applies a binary op to two tensors of the same shape.
 pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     a.check_same_shape(b, op.name())?;
-    let data = match same_device(a, b, op.name())? {
-        Device::Cpu => cpu::binary(&a.cpu()?, &b.cpu()?, op),
-        Device::Cuda(_) => return crate::cuda::not_available(op.name()),
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(BinaryBackward {
+            op,
+            a: a.clone(),
+            b: b.clone(),
+        })
     };
-    Ok(Tensor::from_cpu_op(
-        data,
-        a.shape().clone(),
-        &[a, b],
-        || {
-            Box::new(BinaryBackward {
-                op,
-                a: a.clone(),
-                b: b.clone(),
-            })
-        },
-    ))
+    match same_device(a, b, op.name())? {
+        Device::Cpu => {
+            let data = cpu::binary(&a.cpu()?, &b.cpu()?, op);
+            Ok(Tensor::from_cpu_op(data, a.shape().clone(), &[a, b], make))
+        }
+        Device::Cuda(n) => {
+            let y = cuda::binary(n, a, b, op)?;
+            Ok(Tensor::from_cuda_op(y, a.shape().clone(), &[a, b], make))
+        }
+    }
 }
 
 /// a + b
@@ -200,13 +202,17 @@ impl BackwardOp for BinaryBackward {
 
 /// Applies a unary op.
 pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
-    let data = match x.device() {
-        Device::Cpu => cpu::unary(&x.cpu()?, op),
-        Device::Cuda(_) => return crate::cuda::not_available(op.name()),
-    };
-    Ok(Tensor::from_cpu_op(data, x.shape().clone(), &[x], || {
-        Box::new(UnaryBackward { op, x: x.clone() })
-    }))
+    let make = || -> Box<dyn BackwardOp> { Box::new(UnaryBackward { op, x: x.clone() }) };
+    match x.device() {
+        Device::Cpu => {
+            let data = cpu::unary(&x.cpu()?, op);
+            Ok(Tensor::from_cpu_op(data, x.shape().clone(), &[x], make))
+        }
+        Device::Cuda(n) => {
+            let y = cuda::unary(n, x, op)?;
+            Ok(Tensor::from_cuda_op(y, x.shape().clone(), &[x], make))
+        }
+    }
 }
 
 /// s·x
@@ -273,11 +279,17 @@ impl BackwardOp for UnaryBackward {
         vec![self.x.clone()]
     }
     fn backward(&self, out: &Tensor, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let data = match g.device() {
-            Device::Cpu => cpu::unary_backward(&self.x.cpu()?, &out.cpu()?, &g.cpu()?, self.op),
-            Device::Cuda(_) => return crate::cuda::not_available("unary backward"),
+        let gx = match same_device(&self.x, g, "unary backward")? {
+            Device::Cpu => Tensor::from_vec(
+                cpu::unary_backward(&self.x.cpu()?, &out.cpu()?, &g.cpu()?, self.op),
+                g.shape().clone(),
+            )?,
+            Device::Cuda(n) => crate::cuda::exec::wrap(
+                cuda::unary_backward(n, &self.x, out, g, self.op)?,
+                g.shape().clone(),
+            )?,
         };
-        Ok(vec![Some(Tensor::from_vec(data, g.shape().clone())?)])
+        Ok(vec![Some(gx)])
     }
 }
 
@@ -298,7 +310,12 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut impl Rng) -> Result<Tensor> {
     let mask: Vec<f32> = (0..x.numel())
         .map(|_| if rng.gen::<f32>() < p { 0.0 } else { keep })
         .collect();
-    mul(x, &Tensor::from_vec(mask, x.shape().clone())?)
+    // The mask is drawn on the host (same numbers on every device for a
+    // seed) and moved next to x.
+    mul(
+        x,
+        &Tensor::from_vec(mask, x.shape().clone())?.to_device(x.device())?,
+    )
 }
 
 impl Tensor {

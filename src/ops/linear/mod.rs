@@ -10,8 +10,10 @@
 //! db = Σ_batch G. Each is computed only when that input needs it.
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 
 use crate::autograd::BackwardOp;
+use crate::cuda::exec::{common_device, wrap};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
@@ -28,21 +30,22 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.shape(),
         ));
     }
-    let data = match a.device() {
-        Device::Cpu => cpu::matmul(&a.cpu()?, &b.cpu()?, m, k, n, false, false),
-        Device::Cuda(_) => return crate::cuda::not_available("matmul"),
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(MatmulBackward {
+            a: a.clone(),
+            b: b.clone(),
+        })
     };
-    Ok(Tensor::from_cpu_op(
-        data,
-        Shape::new([m, n]),
-        &[a, b],
-        || {
-            Box::new(MatmulBackward {
-                a: a.clone(),
-                b: b.clone(),
-            })
-        },
-    ))
+    match common_device("matmul", &[a, b])? {
+        Device::Cpu => {
+            let data = cpu::matmul(&a.cpu()?, &b.cpu()?, m, k, n, false, false);
+            Ok(Tensor::from_cpu_op(data, Shape::new([m, n]), &[a, b], make))
+        }
+        Device::Cuda(d) => {
+            let c = cuda::matmul(d, a, b, m, k, n, false, false)?;
+            Ok(Tensor::from_cuda_op(c, Shape::new([m, n]), &[a, b], make))
+        }
+    }
 }
 
 struct MatmulBackward {
@@ -59,7 +62,16 @@ impl BackwardOp for MatmulBackward {
     }
     fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (m, k) = self.a.shape().matrix("matmul")?;
-        let n = g.dims()[1];
+        let n = g.shape().dim(1)?;
+        if let Device::Cuda(d) = common_device("matmul backward", &[g, &self.a, &self.b])? {
+            let ga = needs[0]
+                .then(|| wrap(cuda::matmul(d, g, &self.b, m, n, k, false, true)?, [m, k]))
+                .transpose()?;
+            let gb = needs[1]
+                .then(|| wrap(cuda::matmul(d, &self.a, g, k, m, n, true, false)?, [k, n]))
+                .transpose()?;
+            return Ok(vec![ga, gb]);
+        }
         let gv = g.cpu()?;
         let ga = if needs[0] {
             // dA = G·Bᵀ
@@ -99,7 +111,18 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             return Err(Error::shape("linear bias", [fout], b.shape()));
         }
     }
-    let data = match x.device() {
+    let mut inputs = vec![x, w];
+    if let Some(b) = b {
+        inputs.push(b);
+    }
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(LinearBackward {
+            x: x.clone(),
+            w: w.clone(),
+            b: b.cloned(),
+        })
+    };
+    let data = match common_device("linear", &inputs)? {
         Device::Cpu => {
             let mut y = cpu::matmul(&x.cpu()?, &w.cpu()?, n, fin, fout, false, true);
             if let Some(b) = b {
@@ -112,23 +135,26 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             }
             y
         }
-        Device::Cuda(_) => return crate::cuda::not_available("linear"),
+        Device::Cuda(d) => {
+            // y = x·Wᵀ, then the bias over the `fout` columns of each row.
+            let mut y = cuda::matmul(d, x, w, n, fin, fout, false, true)?;
+            if let Some(b) = b {
+                let t = wrap(y, [n, fout])?;
+                y = crate::ops::elementwise::cuda::bias_add(d, &t, b, fout, 1)?;
+            }
+            return Ok(Tensor::from_cuda_op(
+                y,
+                Shape::new([n, fout]),
+                &inputs,
+                make,
+            ));
+        }
     };
-    let mut inputs = vec![x, w];
-    if let Some(b) = b {
-        inputs.push(b);
-    }
     Ok(Tensor::from_cpu_op(
         data,
         Shape::new([n, fout]),
         &inputs,
-        || {
-            Box::new(LinearBackward {
-                x: x.clone(),
-                w: w.clone(),
-                b: b.cloned(),
-            })
-        },
+        make,
     ))
 }
 
@@ -151,7 +177,42 @@ impl BackwardOp for LinearBackward {
     }
     fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let (n, fin) = self.x.shape().matrix("linear")?;
-        let fout = self.w.dims()[0];
+        let fout = self.w.shape().dim(0)?;
+        if let Device::Cuda(d) = common_device("linear backward", &[g, &self.x, &self.w])? {
+            let need = |i: usize| needs.get(i).copied().unwrap_or(false);
+            // dx = G·W, dW = Gᵀ·x, db = column sums of G.
+            let mut out = vec![
+                need(0)
+                    .then(|| {
+                        wrap(
+                            cuda::matmul(d, g, &self.w, n, fout, fin, false, false)?,
+                            [n, fin],
+                        )
+                    })
+                    .transpose()?,
+                need(1)
+                    .then(|| {
+                        wrap(
+                            cuda::matmul(d, g, &self.x, fout, n, fin, true, false)?,
+                            [fout, fin],
+                        )
+                    })
+                    .transpose()?,
+            ];
+            if self.b.is_some() {
+                out.push(
+                    need(2)
+                        .then(|| {
+                            wrap(
+                                crate::ops::reduce::cuda::channel_sums(d, g, n, fout, 1)?,
+                                [fout],
+                            )
+                        })
+                        .transpose()?,
+                );
+            }
+            return Ok(out);
+        }
         let gv = g.cpu()?;
         let mut out = vec![None, None];
         if needs[0] {
@@ -188,13 +249,17 @@ impl BackwardOp for LinearBackward {
 /// The transpose of a matrix (a copy; gradients transpose back).
 pub fn transpose(x: &Tensor) -> Result<Tensor> {
     let (r, c) = x.shape().matrix("transpose")?;
-    let data = match x.device() {
-        Device::Cpu => cpu::transpose(&x.cpu()?, r, c),
-        Device::Cuda(_) => return crate::cuda::not_available("transpose"),
-    };
-    Ok(Tensor::from_cpu_op(data, Shape::new([c, r]), &[x], || {
-        Box::new(TransposeBackward { x: x.clone() })
-    }))
+    let make = || -> Box<dyn BackwardOp> { Box::new(TransposeBackward { x: x.clone() }) };
+    match x.device() {
+        Device::Cpu => {
+            let data = cpu::transpose(&x.cpu()?, r, c);
+            Ok(Tensor::from_cpu_op(data, Shape::new([c, r]), &[x], make))
+        }
+        Device::Cuda(d) => {
+            let y = cuda::transpose(d, x, r, c)?;
+            Ok(Tensor::from_cuda_op(y, Shape::new([c, r]), &[x], make))
+        }
+    }
 }
 
 struct TransposeBackward {

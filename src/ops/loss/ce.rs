@@ -11,9 +11,11 @@
 //! (N numbers), so backward gets softmax_ij = exp(x_ij − lse_i) without
 //! redoing the row reductions.
 
-use super::{cpu, require_cpu, scalar_shape, upstream};
+use super::{cpu, cuda, loss_device, scalar_shape, upstream};
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -44,7 +46,19 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
             ),
         ));
     }
-    require_cpu("cross_entropy", &[logits])?;
+    if let Device::Cuda(d) = loss_device("cross_entropy", &[logits])? {
+        let labels_dev = cuda::upload_labels(d, labels)?;
+        let y = cuda::cross_entropy(d, logits, &labels_dev, n, c)?;
+        return Ok(Tensor::from_cuda_op(y, scalar_shape(), &[logits], || {
+            Box::new(CrossEntropyBackward {
+                logits: logits.clone(),
+                labels: labels.to_vec(),
+                lse: Vec::new(),
+                labels_dev: Some(labels_dev),
+                c,
+            })
+        }));
+    }
     let mut lse = vec![0f32; n];
     let total = cpu::ce_rows(simd::level(), &logits.cpu()?, c, labels, &mut lse);
     let value = (total / n as f64) as f32;
@@ -57,6 +71,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
                 logits: logits.clone(),
                 labels: labels.to_vec(),
                 lse,
+                labels_dev: None,
                 c,
             })
         },
@@ -68,6 +83,9 @@ struct CrossEntropyBackward {
     labels: Vec<usize>,
     /// log Σ_j exp(x_ij) per row, saved by the forward pass.
     lse: Vec<f32>,
+    /// The labels on the GPU (the GPU backward recomputes log Σ exp per row
+    /// inside its warp instead of saving it).
+    labels_dev: Option<crate::cuda::CudaBuffer>,
     c: usize,
 }
 
@@ -81,6 +99,15 @@ impl BackwardOp for CrossEntropyBackward {
     fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if !needs.first().copied().unwrap_or(false) {
             return Ok(vec![None]);
+        }
+        if let Device::Cuda(d) = loss_device("cross_entropy backward", &[g, &self.logits])? {
+            let rows = self.labels.len();
+            let labels = match &self.labels_dev {
+                Some(l) => l,
+                None => &cuda::upload_labels(d, &self.labels)?,
+            };
+            let dz = cuda::cross_entropy_grad(d, &self.logits, labels, g, rows, self.c)?;
+            return Ok(vec![Some(wrap(dz, self.logits.shape().clone())?)]);
         }
         let s = upstream(g, "cross_entropy")? / self.labels.len() as f32;
         let x = self.logits.cpu()?;

@@ -19,6 +19,7 @@
 
 mod ce;
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 mod mse;
 mod ssim;
 mod tv;
@@ -38,16 +39,10 @@ fn scalar_shape() -> Shape {
     Shape::new(Vec::<usize>::new())
 }
 
-/// Fails unless every tensor is on the CPU (the only backend these kernels
-/// have so far); names the op.
-fn require_cpu(op: &'static str, ts: &[&Tensor]) -> Result<()> {
-    for t in ts {
-        match t.device() {
-            Device::Cpu => {}
-            Device::Cuda(_) => return crate::cuda::not_available(op),
-        }
-    }
-    Ok(())
+/// The one device all inputs live on (a device-mismatch error naming the
+/// op otherwise).
+fn loss_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    crate::cuda::exec::common_device(op, ts)
 }
 
 /// The upstream gradient of a scalar loss, as one number.

@@ -6,9 +6,11 @@
 //! the feature map of the guess and `b` the observed (constant) target, so
 //! only dL/da is computed.
 
-use super::{cpu, require_cpu, scalar_shape, upstream};
+use super::{cpu, cuda, loss_device, scalar_shape, upstream};
 use crate::autograd::BackwardOp;
 use crate::cpu::simd;
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -16,13 +18,22 @@ use crate::tensor::Tensor;
 /// both `a` and `b` (each gradient computed only if that side tracks one).
 pub fn mse_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.check_same_shape(b, "mse_loss")?;
-    require_cpu("mse_loss", &[a, b])?;
+    let dev = loss_device("mse_loss", &[a, b])?;
     let n = a.numel();
     if n == 0 {
         return Err(Error::invalid(
             "mse_loss",
             "the inputs are empty (0 elements)",
         ));
+    }
+    if let Device::Cuda(d) = dev {
+        let y = cuda::mse(d, a, b)?;
+        return Ok(Tensor::from_cuda_op(y, scalar_shape(), &[a, b], || {
+            Box::new(MseBackward {
+                a: a.clone(),
+                b: b.clone(),
+            })
+        }));
     }
     let sum = cpu::mse_sum(simd::level(), &a.cpu()?, &b.cpu()?);
     let value = (sum / n as f64) as f32;
@@ -54,6 +65,14 @@ impl BackwardOp for MseBackward {
     fn backward(&self, _out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let need_a = needs.first().copied().unwrap_or(false);
         let need_b = needs.get(1).copied().unwrap_or(false);
+        if let Device::Cuda(d) = loss_device("mse_loss backward", &[g, &self.a, &self.b])? {
+            let (ga, gb) = cuda::mse_grad(d, &self.a, &self.b, g, need_a, need_b)?;
+            let shape = self.a.shape();
+            return Ok(vec![
+                ga.map(|b| wrap(b, shape.clone())).transpose()?,
+                gb.map(|b| wrap(b, shape.clone())).transpose()?,
+            ]);
+        }
         let s = 2.0 * upstream(g, "mse_loss")? / self.a.numel() as f32;
         let (ga, gb) = cpu::mse_grad(
             simd::level(),

@@ -60,9 +60,11 @@
 //! shared), so asking for both costs four adjoint maps, not six.
 
 use super::cpu::{self, SsimParams, SsimScratch};
-use super::{require_cpu, scalar_shape, upstream};
+use super::{cuda, loss_device, scalar_shape, upstream};
 use crate::autograd::BackwardOp;
 use crate::cpu::simd::{self, SimdLevel};
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -238,6 +240,22 @@ struct Plan {
     prm: SsimParams,
     /// Valid positions per plane.
     positions: usize,
+    /// Where both images live.
+    device: Device,
+}
+
+impl Plan {
+    fn gpu(&self) -> cuda::SsimGeom<'_> {
+        cuda::SsimGeom {
+            planes: self.planes,
+            h: self.h,
+            w: self.w,
+            win: &self.win,
+            c1: self.prm.c1,
+            c2: self.prm.c2,
+            cov_norm: self.prm.cov_norm,
+        }
+    }
 }
 
 fn plan(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Plan> {
@@ -260,7 +278,6 @@ fn plan(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Plan> {
             ),
         ));
     }
-    require_cpu("ssim", &[a, b])?;
     Ok(Plan {
         n,
         planes: n * c,
@@ -269,6 +286,7 @@ fn plan(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Plan> {
         prm: cfg.params(),
         positions: (h + 1 - ws) * (w + 1 - ws),
         win,
+        device: loss_device("ssim", &[a, b])?,
     })
 }
 
@@ -373,6 +391,16 @@ pub(crate) fn grads(
 /// (each gradient computed only if that side tracks one); 1 − ssim is a loss.
 pub fn ssim(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Tensor> {
     let p = plan(a, b, cfg)?;
+    if let Device::Cuda(d) = p.device {
+        let y = cuda::ssim(d, a, b, &p.gpu())?;
+        return Ok(Tensor::from_cuda_op(y, scalar_shape(), &[a, b], || {
+            Box::new(SsimBackward {
+                a: a.clone(),
+                b: b.clone(),
+                cfg: *cfg,
+            })
+        }));
+    }
     let sums = plane_sums(
         simd::level(),
         &a.cpu()?,
@@ -403,6 +431,10 @@ pub fn ssim(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Tensor> {
 /// each image has its own data range (call once per image then).
 pub fn ssim_per_image(a: &Tensor, b: &Tensor, cfg: &SsimConfig) -> Result<Vec<f32>> {
     let p = plan(a, b, cfg)?;
+    if let Device::Cuda(_) = p.device {
+        // A report metric, not a training step: computed on the host.
+        return ssim_per_image(&a.to_device(Device::Cpu)?, &b.to_device(Device::Cpu)?, cfg);
+    }
     let sums = plane_sums(
         simd::level(),
         &a.cpu()?,
@@ -440,6 +472,14 @@ impl BackwardOp for SsimBackward {
             return Ok(vec![None, None]);
         }
         let p = plan(&self.a, &self.b, &self.cfg)?;
+        if let Device::Cuda(d) = loss_device("ssim backward", &[g, &self.a])? {
+            let (ga, gb) = cuda::ssim_grad(d, &self.a, &self.b, &p.gpu(), g, need_a, need_b)?;
+            let shape = self.a.shape();
+            return Ok(vec![
+                ga.map(|b| wrap(b, shape.clone())).transpose()?,
+                gb.map(|b| wrap(b, shape.clone())).transpose()?,
+            ]);
+        }
         let s = upstream(g, "ssim")? / (p.planes * p.positions) as f32;
         let (ga, gb) = grads(
             simd::level(),

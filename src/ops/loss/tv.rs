@@ -18,9 +18,11 @@
 //! u = g·β·q^(β/2−1)/n, the right neighbour gets u·dh, the lower one u·dv and
 //! the pixel itself −u·(dh + dv).
 
-use super::{cpu, require_cpu, scalar_shape, upstream};
+use super::{cpu, cuda, loss_device, scalar_shape, upstream};
 use crate::autograd::BackwardOp;
 use crate::cpu::simd::{self, SimdLevel};
+use crate::cuda::exec::wrap;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -41,6 +43,18 @@ pub enum TvKind {
 }
 
 impl TvKind {
+    fn geom(self, planes: usize, h: usize, w: usize) -> cuda::TvGeom {
+        cuda::TvGeom {
+            planes,
+            h,
+            w,
+            power: match self {
+                TvKind::Squared => None,
+                TvKind::Power { beta, eps } => Some((beta, eps)),
+            },
+        }
+    }
+
     fn validate(self) -> Result<()> {
         if let TvKind::Power { beta, eps } = self {
             if !(beta.is_finite() && beta > 0.0) {
@@ -79,7 +93,12 @@ pub fn tv_loss(x: &Tensor, kind: TvKind) -> Result<Tensor> {
             format!("image of shape {:?} has no neighbouring pixels in both directions; expected N, C >= 1 and H, W >= 2", x.dims()),
         ));
     }
-    require_cpu("tv_loss", &[x])?;
+    if let Device::Cuda(d) = loss_device("tv_loss", &[x])? {
+        let y = cuda::tv(d, x, &kind.geom(n * c, h, w))?;
+        return Ok(Tensor::from_cuda_op(y, scalar_shape(), &[x], || {
+            Box::new(TvBackward { x: x.clone(), kind })
+        }));
+    }
     let value = tv_forward(simd::level(), &x.cpu()?, n * c, h, w, kind) as f32;
     Ok(Tensor::from_cpu_op(
         vec![value],
@@ -188,8 +207,12 @@ impl BackwardOp for TvBackward {
         if !needs.first().copied().unwrap_or(false) {
             return Ok(vec![None]);
         }
-        let g = upstream(g, "tv_loss")?;
         let (n, c, h, w) = self.x.shape().nchw("tv_loss")?;
+        if let Device::Cuda(d) = loss_device("tv_loss backward", &[g, &self.x])? {
+            let gx = cuda::tv_grad(d, &self.x, &self.kind.geom(n * c, h, w), g)?;
+            return Ok(vec![Some(wrap(gx, self.x.shape().clone())?)]);
+        }
+        let g = upstream(g, "tv_loss")?;
         let out = tv_grad(simd::level(), &self.x.cpu()?, n * c, h, w, self.kind, g);
         Ok(vec![Some(Tensor::from_vec(out, self.x.shape().clone())?)])
     }

@@ -16,8 +16,11 @@
 //!   covers it.
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 
 use crate::autograd::BackwardOp;
+use crate::cuda::exec::{common_device, wrap};
+use crate::cuda::CudaBuffer;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
@@ -135,10 +138,7 @@ fn check_grad(op: &'static str, gy: &Tensor, g: &PoolGeom) -> Result<()> {
             gy.shape(),
         ));
     }
-    match gy.device() {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => crate::cuda::not_available(op),
-    }
+    Ok(())
 }
 
 /// Max pooling. `x`: [N, C, H, W] → [N, C, OH, OW] with
@@ -153,26 +153,40 @@ pub fn max_pool2d(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
             format!("planes of {}×{} pixels do not fit u32 indices", g.h, g.w),
         ));
     }
+    if let Device::Cuda(d) = x.device() {
+        let (y, arg) = cuda::max_forward(d, &g, x)?;
+        return Ok(Tensor::from_cuda_op(y, out_shape(x, &g), &[x], || {
+            Box::new(MaxPoolBackward {
+                x: x.clone(),
+                idx: Argmax::Cuda(arg),
+                g,
+            })
+        }));
+    }
     let n_out = g.planes * g.out_plane();
     let mut y = vec![0.0f32; n_out];
     let mut idx = vec![0u32; n_out];
-    match x.device() {
-        Device::Cpu => cpu::max_pool_forward(&g, &x.cpu()?, &mut y, &mut idx),
-        Device::Cuda(_) => return crate::cuda::not_available("max_pool2d"),
-    }
+    cpu::max_pool_forward(&g, &x.cpu()?, &mut y, &mut idx);
     Ok(Tensor::from_cpu_op(y, out_shape(x, &g), &[x], || {
         Box::new(MaxPoolBackward {
             x: x.clone(),
-            idx,
+            idx: Argmax::Cpu(idx),
             g,
         })
     }))
 }
 
+/// Where each window's maximum was, on the device that computed it.
+enum Argmax {
+    Cpu(Vec<u32>),
+    /// One i32 per output, in a device buffer.
+    Cuda(CudaBuffer),
+}
+
 /// What max pooling saves: the argmax of every window.
 struct MaxPoolBackward {
     x: Tensor,
-    idx: Vec<u32>,
+    idx: Argmax,
     g: PoolGeom,
 }
 
@@ -189,9 +203,23 @@ impl BackwardOp for MaxPoolBackward {
         }
         check_grad("max_pool2d backward", gy, &self.g)?;
         // dx[argmax] += g (adding where windows share an argmax).
-        let mut dx = vec![0.0f32; self.x.numel()];
-        cpu::max_pool_backward(&self.g, &gy.cpu()?, &self.idx, &mut dx);
-        Ok(vec![Some(Tensor::from_vec(dx, self.x.shape().clone())?)])
+        let dev = common_device("max_pool2d backward", &[gy, &self.x])?;
+        match (&self.idx, dev) {
+            (Argmax::Cpu(idx), Device::Cpu) => {
+                let mut dx = vec![0.0f32; self.x.numel()];
+                cpu::max_pool_backward(&self.g, &gy.cpu()?, idx, &mut dx);
+                Ok(vec![Some(Tensor::from_vec(dx, self.x.shape().clone())?)])
+            }
+            (Argmax::Cuda(idx), Device::Cuda(d)) => {
+                let dx = cuda::max_backward(d, &self.g, idx, gy)?;
+                Ok(vec![Some(wrap(dx, self.x.shape().clone())?)])
+            }
+            _ => Err(Error::DeviceMismatch {
+                op: "max_pool2d backward",
+                a: "the forward pass's device".into(),
+                b: dev.to_string(),
+            }),
+        }
     }
 }
 
@@ -200,11 +228,14 @@ impl BackwardOp for MaxPoolBackward {
 /// `x`: [N, C, H, W] → [N, C, OH, OW].
 pub fn avg_pool2d(x: &Tensor, p: Pool2dParams) -> Result<Tensor> {
     let g = pool_geom("avg_pool2d", x.shape(), p)?;
-    let mut y = vec![0.0f32; g.planes * g.out_plane()];
-    match x.device() {
-        Device::Cpu => cpu::avg_pool_forward(&g, &x.cpu()?, &mut y),
-        Device::Cuda(_) => return crate::cuda::not_available("avg_pool2d"),
+    if let Device::Cuda(d) = x.device() {
+        let y = cuda::avg_forward(d, &g, x)?;
+        return Ok(Tensor::from_cuda_op(y, out_shape(x, &g), &[x], || {
+            Box::new(AvgPoolBackward { x: x.clone(), g })
+        }));
     }
+    let mut y = vec![0.0f32; g.planes * g.out_plane()];
+    cpu::avg_pool_forward(&g, &x.cpu()?, &mut y);
     Ok(Tensor::from_cpu_op(y, out_shape(x, &g), &[x], || {
         Box::new(AvgPoolBackward { x: x.clone(), g })
     }))
@@ -228,6 +259,10 @@ impl BackwardOp for AvgPoolBackward {
         }
         check_grad("avg_pool2d backward", gy, &self.g)?;
         // dx += g/(kh·kw) over each window.
+        if let Device::Cuda(d) = common_device("avg_pool2d backward", &[gy, &self.x])? {
+            let dx = cuda::avg_backward(d, &self.g, gy)?;
+            return Ok(vec![Some(wrap(dx, self.x.shape().clone())?)]);
+        }
         let mut dx = vec![0.0f32; self.x.numel()];
         cpu::avg_pool_backward(&self.g, &gy.cpu()?, &mut dx);
         Ok(vec![Some(Tensor::from_vec(dx, self.x.shape().clone())?)])

@@ -3,6 +3,8 @@
 //! Backward: L depends on every x_i with slope 1 (sum) or 1/n (mean), so
 //! dL/dx is the upstream scalar g spread over x's shape (times 1/n for mean).
 
+pub(crate) mod cuda;
+
 use crate::autograd::BackwardOp;
 use crate::device::Device;
 use crate::error::Result;
@@ -20,22 +22,24 @@ pub fn mean(x: &Tensor) -> Result<Tensor> {
 }
 
 fn reduce(x: &Tensor, factor: f32, name: &'static str) -> Result<Tensor> {
-    let s = match x.device() {
-        Device::Cpu => crate::cpu::simd::sum(&x.cpu()?) * factor as f64,
-        Device::Cuda(_) => return crate::cuda::not_available(name),
+    let make = || -> Box<dyn BackwardOp> {
+        Box::new(ReduceBackward {
+            x: x.clone(),
+            factor,
+            name,
+        })
     };
-    Ok(Tensor::from_cpu_op(
-        vec![s as f32],
-        Shape::new(Vec::<usize>::new()),
-        &[x],
-        || {
-            Box::new(ReduceBackward {
-                x: x.clone(),
-                factor,
-                name,
-            })
-        },
-    ))
+    let shape = Shape::new(Vec::<usize>::new());
+    match x.device() {
+        Device::Cpu => {
+            let s = crate::cpu::simd::sum(&x.cpu()?) * factor as f64;
+            Ok(Tensor::from_cpu_op(vec![s as f32], shape, &[x], make))
+        }
+        Device::Cuda(n) => {
+            let s = cuda::sum(n, x, factor)?;
+            Ok(Tensor::from_cuda_op(s, shape, &[x], make))
+        }
+    }
 }
 
 struct ReduceBackward {
@@ -52,10 +56,13 @@ impl BackwardOp for ReduceBackward {
         vec![self.x.clone()]
     }
     fn backward(&self, _out: &Tensor, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(Tensor::full(
+        // On a GPU this reads the one upstream number back (a 4-byte copy);
+        // the losses on the attack's hot path are fused and avoid it.
+        Ok(vec![Some(Tensor::full_on(
             self.x.shape().clone(),
             g.item()? * self.factor,
-        ))])
+            self.x.device(),
+        )?)])
     }
 }
 

@@ -1,0 +1,133 @@
+//! `--device` on a machine without a GPU (skipped where one is present):
+//! `auto` falls back to the CPU with a one-line notice, an explicit `cuda`
+//! is a clear error with a non-zero exit, and `--gpu-mem` is validated.
+
+use std::process::Command;
+
+fn splitinv(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn no_gpu() -> bool {
+    if splitinv::cuda::info().available {
+        println!("skipped: a CUDA device is present (this test covers the fallback)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn auto_falls_back_to_the_cpu_with_one_notice() {
+    if !no_gpu() {
+        return;
+    }
+    let (ok, stdout, stderr) = splitinv(&["--device", "auto", "info"]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("CUDA")).collect();
+    assert_eq!(notes.len(), 1, "exactly one notice line: {stderr:?}");
+    assert!(
+        notes[0].starts_with("note: no usable CUDA device (")
+            && notes[0].ends_with("running on the CPU"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("device:   cpu"), "{stdout}");
+    // info still reports the SIMD level, the threads and why CUDA is off.
+    assert!(stdout.contains("cpu simd: "), "{stdout}");
+    assert!(stdout.contains("threads:  "), "{stdout}");
+    assert!(stdout.contains("CUDA: unavailable ("), "{stdout}");
+    // The default is auto.
+    let (ok, _, stderr2) = splitinv(&["info"]);
+    assert!(ok);
+    assert_eq!(stderr2, stderr);
+    // --device cpu says nothing.
+    let (ok, _, stderr3) = splitinv(&["--device", "cpu", "info"]);
+    assert!(ok);
+    assert!(stderr3.is_empty(), "{stderr3}");
+}
+
+#[test]
+fn explicit_cuda_is_a_clear_error_here() {
+    if !no_gpu() {
+        return;
+    }
+    for dev in ["cuda", "cuda:1"] {
+        let (ok, _, stderr) = splitinv(&["--device", dev, "--gpu-mem", "1GiB", "info"]);
+        assert!(!ok, "--device {dev} must fail without a GPU");
+        assert!(
+            stderr.contains(&format!(
+                "--device {dev} was asked for, but CUDA is unavailable"
+            )),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--device cpu"), "says what to do: {stderr}");
+    }
+}
+
+#[test]
+fn bad_device_and_budget_values_are_rejected() {
+    let (ok, _, stderr) = splitinv(&["--device", "gpu0", "info"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown device 'gpu0'") && stderr.contains("cuda:N"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "2 parsecs", "info"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("'2 parsecs' is not a byte count"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "0", "info"]);
+    assert!(!ok);
+    assert!(stderr.contains("more than 0 bytes"), "{stderr}");
+}
+
+/// With a GPU: a small benchmark runs on it and reports the pool's peak.
+#[test]
+fn a_gpu_command_reports_its_peak_memory() {
+    if !splitinv::cuda::info().available {
+        assert!(
+            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
+        );
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let (ok, stdout, stderr) = splitinv(&[
+        "--device",
+        "cuda",
+        "--gpu-mem",
+        "1GiB",
+        "bench",
+        "--quick",
+        "--filter",
+        "whitebox/mnist/ReLU2/b10",
+    ]);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("whitebox/mnist/ReLU2/b10"), "{stdout}");
+    assert!(
+        stderr.contains("cuda:0 GPU memory: peak") && stderr.contains("budget 1.00 GiB"),
+        "{stderr}"
+    );
+    // A budget too small for the step is a clear error naming it.
+    let (ok, _, stderr) = splitinv(&[
+        "--device",
+        "cuda",
+        "--gpu-mem",
+        "4KiB",
+        "bench",
+        "--quick",
+        "--filter",
+        "train/cifar/b128",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("GPU memory budget exceeded"), "{stderr}");
+}
