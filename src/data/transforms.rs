@@ -299,6 +299,16 @@ impl Augment {
         }
     }
 
+    /// For digits and other images whose mirror image is another thing:
+    /// no flip, ±10°, ±2 px.
+    pub fn digits() -> Self {
+        Augment {
+            hflip: false,
+            max_rotate_deg: 10.0,
+            max_translate: 2.0,
+        }
+    }
+
     /// Applies the augmentation to one CHW image.
     pub fn apply(
         &self,
