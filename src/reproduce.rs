@@ -333,6 +333,30 @@ pub fn queryfree_train_config(kind: ModelKind, n: usize, seed: u64) -> TrainConf
     }
 }
 
+/// Changes a user asks for to the default training of inverse networks and
+/// shadows; the schedule keeps its shape (the same number of lr decays).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainOverride {
+    /// Epochs instead of the default.
+    pub epochs: Option<usize>,
+    /// Initial learning rate instead of the default.
+    pub lr: Option<f32>,
+}
+
+impl TrainOverride {
+    /// Applies the override to `cfg`.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        if let Some(e) = self.epochs {
+            let decays = cfg.epochs.div_ceil(cfg.lr_step.max(1)).max(1);
+            cfg.epochs = e.max(1);
+            cfg.lr_step = cfg.epochs.div_ceil(decays).max(1);
+        }
+        if let Some(lr) = self.lr {
+            cfg.lr = lr;
+        }
+    }
+}
+
 /// Runs one attack cell. `train_override` replaces the inverse-network /
 /// shadow training settings, `wb_override` the white-box settings (of the
 /// white-box attack, or of the query-free attack's inversion of its shadow).
@@ -343,7 +367,7 @@ pub fn run_cell(
     split: &str,
     seed: u64,
     random_n: usize,
-    train_override: Option<&TrainConfig>,
+    train_override: Option<&TrainOverride>,
     wb_override: Option<&WhiteBoxConfig>,
     shadows_override: Option<usize>,
 ) -> Result<(Cell, AttackOutcome)> {
@@ -354,13 +378,14 @@ pub fn run_cell(
         "random" => random_n,
         _ => s.disjoint.len(),
     };
-    let tc = train_override.cloned().unwrap_or_else(|| {
-        if attack == "query-free" {
-            queryfree_train_config(kind, data_n, seed)
-        } else {
-            attack_train_config(kind, data_n, seed)
-        }
-    });
+    let mut tc = if attack == "query-free" {
+        queryfree_train_config(kind, data_n, seed)
+    } else {
+        attack_train_config(kind, data_n, seed)
+    };
+    if let Some(o) = train_override {
+        o.apply(&mut tc);
+    }
     let o = match attack {
         "white-box" => experiment::run_whitebox(
             &s.target,

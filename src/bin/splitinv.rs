@@ -370,13 +370,10 @@ fn run(cli: Cli) -> Result<()> {
                     o,
                 )
             } else {
-                let over = (train_epochs.is_some() || train_lr.is_some()).then(|| TrainConfig {
-                    epochs: train_epochs.unwrap_or(3),
-                    batch: 64,
-                    lr: train_lr.unwrap_or(5e-3),
-                    seed,
-                    ..TrainConfig::default()
-                });
+                let over = reproduce::TrainOverride {
+                    epochs: train_epochs,
+                    lr: train_lr,
+                };
                 reproduce::run_cell(
                     &s,
                     name,
@@ -384,7 +381,7 @@ fn run(cli: Cli) -> Result<()> {
                     &split,
                     seed,
                     s.train.len(),
-                    over.as_ref(),
+                    Some(&over),
                     (name == "query-free").then_some(&cfg),
                     shadows,
                 )?
