@@ -428,16 +428,15 @@ pub fn run_blackbox(
         DataSetting::Random => random_n,
         _ => attacker.len(),
     };
-    // Jittered copies of the attacker's images: the decoder must answer
-    // features of images it never saw, and the same-distribution set is
-    // small (10k MNIST images).
-    let aug = attacker_augment(c);
+    // No augmentation here, unlike the shadows: the resampled, slightly
+    // blurred copies teach the decoder the wrong image statistics (MNIST
+    // conv1 same-dist: 39.5 dB plain, 36.4 dB with jitter).
     let mut images = |idx: &[usize], rng: &mut TrainRng| -> Result<Tensor> {
         match setting {
             DataSetting::Random => {
                 Tensor::rand_normal([idx.len(), c, h, w], 0.0, 1.0, rng).to_device(dev)
             }
-            _ => Ok(prepare_batch(attacker, idx, &norm, Some((&aug, rng)))?.0),
+            _ => Ok(prepare_batch(attacker, idx, &norm, None)?.0),
         }
     };
     blackbox::train_inverse(&oracle, &mut g, n, &mut images, cfg)?;

@@ -8,7 +8,7 @@ use splitinv::attacks::blackbox::DataSetting;
 use splitinv::attacks::metrics::{psnr, summarize};
 use splitinv::attacks::queryfree::ShadowSetting;
 use splitinv::experiment;
-use splitinv::reproduce::{self, whitebox_defaults};
+use splitinv::reproduce::{self, queryfree_defaults, whitebox_defaults};
 use splitinv::train::TrainConfig;
 use std::path::Path;
 
@@ -93,7 +93,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
     );
     assert!(m.psnr.mean > 25.0 && m.ssim_paper.mean > 0.9, "{m:?}");
 
-    let mut wb = whitebox_defaults(s.target.kind, "conv1");
+    let mut wb = queryfree_defaults(s.target.kind, "conv1");
     wb.iterations = 500;
     let qf = experiment::run_queryfree(
         &s.target,

@@ -79,3 +79,46 @@ fn lenet_zoo_model_reaches_99_percent_on_mnist() {
         "manifest says {listed}, measured {acc}"
     );
 }
+
+#[test]
+fn zoo_lists_both_target_models() {
+    let m = manifest();
+    for (model, dataset) in [("lenet", "mnist"), ("cifar10cnn", "cifar10")] {
+        assert!(
+            m.iter()
+                .any(|e| e["model"] == model && e["dataset"] == dataset),
+            "manifest has no {model}/{dataset} entry"
+        );
+    }
+}
+
+#[test]
+fn cifar_zoo_model_reaches_85_percent_on_the_exact_test_images() {
+    let Some(root) = std::env::var_os("SPLITINV_DATA") else {
+        println!("skipped: SPLITINV_DATA not set");
+        return;
+    };
+    // `cifar10`'s test split is the 1000 exact test records when present.
+    let r = cli_train::eval(
+        &ModelChoice::Builtin(ModelKind::Cifar10Cnn),
+        Path::new("models/cifar10cnn_cifar10.safetensors"),
+        "cifar10",
+        Some(Path::new(&root)),
+        Split::Test,
+    )
+    .unwrap();
+    let acc = r["accuracy"].as_f64().unwrap();
+    let images = r["images"].as_u64().unwrap();
+    let listed = manifest()
+        .into_iter()
+        .find(|e| e["model"] == "cifar10cnn")
+        .and_then(|e| e["test_accuracy"].as_f64())
+        .unwrap();
+    println!("CIFAR10CNN test accuracy {acc:.4} on {images} images (manifest {listed:.4})");
+    assert_eq!(images, 1000, "expected the 1000 exact CIFAR-10 test images");
+    assert!(acc >= 0.85, "accuracy {acc}");
+    assert!(
+        (acc - listed).abs() < 1e-4,
+        "manifest says {listed}, measured {acc}"
+    );
+}
