@@ -44,6 +44,7 @@
 
 pub(crate) mod cpu;
 pub(crate) mod cuda;
+pub(crate) mod direct;
 mod valid;
 pub(crate) mod winograd;
 
