@@ -13,9 +13,10 @@
 //! for the forward and the input-gradient: Winograd F(2×2, 3×3) in
 //! `winograd.rs` (2.25× fewer multiplies); the dispatch is at the top of
 //! [`conv2d_forward`] and [`conv2d_input_grad`]. Stride-1 convolutions with
-//! at most 4 channels on the small side (forward and weight-gradient: Cout;
-//! input-gradient: Cin) take the direct kernels of `direct.rs` instead,
-//! which skip the column matrix (measured numbers there).
+//! at most 4 output channels (forward, weight-gradient) or 2–4 input
+//! channels against at most 16 output channels (input-gradient) take the
+//! direct kernels of `direct.rs` instead, which skip the column matrix
+//! (measured numbers and the reasons for these bounds there).
 //!
 //! Data movement, which is what this file is about:
 //! - The column matrix is never built for a whole image at once: it is built
@@ -665,7 +666,7 @@ pub(crate) fn conv2d_input_grad(
     if super::winograd::enabled() && super::winograd::applies(g) {
         return super::winograd::conv2d_input_grad(lv, g, gy, w, bias, dx);
     }
-    if super::direct::enabled() && super::direct::input_grad_applies(g) {
+    if super::direct::enabled() && super::direct::input_grad_pays(g) {
         let threads = super::direct::threads_for(g);
         return super::direct::conv2d_input_grad(lv, g, threads, gy, w, bias, dx);
     }

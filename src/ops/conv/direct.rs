@@ -25,11 +25,12 @@
 //!
 //! [`correlate_rows_body`] does the forward and, with the kernel flipped,
 //! the input-gradient; [`weight_grad_image_body`] the weight-gradient. Both
-//! keep their accumulators in registers: 4 blocks of 16 outputs, or 4 taps
-//! × 16 lanes. Every body is generic over `FMA` and compiled once per SIMD
-//! level inside a `#[target_feature]` wrapper (the build targets baseline
-//! x86-64), as in `cpu.rs`; the fixed-size blocks of 16 become whole vector
-//! registers (one AVX-512, two AVX2).
+//! keep their accumulators in registers (up to 16 blocks of 16 outputs
+//! across the output planes, or 8 taps × 16 lanes). Both are written once
+//! against a small 16-lane vector trait ([`Lanes`]: one AVX-512 register,
+//! two AVX2 ones, or a plain array) and compiled once per SIMD level inside
+//! `#[target_feature]` wrappers (the build targets baseline x86-64), as in
+//! `cpu.rs`.
 //!
 //! When the dispatch in `cpu.rs` picks these kernels, and the timings behind
 //! it: see [`MAX_FEW`].
@@ -39,12 +40,30 @@ use crate::cpu::simd::SimdLevel;
 use rayon::prelude::*;
 
 /// The forward and the weight-gradient take this route up to this many
-/// output channels, the input-gradient up to this many input channels.
+/// output channels, the input-gradient up to this many input channels
+/// (and only where it measured faster, see [`input_grad_applies`]).
 ///
-/// Measured on the 2-core AVX-512 machine (under load, medians of 9;
-/// `direct_vs_im2col_timing` below), im2col → direct, ms:
+/// Measured with `direct_vs_im2col_timing` below (AVX-512, 2 threads, on
+/// the shared 2-core machine while a training job ran at higher priority:
+/// noisy, ±20% run to run; medians of 15 alternating runs), im2col + GEMM
+/// → direct, ms:
 ///
-/// TODO
+/// | shape                                     | C = 1       | 2           | 3           | 4          |
+/// |-------------------------------------------|-------------|-------------|-------------|------------|
+/// | conv 8→C k5 p4 [64,8,24,24] forward       | 7.9 → 1.0   | 8.0 → 1.2   | 8.3 → 1.5   | 8.5 → 1.7  |
+/// | same, weight-gradient                     | 21.4 → 1.45 | 21.2 → 2.6  | 21.8 → 3.9  | 21.6 → 5.1 |
+/// | conv C→8 k5 [32,C,28,28] input-gradient   | 0.48 → 0.51 | 0.89 → 0.64 | 1.33 → 0.68 | 1.81 → 0.84|
+/// | conv_transpose2d 64→C k3 p1 [32,64,32,32] | 1.6 → 2.6   | 2.4 → 3.0   | 3.3 → 3.3   | 4.2 → 3.7  |
+///
+/// The forward and weight-gradient win by 4–15× (the GEMM with Cout ≤ 4
+/// rows is a matrix-vector product behind an im2col that costs more than
+/// the arithmetic). The input-gradient wins for 2–4 channels against a
+/// narrow summed side (Cout = 8), is even for one channel (LeNet conv1:
+/// col2im of 25 rows is cheap there), and loses when the summed side is
+/// wide (conv_transpose2d from 64 channels, where the GEMM's k = 64 is
+/// efficient). An earlier version with one pass per output plane measured
+/// 8 channels still ahead for the forward (8.1 → 5.9) and weight-gradient
+/// (21 → 10); 4 keeps the register-blocked variants (CO ≤ 4) few.
 pub(crate) const MAX_FEW: usize = 4;
 
 /// False when the environment sets `SPLITINV_DIRECT=0`: the dispatch then
@@ -77,10 +96,16 @@ pub(crate) fn weight_grad_applies(g: &ConvGeom) -> bool {
     forward_applies(g)
 }
 
-/// True when the direct input-gradient is the faster route: stride 1 and at
-/// most [`MAX_FEW`] input channels.
+/// True when the direct input-gradient can run: stride 1 and at most
+/// [`MAX_FEW`] input channels (what the tests exercise).
 pub(crate) fn input_grad_applies(g: &ConvGeom) -> bool {
     stride1(g) && g.cin <= MAX_FEW
+}
+
+/// True when the direct input-gradient is also the faster route (see the
+/// table at [`MAX_FEW`]): 2–4 input channels and a narrow summed side.
+pub(crate) fn input_grad_pays(g: &ConvGeom) -> bool {
+    input_grad_applies(g) && g.cin >= 2 && g.cout <= 16
 }
 
 /// Threads worth using for this geometry (1 below [`PAR_MIN_FLOPS`]).
@@ -164,38 +189,6 @@ impl Corr {
     }
 }
 
-/// Copies source planes (`sh` × `sw` each) into `dst` as padded planes
-/// (`hp` × `wp`), the source's (0, 0) at (pt, pl), zeros elsewhere.
-#[allow(clippy::too_many_arguments)]
-fn pad_planes(
-    src: &[f32],
-    sh: usize,
-    sw: usize,
-    pt: isize,
-    pl: isize,
-    hp: usize,
-    wp: usize,
-    dst: &mut [f32],
-) {
-    let c0 = pl.clamp(0, wp as isize) as usize;
-    let c1 = (pl + sw as isize).clamp(c0 as isize, wp as isize) as usize;
-    // Source column of padded column c0 (≥ 0: c0 ≥ pl).
-    let s0 = (c0 as isize - pl) as usize;
-    for (sp, dp) in src.chunks_exact(sh * sw).zip(dst.chunks_exact_mut(hp * wp)) {
-        for (r, drow) in dp.chunks_exact_mut(wp).enumerate() {
-            let sr = r as isize - pt;
-            if sr < 0 || sr >= sh as isize || c0 == c1 {
-                drow.fill(0.0);
-                continue;
-            }
-            let srow = &sp[sr as usize * sw..(sr as usize + 1) * sw];
-            drow[..c0].fill(0.0);
-            drow[c1..].fill(0.0);
-            drow[c0..c1].copy_from_slice(&srow[s0..s0 + (c1 - c0)]);
-        }
-    }
-}
-
 // ------------------------------------------------------------ vector lanes
 
 /// 16 f32 lanes: one AVX-512 register, two AVX2 registers, or a plain
@@ -226,6 +219,9 @@ trait Lanes: Copy {
     /// # Safety
     /// As [`Lanes::splat`].
     unsafe fn to_array(self) -> [f32; V];
+    /// # Safety
+    /// `p` is valid for writing 16 floats.
+    unsafe fn store(self, p: *mut f32);
 }
 
 /// The scalar level's lanes (no FMA: `mul_add` would be a library call).
@@ -253,6 +249,11 @@ impl Lanes for Plain {
     #[inline(always)]
     unsafe fn to_array(self) -> [f32; V] {
         self.0
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: forwarded contract (16 writable floats).
+        unsafe { p.cast::<[f32; V]>().write_unaligned(self.0) }
     }
 }
 
@@ -296,6 +297,14 @@ impl Lanes for Avx2Lanes {
         }
         o
     }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: 16 writable floats; AVX present.
+        unsafe {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+    }
 }
 
 /// AVX-512F: one 16-lane register.
@@ -326,6 +335,104 @@ impl Lanes for Avx512Lanes {
         // SAFETY: `o` holds 16 floats; AVX-512F present.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), self.0) };
         o
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: 16 writable floats; AVX-512F present.
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+}
+
+// ------------------------------------------------------------ padded copy
+
+/// `d` = 0 (at least 16 floats), in whole vector stores; the last store
+/// overlaps the previous one instead of a remainder loop.
+///
+/// # Safety
+/// The level's CPU features are present.
+#[inline(always)]
+unsafe fn zero_row<L: Lanes>(d: &mut [f32]) {
+    let (n, p) = (d.len(), d.as_mut_ptr());
+    if n < V {
+        d.fill(0.0);
+        return;
+    }
+    // SAFETY: every store covers [k, k + 16) ⊆ [0, n).
+    unsafe {
+        let z = L::splat(0.0);
+        let mut k = 0;
+        while k + V <= n {
+            z.store(p.add(k));
+            k += V;
+        }
+        if k < n {
+            z.store(p.add(n - V));
+        }
+    }
+}
+
+/// `d` = `s` (equal lengths), in whole vector moves as [`zero_row`].
+///
+/// # Safety
+/// The level's CPU features are present.
+#[inline(always)]
+unsafe fn copy_row<L: Lanes>(d: &mut [f32], s: &[f32]) {
+    let n = d.len();
+    if n < V || s.len() != n {
+        d.copy_from_slice(s);
+        return;
+    }
+    let (dp, sp) = (d.as_mut_ptr(), s.as_ptr());
+    // SAFETY: every move covers [k, k + 16) ⊆ [0, n) of both slices.
+    unsafe {
+        let mut k = 0;
+        while k + V <= n {
+            L::load(sp.add(k)).store(dp.add(k));
+            k += V;
+        }
+        if k < n {
+            L::load(sp.add(n - V)).store(dp.add(n - V));
+        }
+    }
+}
+
+/// Copies source planes (`sh` × `sw` each) into `dst` as padded planes
+/// (`hp` × `wp`), the source's (0, 0) at (pt, pl), zeros elsewhere.
+///
+/// (Rows are short: 24–32 floats. With `fill` + `copy_from_slice` each row
+/// cost three library calls, and this copy took ~30% of the direct
+/// input-gradient's time; vector moves with an overlapping last move
+/// avoid the calls.)
+///
+/// # Safety
+/// The level's CPU features are present.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pad_planes_body<L: Lanes, const UNUSED: usize>(
+    src: &[f32],
+    sh: usize,
+    sw: usize,
+    pt: isize,
+    pl: isize,
+    hp: usize,
+    wp: usize,
+    dst: &mut [f32],
+) {
+    let c0 = pl.clamp(0, wp as isize) as usize;
+    let c1 = (pl + sw as isize).clamp(c0 as isize, wp as isize) as usize;
+    // Source column of padded column c0 (≥ 0: c0 ≥ pl).
+    let s0 = (c0 as isize - pl) as usize;
+    for (sp, dp) in src.chunks_exact(sh * sw).zip(dst.chunks_exact_mut(hp * wp)) {
+        for (r, drow) in dp.chunks_exact_mut(wp).enumerate() {
+            // SAFETY (both calls): CPU features by this fn's contract.
+            unsafe { zero_row::<L>(drow) };
+            let sr = r as isize - pt;
+            if sr < 0 || sr >= sh as isize || c0 == c1 {
+                continue;
+            }
+            let srow = &sp[sr as usize * sw..(sr as usize + 1) * sw];
+            unsafe { copy_row::<L>(&mut drow[c0..c1], &srow[s0..s0 + (c1 - c0)]) };
+        }
     }
 }
 
@@ -615,6 +722,10 @@ macro_rules! per_level {
     };
 }
 
+per_level!(pad_planes => pad_planes_body(
+    src: &[f32], sh: usize, sw: usize, pt: isize, pl: isize, hp: usize, wp: usize,
+    dst: &mut [f32],
+));
 per_level!(weight_grad_image => weight_grad_image_body(
     g: &ConvGeom, pp: &[f32], gp: &[f32], p0: usize, dw: &mut [f32],
 ));
@@ -645,7 +756,7 @@ fn correlate(
     }
     let image = |src_n: &[f32], out_n: &mut [f32], threads: usize| {
         with_scratch(c.padded_len(), |pp| {
-            pad_planes(src_n, c.sh, c.sw, c.pt, c.pl, c.hp(), c.wp(), pp);
+            pad_planes(lv, src_n, c.sh, c.sw, c.pt, c.pl, c.hp(), c.wp(), pp);
             let pp = &*pp;
             // Row blocks; block k gets rows [k·blk, ..) of every plane.
             let blk = c.oh.div_ceil(threads.clamp(1, c.oh));
@@ -762,8 +873,8 @@ pub(crate) fn conv2d_weight_grad(
                     &x[i * in_sz..(i + 1) * in_sz],
                     &gy[i * out_sz..(i + 1) * out_sz],
                 );
-                pad_planes(x_n, g.h, g.w, c.pt, c.pl, c.hp(), c.wp(), pp);
-                pad_planes(gy_n, g.oh, g.ow, 0, 0, g.oh, gw, gp);
+                pad_planes(lv, x_n, g.h, g.w, c.pt, c.pl, c.hp(), c.wp(), pp);
+                pad_planes(lv, gy_n, g.oh, g.ow, 0, 0, g.oh, gw, gp);
                 weight_grad_image(lv, g, pp, gp, p0, dwp);
             }
         })
@@ -818,15 +929,19 @@ mod tests {
         idx
     }
 
-    /// |got − want| ≤ 1e-4·(1 + |want|) everywhere; on failure names the
-    /// first mismatching indices.
+    /// |a − b| ≤ 1e-4·(1 + |b|); false for NaN.
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + b.abs())
+    }
+
+    /// [`close`] everywhere; on failure names the first mismatching indices.
     fn assert_close(what: &str, got: &[f32], want: &[f32], dims: &[usize]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let bad: Vec<String> = got
             .iter()
             .zip(want)
             .enumerate()
-            .filter(|(_, (a, b))| !((*a - *b).abs() <= 1e-4 * (1.0 + b.abs())))
+            .filter(|(_, (a, b))| !close(**a, **b))
             .take(5)
             .map(|(i, (a, b))| format!("{:?}: got {a}, want {b}", unravel(i, dims)))
             .collect();
@@ -837,12 +952,17 @@ mod tests {
         );
     }
 
-    /// (N, H, W, kh, kw, padding [ph, pw]); run with every few-channel
-    /// count 1..=4 on the small side and an odd count on the other.
-    /// Odd and non-square sizes, padding 0/1/2/4 (4 > k−1 with k = 3 and 1:
-    /// whole rows of padding), kernels 1/3/5 and non-square, widths that hit
-    /// the 16-, 8- and single-float paths (OW 37 = 16+16+5, 13 = 8+5, 24).
-    const CASES: &[(usize, usize, usize, usize, usize, [usize; 2])] = &[
+    /// (N, H, W, kh, kw, padding [ph, pw])
+    type Case = (usize, usize, usize, usize, usize, [usize; 2]);
+
+    /// Run with every few-channel count 1..=4 on the small side and 5
+    /// channels on the other. Odd and non-square sizes, padding 0/1/2/4
+    /// (4 > k−1 with k = 3 and 1: whole rows of padding; the input-gradient
+    /// then crops instead of padding), kernels 1/3/5 and non-square, output
+    /// widths below, at and between multiples of 16 (2, 5, 9, 16, 28, 32, 33, 39), and
+    /// tap counts that leave the weight-gradient's last group of taps
+    /// partly empty (9, 15, 25).
+    const CASES: &[Case] = &[
         (1, 7, 5, 3, 3, [1, 1]),
         (3, 9, 13, 5, 5, [0, 0]),
         (3, 8, 11, 5, 5, [2, 2]),
@@ -852,6 +972,8 @@ mod tests {
         (3, 24, 24, 5, 5, [4, 4]),
         (1, 10, 29, 3, 5, [2, 4]),
         (3, 3, 4, 5, 5, [2, 1]),
+        (1, 5, 16, 3, 3, [1, 1]),
+        (3, 12, 32, 3, 3, [1, 1]),
     ];
     const THREADS: &[usize] = &[1, 2, 3, 8];
 
@@ -1012,6 +1134,24 @@ mod tests {
                 "conv 8->{cout} k5 p4 [64,8,24,24]: forward {f0:.3} -> {f1:.3}, \
                  weight-grad {w0:.3} -> {w1:.3}"
             );
+            if cout == 1 {
+                // The thread threshold: the same work serial vs split.
+                let (s1, s2) = median_ms2(
+                    reps,
+                    || conv2d_forward(lv, &g, 1, &x, &w, Some(&b), &mut y0),
+                    || conv2d_forward(lv, &g, nt, &x, &w, Some(&b), &mut y1),
+                );
+                let (s3, s4) = median_ms2(
+                    reps,
+                    || conv2d_weight_grad(lv, &g, 1, &x, &gy, &mut d0),
+                    || conv2d_weight_grad(lv, &g, nt, &x, &gy, &mut d1),
+                );
+                println!(
+                    "  1 thread -> {nt} ({} Mflop): forward {s1:.3} -> {s2:.3}, \
+                     weight-grad {s3:.3} -> {s4:.3}",
+                    g.flops() / 1_000_000
+                );
+            }
         }
         // Input-gradient, few input channels: LeNet conv1 Cin→8 k5 on
         // [32, Cin, 28, 28].
@@ -1030,6 +1170,15 @@ mod tests {
                 || c::conv2d_input_grad(lv, &g, &gy, &w, None, &mut dx1),
             );
             println!("conv {cin}->8 k5 [32,{cin},28,28]: input-grad {i0:.3} -> {i1:.3}");
+            if cin == 1 {
+                let (s1, s2) = median_ms2(
+                    reps,
+                    || conv2d_input_grad(lv, &g, 1, &gy, &w, None, &mut dx0),
+                    || conv2d_input_grad(lv, &g, nt, &gy, &w, None, &mut dx1),
+                );
+                let mf = g.flops() / 1_000_000;
+                println!("  1 thread -> {nt} ({mf} Mflop): input-grad {s1:.3} -> {s2:.3}");
+            }
         }
         // conv_transpose2d 64→Cout k3 p1 on [32, 64, 32, 32], with bias.
         for cout in 1..=MAX_FEW {
