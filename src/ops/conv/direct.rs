@@ -1075,6 +1075,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn public_ops_on_the_direct_route_pass_gradcheck() {
+        use super::super::{conv2d, conv_transpose2d};
+        use crate::autograd::gradcheck;
+        let rnd = |d: &[usize], seed| Tensor::from_vec(vals(d, seed), d.to_vec()).unwrap();
+        // conv2d 5→2 k3 p2 (forward and weight-gradient direct) and 3→2
+        // k5×3 p1 (input-gradient direct too: 2 ≤ Cin ≤ 4).
+        for (xd, wd, pad) in [
+            ([2, 5, 6, 7], [2, 5, 3, 3], 2),
+            ([1, 3, 5, 8], [2, 3, 5, 3], 1),
+        ] {
+            let p = Conv2dParams::new(1, pad);
+            let g = conv2d_geom("t", &Shape::new(xd), &Shape::new(wd), p).unwrap();
+            assert!(forward_applies(&g) && weight_grad_applies(&g));
+            let r = gradcheck(
+                |v| conv2d(&v[0], &v[1], Some(&v[2]), p),
+                &[rnd(&xd, 1), rnd(&wd, 2), rnd(&[wd[0]], 3)],
+                1e-2,
+                1e-3,
+                1e-2,
+                80,
+            )
+            .unwrap();
+            assert!(r.ok(), "conv2d {xd:?} {wd:?} p{pad}: {r}");
+        }
+        // conv_transpose2d 6→3 k3 p1 stride 1: its forward is the direct
+        // input-gradient (Cin = 3 ≤ 4 outputs, 6 summed).
+        let p = ConvTranspose2dParams::new(1, 1, 0);
+        let (xd, wd) = ([2, 6, 5, 6], [6, 3, 3, 3]);
+        let g = conv_transpose2d_geom(&Shape::new(xd), &Shape::new(wd), p).unwrap();
+        assert!(input_grad_pays(&g));
+        let r = gradcheck(
+            |v| conv_transpose2d(&v[0], &v[1], Some(&v[2]), p),
+            &[rnd(&xd, 4), rnd(&wd, 5), rnd(&[3], 6)],
+            1e-2,
+            1e-3,
+            1e-2,
+            80,
+        )
+        .unwrap();
+        assert!(r.ok(), "conv_transpose2d: {r}");
+    }
+
     /// Median wall times in ms of `a` and `b` over `reps` runs each, run
     /// alternately after one warm-up each (so that the load of the shared
     /// machine drifts over both alike).
