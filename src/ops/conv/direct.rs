@@ -43,27 +43,31 @@ use rayon::prelude::*;
 /// output channels, the input-gradient up to this many input channels
 /// (and only where it measured faster, see [`input_grad_applies`]).
 ///
-/// Measured with `direct_vs_im2col_timing` below (AVX-512, 2 threads, on
-/// the shared 2-core machine while a training job ran at higher priority:
-/// noisy, ±20% run to run; medians of 15 alternating runs), im2col + GEMM
-/// → direct, ms:
+/// Measured with `direct_vs_im2col_timing` below, release build (AVX-512,
+/// 2 threads, on the shared 2-core machine while a training job ran at
+/// higher priority: noisy, ±15% run to run; medians of 15 alternating
+/// runs), im2col + GEMM → direct kernel, ms:
 ///
-/// | shape                                     | C = 1       | 2           | 3           | 4          |
-/// |-------------------------------------------|-------------|-------------|-------------|------------|
-/// | conv 8→C k5 p4 [64,8,24,24] forward       | 7.9 → 1.0   | 8.0 → 1.2   | 8.3 → 1.5   | 8.5 → 1.7  |
-/// | same, weight-gradient                     | 21.4 → 1.45 | 21.2 → 2.6  | 21.8 → 3.9  | 21.6 → 5.1 |
-/// | conv C→8 k5 [32,C,28,28] input-gradient   | 0.48 → 0.51 | 0.89 → 0.64 | 1.33 → 0.68 | 1.81 → 0.84|
-/// | conv_transpose2d 64→C k3 p1 [32,64,32,32] | 1.6 → 2.6   | 2.4 → 3.0   | 3.3 → 3.3   | 4.2 → 3.7  |
+/// | shape                                     | C = 1       | 2           | 3           | 4           |
+/// |-------------------------------------------|-------------|-------------|-------------|-------------|
+/// | conv 8→C k5 p4 [64,8,24,24] forward       | 5.5 → 0.72  | 5.2 → 0.77  | 5.2 → 0.93  | 5.1 → 1.10  |
+/// | same, weight-gradient                     | 6.4 → 0.84  | 6.4 → 1.58  | 6.5 → 2.28  | 6.5 → 3.03  |
+/// | conv C→8 k5 [32,C,28,28] input-gradient   | 0.23 → 0.31 | 0.46 → 0.38 | 0.77 → 0.58 | 1.32 → 0.84 |
+/// | conv_transpose2d 64→C k3 p1 [32,64,32,32] | 0.83 → 1.91 | 0.97 → 1.89 | 1.19 → 2.13 | 1.43 → 2.46 |
 ///
-/// The forward and weight-gradient win by 4–15× (the GEMM with Cout ≤ 4
+/// The forward and weight-gradient win by 2–8× (the GEMM with Cout ≤ 4
 /// rows is a matrix-vector product behind an im2col that costs more than
 /// the arithmetic). The input-gradient wins for 2–4 channels against a
-/// narrow summed side (Cout = 8), is even for one channel (LeNet conv1:
-/// col2im of 25 rows is cheap there), and loses when the summed side is
-/// wide (conv_transpose2d from 64 channels, where the GEMM's k = 64 is
-/// efficient). An earlier version with one pass per output plane measured
-/// 8 channels still ahead for the forward (8.1 → 5.9) and weight-gradient
-/// (21 → 10); 4 keeps the register-blocked variants (CO ≤ 4) few.
+/// narrow summed side (Cout = 8), loses for one channel (LeNet conv1: the
+/// GEMM's m = 25 rows and col2im of 25 rows are cheap there), and loses
+/// clearly when the summed side is wide (conv_transpose2d from 64
+/// channels: the GEMM's k = 64 is efficient, while here the padded copy of
+/// the 64-channel, 8 MB gradient is a pure streaming pass that perf showed
+/// at half of the kernel's time). So the dispatch uses the direct
+/// input-gradient only for [`input_grad_pays`]. An earlier version with
+/// one pass per output plane measured 8 channels still ahead for the
+/// forward and weight-gradient; 4 keeps the register-blocked variants
+/// (CO ≤ 4) few.
 pub(crate) const MAX_FEW: usize = 4;
 
 /// False when the environment sets `SPLITINV_DIRECT=0`: the dispatch then
@@ -74,7 +78,11 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Below this much work (2·multiply-adds) the direct kernels run on the
-/// calling thread.
+/// calling thread: the GEMM's bar. Measured on the shared machine (other
+/// core busy), the 20 Mflop decoder conv ran the same on 1 and 2 threads
+/// (forward 0.61 vs 0.68 ms, weight-gradient 0.85 vs 0.84), the 7 Mflop
+/// LeNet input-gradient too (0.32 vs 0.32): no evidence for a different
+/// bar, and on an idle machine the split halves the larger ones.
 const PAR_MIN_FLOPS: usize = crate::cpu::gemm::PAR_MIN_FLOPS;
 
 /// Lanes of one output block (one AVX-512 register).
@@ -1140,10 +1148,11 @@ mod tests {
     }
 
     /// im2col + GEMM (the `_with` path with its default plan, which is what
-    /// the dispatch ran before this module) against the dispatching entry
-    /// points (now the direct kernels for these shapes), at the active level
-    /// with the pool's threads:
-    /// `cargo test --lib direct_vs_im2col_timing -- --ignored --nocapture`.
+    /// the dispatch ran before this module) against the direct kernels, at
+    /// the active level with the pool's threads. Run it in release mode (the
+    /// test profile keeps debug assertions, which slow the GEMM's
+    /// intrinsics ~3×):
+    /// `cargo test --release --lib direct_vs_im2col_timing -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn direct_vs_im2col_timing() {
@@ -1166,12 +1175,12 @@ mod tests {
             let (f0, f1) = median_ms2(
                 reps,
                 || c::conv2d_forward_with(lv, &g, &plan, &x, &w, Some(&b), &mut y0),
-                || c::conv2d_forward(lv, &g, &x, &w, Some(&b), &mut y1),
+                || conv2d_forward(lv, &g, threads_for(&g), &x, &w, Some(&b), &mut y1),
             );
             let (w0, w1) = median_ms2(
                 reps,
                 || c::conv2d_weight_grad_with(lv, &g, &plan, &x, &gy, &mut d0),
-                || c::conv2d_weight_grad(lv, &g, &x, &gy, &mut d1),
+                || conv2d_weight_grad(lv, &g, threads_for(&g), &x, &gy, &mut d1),
             );
             println!(
                 "conv 8->{cout} k5 p4 [64,8,24,24]: forward {f0:.3} -> {f1:.3}, \
@@ -1210,7 +1219,7 @@ mod tests {
             let (i0, i1) = median_ms2(
                 reps,
                 || c::conv2d_input_grad_with(lv, &g, &plan, &gy, &w, None, &mut dx0),
-                || c::conv2d_input_grad(lv, &g, &gy, &w, None, &mut dx1),
+                || conv2d_input_grad(lv, &g, threads_for(&g), &gy, &w, None, &mut dx1),
             );
             println!("conv {cin}->8 k5 [32,{cin},28,28]: input-grad {i0:.3} -> {i1:.3}");
             if cin == 1 {
@@ -1235,7 +1244,7 @@ mod tests {
             let (t0, t1) = median_ms2(
                 reps,
                 || c::conv2d_input_grad_with(lv, &g, &plan, &x, &w, Some(&b), &mut y0),
-                || c::conv2d_input_grad(lv, &g, &x, &w, Some(&b), &mut y1),
+                || conv2d_input_grad(lv, &g, threads_for(&g), &x, &w, Some(&b), &mut y1),
             );
             println!("conv_transpose2d 64->{cout} k3 p1 [32,64,32,32]: forward {t0:.3} -> {t1:.3}");
         }
