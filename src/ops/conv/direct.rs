@@ -8,9 +8,11 @@
 //! MNIST black-box decoder's last conv, 8→1 k5 pad 4) the GEMM is a
 //! matrix-vector product: every copied value is used once, so the copy
 //! costs as much as the arithmetic (the profile showed im2col and its
-//! memmove at over half the time). The input-gradient has the same problem
-//! when Cin is tiny (LeNet conv1 1→8; conv_transpose2d 64→3, which *is* an
-//! input-gradient): col2im dominates.
+//! memmove at over half the time). The input-gradient looks like the same
+//! problem when Cin is tiny (LeNet conv1 1→8; conv_transpose2d 64→3, which
+//! *is* an input-gradient), but there the measurements favour the direct
+//! kernel only for 2–4 input channels against a narrow summed side (see
+//! [`MAX_FEW`]).
 //!
 //! Here each image is copied once, with its zero border, into a small
 //! padded buffer that stays in cache, and the arithmetic reads it in place.
