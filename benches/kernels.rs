@@ -48,6 +48,15 @@ const LAYERS: &[Layer] = &[
         pad: 0,
         hw: 12,
     },
+    // The MNIST black-box decoder's last conv (direct kernels: Cout = 1).
+    Layer {
+        name: "mnist_decoder_8x24_1_k5_p4",
+        cin: 8,
+        cout: 1,
+        k: 5,
+        pad: 4,
+        hw: 24,
+    },
     Layer {
         name: "cifar_conv11_3x32_64",
         cin: 3,

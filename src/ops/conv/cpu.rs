@@ -12,7 +12,11 @@
 //! 3×3 stride-1 "same" convolutions with many channels take another route
 //! for the forward and the input-gradient: Winograd F(2×2, 3×3) in
 //! `winograd.rs` (2.25× fewer multiplies); the dispatch is at the top of
-//! [`conv2d_forward`] and [`conv2d_input_grad`].
+//! [`conv2d_forward`] and [`conv2d_input_grad`]. Stride-1 convolutions with
+//! at most 4 output channels (forward, weight-gradient) or 2–4 input
+//! channels against at most 16 output channels (input-gradient) take the
+//! direct kernels of `direct.rs` instead, which skip the column matrix
+//! (measured numbers and the reasons for these bounds there).
 //!
 //! Data movement, which is what this file is about:
 //! - The column matrix is never built for a whole image at once: it is built
@@ -145,7 +149,7 @@ impl Plan {
 /// for the next call. The buffer is taken out of the thread-local while in
 /// use, so a nested call on the same thread (rayon may run another task
 /// while this one waits inside a parallel GEMM) simply gets a fresh one.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
         static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     }
@@ -523,6 +527,10 @@ pub(crate) fn conv2d_forward(
     if super::winograd::enabled() && super::winograd::applies(g) {
         return super::winograd::conv2d_forward(lv, g, x, w, bias, y);
     }
+    if super::direct::enabled() && super::direct::forward_applies(g) {
+        let threads = super::direct::threads_for(g);
+        return super::direct::conv2d_forward(lv, g, threads, x, w, bias, y);
+    }
     conv2d_forward_with(lv, g, &Plan::new(g), x, w, bias, y)
 }
 
@@ -658,6 +666,10 @@ pub(crate) fn conv2d_input_grad(
     if super::winograd::enabled() && super::winograd::applies(g) {
         return super::winograd::conv2d_input_grad(lv, g, gy, w, bias, dx);
     }
+    if super::direct::enabled() && super::direct::input_grad_pays(g) {
+        let threads = super::direct::threads_for(g);
+        return super::direct::conv2d_input_grad(lv, g, threads, gy, w, bias, dx);
+    }
     conv2d_input_grad_with(lv, g, &Plan::new(g), gy, w, bias, dx)
 }
 
@@ -745,6 +757,10 @@ pub(crate) fn conv2d_weight_grad(
     gy: &[f32],
     dw: &mut [f32],
 ) {
+    if super::direct::enabled() && super::direct::weight_grad_applies(g) {
+        let threads = super::direct::threads_for(g);
+        return super::direct::conv2d_weight_grad(lv, g, threads, x, gy, dw);
+    }
     conv2d_weight_grad_with(lv, g, &Plan::new(g), x, gy, dw)
 }
 

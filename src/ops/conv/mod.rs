@@ -41,9 +41,12 @@
 //! swapped (g plays the input, x the output gradient).
 //!
 //! The CPU kernels (im2col / col2im around the packed GEMM) are in `cpu.rs`.
+//! Stride-1 convolutions with very few channels on one side use the direct
+//! kernels of `direct.rs` instead (no column matrix).
 
 pub(crate) mod cpu;
 pub(crate) mod cuda;
+pub(crate) mod direct;
 mod valid;
 pub(crate) mod winograd;
 
