@@ -28,25 +28,15 @@ fn attacker_augment(channels: usize) -> Augment {
     }
 }
 
-/// Appends f2's leading ReLU layers to `shadow` and applies them to the
-/// observed features `v` (unchanged when f2 does not start with a ReLU).
-fn with_leading_relus(
-    shadow: &Sequential,
-    f2: &Sequential,
-    v: &Tensor,
-) -> Result<(Sequential, Tensor)> {
-    let mut net = shadow.clone();
-    let mut v = v.clone();
-    // (Matching after the max-pool too was tried: 1-6 dB worse, the pool
-    // throws away detail the reconstruction needs.)
-    for (name, layer) in f2.layers() {
-        if !matches!(layer, crate::nn::Layer::Relu) {
-            break;
-        }
-        net.push(format!("server {name}"), layer.clone())?;
-        v = layer.forward(&v, None)?;
-    }
-    Ok((net, v))
+/// f2's leading ReLU layers (none when f2 does not start with a ReLU).
+/// (Matching after the max-pool too was tried: 1-6 dB worse, the pool
+/// throws away detail the reconstruction needs.)
+fn leading_relus(f2: &Sequential) -> Vec<(String, crate::nn::Layer)> {
+    f2.layers()
+        .iter()
+        .take_while(|(_, layer)| matches!(layer, crate::nn::Layer::Relu))
+        .map(|(name, layer)| (format!("server {name}"), layer.clone()))
+        .collect()
 }
 
 /// A labelled, normalised batch (optionally augmented) of a dataset.
@@ -471,15 +461,24 @@ pub fn run_queryfree(
     let v = target.observe(split, originals)?;
     let norm = target.norm.clone();
     let mut nets = Vec::with_capacity(n_shadows);
-    let mut observed = v.clone();
+    // The shadow was trained only through f2, so it is faithful only in
+    // what f2 sees: where f2 starts with a ReLU (a pre-activation split such
+    // as conv1), the negative part of its features is unconstrained.
+    // Matching after that ReLU — on both sides — fits the shadow where it
+    // agrees with f1 and leaves alone where it cannot.
+    let relus = leading_relus(&f2);
+    let mut observed = v;
+    for (_, layer) in &relus {
+        observed = layer.forward(&observed, None)?;
+    }
+    // The attacker's labelled set may be small (the same-distribution
+    // setting has 10k MNIST images against the target's 60k); jittering it
+    // stops the shadow from fitting f2 only on those exact images.
+    let aug = attacker_augment(shadow_data.channels);
     for k in 0..n_shadows as u64 {
         let seed = train_cfg.seed ^ 0x5bad ^ k.wrapping_mul(0x9e37_79b9);
         let mut shadow = shadows::shadow_for(target.kind, split, setting.same_net, seed)?;
         shadow.to_device(target.net.device())?;
-        // The attacker's labelled set may be small (the same-distribution
-        // setting has 10k MNIST images against the target's 60k); jittering
-        // it stops the shadow from fitting f2 only on those exact images.
-        let aug = attacker_augment(shadow_data.channels);
         let mut batch = |idx: &[usize], rng: &mut TrainRng| {
             prepare_batch(shadow_data, idx, &norm, Some((&aug, rng)))
         };
@@ -488,14 +487,10 @@ pub fn run_queryfree(
             ..train_cfg.clone()
         };
         queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, &cfg)?;
-        // The shadow was trained only through f2, so it is faithful only in
-        // what f2 sees: where f2 starts with a ReLU (a pre-activation split
-        // such as conv1), the negative part of its features is
-        // unconstrained. Matching after that ReLU — on both sides — fits the
-        // shadow where it agrees with f1 and leaves alone where it cannot.
-        let (net, v_seen) = with_leading_relus(&shadow, &f2, &v)?;
-        nets.push(net);
-        observed = v_seen;
+        for (name, layer) in &relus {
+            shadow.push(name.clone(), layer.clone())?;
+        }
+        nets.push(shadow);
     }
     // The attacker holds data from the target's distribution: an L2 prior
     // without an explicit centre pulls towards that data's mean image.
