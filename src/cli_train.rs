@@ -2,6 +2,7 @@
 //! classifiers, with atomic per-epoch checkpoints and `--resume`.
 
 use crate::attacks::whitebox::Normalization;
+use crate::checkpoint::{self, TrainState};
 use crate::data::transforms::Augment;
 use crate::data::{self, Dataset, DatasetName, Split};
 use crate::error::{Error, Result};
@@ -143,19 +144,24 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     let norm = args.model.normalization();
     let mut net = args.model.build(args.cfg.seed)?;
     let ckpt = checkpoint_path(&args.out);
-    let mut start = 0;
+    let mut resume = TrainState::default();
     if args.resume {
         if ckpt.is_file() {
-            let meta = weights::load_with_metadata(&mut net, &ckpt)?;
-            let done: usize = meta
-                .get("epochs_done")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::BadData {
-                    path: ckpt.clone(),
-                    msg: "checkpoint has no 'epochs_done' metadata".into(),
-                })?;
-            start = done;
-            println!("resuming from {} after epoch {done}", ckpt.display());
+            resume = checkpoint::load(&mut net, &ckpt)?;
+            println!(
+                "resuming from {} after epoch {}{}{}",
+                ckpt.display(),
+                resume.epochs_done,
+                if resume.adam.is_some() {
+                    ""
+                } else {
+                    " (the checkpoint has no optimiser state: Adam starts with fresh moments)"
+                },
+                match &resume.swa {
+                    Some(s) => format!(", {} snapshots averaged so far", s.count),
+                    None => String::new(),
+                }
+            );
         } else {
             println!(
                 "--resume: no checkpoint at {}, starting from scratch",
@@ -163,6 +169,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
             );
         }
     }
+    let start = resume.epochs_done;
     let augment = args
         .augment
         .unwrap_or(train.channels == 3)
@@ -175,10 +182,18 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         &norm,
         &cfg,
         augment,
-        start,
-        &mut |net, e| {
+        resume,
+        &mut |net, e, state| {
+            let swa = match e.swa_test_accuracy {
+                Some(a) => format!(
+                    "  average of {}: {:.2}%",
+                    state.swa.as_ref().map_or(0, |s| s.count),
+                    100.0 * a
+                ),
+                None => String::new(),
+            };
             println!(
-            "epoch {:>3}/{}: loss {:.4}  train acc {:.2}%  test acc {:.2}%  {:.0} img/s  lr {:.2e}",
+            "epoch {:>3}/{}: loss {:.4}  train acc {:.2}%  test acc {:.2}%{swa}  {:.0} img/s  lr {:.2e}",
             e.stats.epoch + 1,
             cfg.epochs,
             e.stats.loss,
@@ -187,12 +202,10 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
             e.stats.images_per_s,
             e.stats.lr
         );
-            let meta =
-                HashMap::from([("epochs_done".to_string(), (e.stats.epoch + 1).to_string())]);
-            weights::save(net, &ckpt, Some(meta))
+            checkpoint::save(net, state, &ckpt)
         },
     )?;
-    let accuracy = epochs.last().and_then(|e| e.test_accuracy);
+    let accuracy = epochs.last().and_then(|e| e.model_test_accuracy());
     let meta = HashMap::from([
         ("dataset".to_string(), args.dataset.clone()),
         (

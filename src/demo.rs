@@ -54,8 +54,8 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
         &target0.norm,
         &cfg,
         None,
-        0,
-        &mut |_, e| {
+        crate::checkpoint::TrainState::default(),
+        &mut |_, e, _| {
             println!(
                 "   epoch {}: loss {:.4}, train acc {:.2}%, test acc {:.2}%, {:.0} img/s",
                 e.stats.epoch + 1,

@@ -7,14 +7,16 @@ use crate::attacks::metrics::{self, ImageScores};
 use crate::attacks::queryfree::{self, ShadowSetting};
 use crate::attacks::whitebox::{self, Normalization, WhiteBoxConfig};
 use crate::autograd::no_grad;
+use crate::checkpoint::TrainState;
 use crate::data::transforms::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::{decoders, shadows, ModelKind};
 use crate::nn::Sequential;
 use crate::ops;
+use crate::optim::Adam;
 use crate::tensor::Tensor;
-use crate::train::{argmax_rows, fit, EpochStats, TrainConfig, TrainRng};
+use crate::train::{argmax_rows, fit_with, EpochStats, SwaAverage, TrainConfig, TrainRng};
 use std::path::Path;
 
 /// The augmentation an attacker applies to its own training images: flips
@@ -94,11 +96,26 @@ pub struct ClassifierEpoch {
     pub train_accuracy: f64,
     /// Test accuracy after the epoch, if a test set was given.
     pub test_accuracy: Option<f64>,
+    /// Test accuracy of the weight average, once averaging has started.
+    pub swa_test_accuracy: Option<f64>,
+}
+
+impl ClassifierEpoch {
+    /// The test accuracy of the model this epoch leaves behind: the average
+    /// when averaging, else the current weights.
+    pub fn model_test_accuracy(&self) -> Option<f64> {
+        self.swa_test_accuracy.or(self.test_accuracy)
+    }
 }
 
 /// Trains `net` as a classifier with cross-entropy (the authors' recipe:
-/// Adam/amsgrad, eps 1e-3, lr halved every 20 epochs), calling `on_epoch`
-/// after every epoch (for printing and checkpointing).
+/// Adam/amsgrad, eps 1e-3, lr halved every 20 epochs), continuing from
+/// `resume` (epochs done, optimiser moments, weight average; use
+/// `TrainState::default()` for a fresh run) and calling `on_epoch` after
+/// every epoch with the current weights and the state a checkpoint needs.
+/// With `cfg.swa_from` set, the weights left in `net` at the end are the
+/// average (stochastic weight averaging).
+#[allow(clippy::too_many_arguments)]
 pub fn train_classifier(
     net: &mut Sequential,
     train: &Dataset,
@@ -106,12 +123,17 @@ pub fn train_classifier(
     norm: &Normalization,
     cfg: &TrainConfig,
     augment: Option<Augment>,
-    start_epoch: usize,
-    on_epoch: &mut dyn FnMut(&Sequential, &ClassifierEpoch) -> Result<()>,
+    resume: TrainState,
+    on_epoch: &mut dyn FnMut(&Sequential, &ClassifierEpoch, &TrainState) -> Result<()>,
 ) -> Result<Vec<ClassifierEpoch>> {
     net.to_device(crate::device::default_device())?;
     net.set_trainable(true);
     let params = net.params();
+    let mut opt = cfg.optimizer();
+    if let Some(saved) = resume.adam {
+        opt.import_state(&params, saved)?;
+    }
+    let mut swa = resume.swa.unwrap_or_default();
     let model = net.clone();
     let mut step = |idx: &[usize], rng: &mut TrainRng| -> Result<(Tensor, f64)> {
         let (x, labels) =
@@ -126,29 +148,55 @@ pub fn train_classifier(
     };
     let mut epochs = Vec::new();
     let eval_net = net.clone();
-    let mut end = |s: &EpochStats| -> Result<()> {
-        let test_accuracy = match test {
-            Some(t) => Some(evaluate(&eval_net, t, norm, 256)?),
-            None => None,
+    let mut end = |s: &EpochStats, opt: &Adam| -> Result<()> {
+        let accuracy = |net: &Sequential| match test {
+            Some(t) => evaluate(net, t, norm, 256).map(Some),
+            None => Ok(None),
+        };
+        let test_accuracy = accuracy(&eval_net)?;
+        let averaging = cfg.swa_from.is_some_and(|from| s.epoch >= from);
+        let swa_test_accuracy = if averaging {
+            swa.update(&params)?;
+            // Score the average by swapping it in, then put the weights back.
+            let current = SwaAverage {
+                count: 1,
+                values: params.iter().map(|p| p.to_vec()).collect::<Result<_>>()?,
+            };
+            swa.write_into(&params)?;
+            let acc = accuracy(&eval_net);
+            current.write_into(&params)?;
+            acc?
+        } else {
+            None
         };
         let e = ClassifierEpoch {
             stats: s.clone(),
             train_accuracy: s.metric,
             test_accuracy,
+            swa_test_accuracy,
         };
-        on_epoch(&eval_net, &e)?;
+        let state = TrainState {
+            epochs_done: s.epoch + 1,
+            adam: Some(opt.export_state()?),
+            swa: (swa.count > 0).then(|| swa.clone()),
+        };
+        on_epoch(&eval_net, &e, &state)?;
         epochs.push(e);
         Ok(())
     };
-    fit(
+    fit_with(
         &params,
         train.len(),
         cfg,
-        start_epoch,
+        &mut opt,
+        resume.epochs_done,
         "train",
         &mut step,
         &mut end,
     )?;
+    if swa.count > 0 {
+        swa.write_into(&params)?;
+    }
     net.set_trainable(false);
     Ok(epochs)
 }

@@ -24,6 +24,7 @@
 pub mod attacks;
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli_train;
 pub mod cpu;
 pub mod cuda;

@@ -525,6 +525,19 @@ fn par_pieces3(
 // ----- Adam ---------------------------------------------------------------------
 
 /// The moments of one parameter.
+/// One parameter's Adam state on the host (see [`Adam::export_state`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamMoments {
+    /// Steps taken (drives the bias correction).
+    pub step: u64,
+    /// First moment.
+    pub m: Vec<f32>,
+    /// Second moment.
+    pub v: Vec<f32>,
+    /// AMSGrad's running maximum of `v`, when AMSGrad was on.
+    pub vmax: Option<Vec<f32>>,
+}
+
 #[derive(Debug)]
 struct AdamState {
     /// Steps this parameter has taken (bias correction uses it, as PyTorch's
@@ -597,6 +610,83 @@ impl Adam {
     /// Forgets all moments and step counts.
     pub fn reset(&mut self) {
         self.state.clear();
+    }
+
+    /// Copies the per-parameter state (step count and moments) to the host,
+    /// in parameter order; `None` for a parameter that has not stepped yet.
+    /// A checkpoint stores this so a resumed run continues with the same
+    /// moments instead of restarting Adam's warm-up.
+    pub fn export_state(&self) -> Result<Vec<Option<AdamMoments>>> {
+        self.state
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|s| {
+                        Ok(AdamMoments {
+                            step: s.step,
+                            m: s.m.to_vec()?,
+                            v: s.v.to_vec()?,
+                            vmax: s.vmax.as_ref().map(|t| t.to_vec()).transpose()?,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Restores state saved by [`Adam::export_state`] for `params` (same
+    /// order). Every moment must have its parameter's length, and AMSGrad
+    /// needs the running maximum; otherwise nothing changes and the error
+    /// names the parameter.
+    pub fn import_state(
+        &mut self,
+        params: &[Tensor],
+        saved: Vec<Option<AdamMoments>>,
+    ) -> Result<()> {
+        if saved.len() != params.len() {
+            return Err(Error::invalid(
+                "adam",
+                format!(
+                    "saved state has {} parameters, the model has {}",
+                    saved.len(),
+                    params.len()
+                ),
+            ));
+        }
+        let mut state = Vec::with_capacity(saved.len());
+        for (i, (p, s)) in params.iter().zip(saved).enumerate() {
+            let Some(s) = s else {
+                state.push(None);
+                continue;
+            };
+            let n = p.numel();
+            let lens_ok =
+                s.m.len() == n && s.v.len() == n && s.vmax.as_ref().is_none_or(|x| x.len() == n);
+            if !lens_ok {
+                return Err(Error::invalid(
+                    "adam",
+                    format!("saved moments of parameter {i} do not have its {n} elements"),
+                ));
+            }
+            if self.amsgrad && s.vmax.is_none() {
+                return Err(Error::invalid(
+                    "adam",
+                    format!(
+                        "amsgrad is on but the saved state of parameter {i} has no running maximum"
+                    ),
+                ));
+            }
+            let (shape, dev) = (p.shape().clone(), p.device());
+            let to = |v: Vec<f32>| Tensor::from_vec(v, shape.clone())?.to_device(dev);
+            state.push(Some(AdamState {
+                step: s.step,
+                m: to(s.m)?,
+                v: to(s.v)?,
+                vmax: s.vmax.map(to).transpose()?,
+            }));
+        }
+        self.state = state;
+        Ok(())
     }
 
     fn check(&self) -> Result<()> {

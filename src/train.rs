@@ -39,6 +39,15 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Stochastic weight averaging (Izmailov et al. 2018): from this 0-based
+    /// epoch on, the weights after every epoch are averaged, and the average
+    /// is the trained model. `None`: no averaging.
+    #[serde(default)]
+    pub swa_from: Option<usize>,
+    /// Constant learning rate for the averaging epochs (`None`: the step
+    /// schedule continues).
+    #[serde(default)]
+    pub swa_lr: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +62,8 @@ impl Default for TrainConfig {
             lr_gamma: 0.5,
             seed: 0,
             progress: true,
+            swa_from: None,
+            swa_lr: None,
         }
     }
 }
@@ -72,7 +83,42 @@ impl TrainConfig {
         if self.lr_step == 0 {
             return Err(Error::invalid("train", "lr_step must be at least 1"));
         }
+        if let Some(lr) = self.swa_lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(Error::invalid(
+                    "train",
+                    format!("--swa-lr must be a positive number, got {lr}"),
+                ));
+            }
+            if self.swa_from.is_none() {
+                return Err(Error::invalid("train", "--swa-lr needs --swa-from"));
+            }
+        }
+        if let Some(from) = self.swa_from {
+            if from >= self.epochs {
+                return Err(Error::invalid(
+                    "train",
+                    format!(
+                        "--swa-from {} must be below --epochs {} (averaging starts after that many epochs)",
+                        from, self.epochs
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The learning rate of a 0-based epoch: the step schedule, or the
+    /// constant `swa_lr` once averaging has started.
+    pub fn lr_at(&self, epoch: usize) -> Result<f32> {
+        match (self.swa_from, self.swa_lr) {
+            (Some(from), Some(lr)) if epoch >= from => Ok(lr),
+            _ => StepLr {
+                step_size: self.lr_step,
+                gamma: self.lr_gamma,
+            }
+            .lr_at(self.lr, epoch),
+        }
     }
 
     /// The optimiser these settings describe.
@@ -113,10 +159,8 @@ pub fn progress_bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
     pb
 }
 
-/// Runs `epochs` passes over `n` samples in shuffled mini-batches. `step`
-/// gets the indices of a batch and returns (loss tensor, metric sum for the
-/// batch); the loop does backward and the optimiser step, watches for NaN,
-/// applies the step schedule and calls `end_epoch` after every epoch.
+/// Runs `epochs` passes over `n` samples in shuffled mini-batches with a
+/// fresh optimiser; see [`fit_with`].
 pub fn fit(
     params: &[Tensor],
     n: usize,
@@ -126,18 +170,44 @@ pub fn fit(
     step: &mut StepFn,
     end_epoch: &mut dyn FnMut(&EpochStats) -> Result<()>,
 ) -> Result<Vec<EpochStats>> {
+    let mut opt = cfg.optimizer();
+    fit_with(
+        params,
+        n,
+        cfg,
+        &mut opt,
+        start_epoch,
+        label,
+        step,
+        &mut |s, _| end_epoch(s),
+    )
+}
+
+/// Runs epochs `start_epoch..cfg.epochs` over `n` samples in shuffled
+/// mini-batches. `step` gets the indices of a batch and returns (loss
+/// tensor, metric sum for the batch); the loop does backward and the
+/// optimiser step, watches for NaN, sets each epoch's learning rate
+/// ([`TrainConfig::lr_at`]) and calls `end_epoch` after every epoch with the
+/// optimiser (whose state a checkpoint saves). `opt` may carry state from a
+/// checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with(
+    params: &[Tensor],
+    n: usize,
+    cfg: &TrainConfig,
+    opt: &mut Adam,
+    start_epoch: usize,
+    label: &str,
+    step: &mut StepFn,
+    end_epoch: &mut dyn FnMut(&EpochStats, &Adam) -> Result<()>,
+) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     if n == 0 {
         return Err(Error::invalid("train", "the training set is empty"));
     }
-    let mut opt = cfg.optimizer();
-    let sched = StepLr {
-        step_size: cfg.lr_step,
-        gamma: cfg.lr_gamma,
-    };
     let mut all = Vec::new();
     for epoch in start_epoch..cfg.epochs {
-        let lr = sched.lr_at(cfg.lr, epoch)?;
+        let lr = cfg.lr_at(epoch)?;
         opt.set_lr(lr);
         // Seeded per epoch so a resumed run shuffles exactly as an uninterrupted one.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
@@ -177,7 +247,7 @@ pub fn fit(
             images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
             lr,
         };
-        end_epoch(&stats)?;
+        end_epoch(&stats, opt)?;
         all.push(stats);
     }
     Ok(all)
@@ -202,4 +272,75 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
                 .0
         })
         .collect())
+}
+
+/// Stochastic weight averaging: the running mean of a model's weights taken
+/// after each averaging epoch. For a net without batch norm (both of ours)
+/// the averaged weights are used as they are; nothing needs recomputing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SwaAverage {
+    /// Snapshots averaged so far.
+    pub count: usize,
+    /// The mean of each parameter, in parameter order.
+    pub values: Vec<Vec<f32>>,
+}
+
+impl SwaAverage {
+    /// Adds the current weights: mean ← mean + (w − mean) / (count + 1).
+    pub fn update(&mut self, params: &[Tensor]) -> Result<()> {
+        if self.count > 0 && self.values.len() != params.len() {
+            return Err(Error::invalid(
+                "swa",
+                format!(
+                    "the average has {} parameters, the model {}",
+                    self.values.len(),
+                    params.len()
+                ),
+            ));
+        }
+        if self.count == 0 {
+            self.values = params.iter().map(|p| p.to_vec()).collect::<Result<_>>()?;
+            self.count = 1;
+            return Ok(());
+        }
+        let k = 1.0 / (self.count + 1) as f32;
+        for (avg, p) in self.values.iter_mut().zip(params) {
+            let w = p.to_vec()?;
+            if w.len() != avg.len() {
+                return Err(Error::invalid(
+                    "swa",
+                    format!(
+                        "a parameter has {} elements, its average {}",
+                        w.len(),
+                        avg.len()
+                    ),
+                ));
+            }
+            for (a, w) in avg.iter_mut().zip(&w) {
+                *a += (w - *a) * k;
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the average into `params` (their storage, so every handle on
+    /// the model sees it).
+    pub fn write_into(&self, params: &[Tensor]) -> Result<()> {
+        if self.values.len() != params.len() {
+            return Err(Error::invalid(
+                "swa",
+                format!(
+                    "the average has {} parameters, the model {}",
+                    self.values.len(),
+                    params.len()
+                ),
+            ));
+        }
+        for (avg, p) in self.values.iter().zip(params) {
+            let t = Tensor::from_vec(avg.clone(), p.shape().clone())?.to_device(p.device())?;
+            p.assign(&t)?;
+        }
+        Ok(())
+    }
 }

@@ -73,6 +73,13 @@ enum Cmd {
         /// See --lr-step.
         #[arg(long, default_value_t = 0.5)]
         lr_gamma: f32,
+        /// Stochastic weight averaging: after this many epochs, average the
+        /// weights at the end of every further epoch; the average is the result.
+        #[arg(long)]
+        swa_from: Option<usize>,
+        /// Constant learning rate while averaging (default: the schedule goes on).
+        #[arg(long)]
+        swa_lr: Option<f32>,
         /// Seed for initialisation, shuffling and augmentation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -210,6 +217,8 @@ fn run(cli: Cli) -> Result<()> {
             lr,
             lr_step,
             lr_gamma,
+            swa_from,
+            swa_lr,
             seed,
             out,
             resume,
@@ -225,6 +234,8 @@ fn run(cli: Cli) -> Result<()> {
                 lr_gamma,
                 seed,
                 progress: !json,
+                swa_from,
+                swa_lr,
                 ..TrainConfig::default()
             };
             let args = TrainArgs {

@@ -1,0 +1,150 @@
+//! Training checkpoints: everything `splitinv train --resume` needs to
+//! continue a run as if it had never stopped.
+//!
+//! A checkpoint is one safetensors file. The model's parameters keep their
+//! PyTorch names (`conv1.weight`, …); the optimiser's moments and the
+//! running weight average ride along under reserved prefixes:
+//!
+//! | tensor                      | what                                   |
+//! |-----------------------------|----------------------------------------|
+//! | `<param>`                   | the weights after the last epoch       |
+//! | `__adam_m__.<param>`        | Adam's first moment                    |
+//! | `__adam_v__.<param>`        | Adam's second moment                   |
+//! | `__adam_vmax__.<param>`     | AMSGrad's running maximum              |
+//! | `__swa__.<param>`           | the running average of the weights     |
+//!
+//! and the metadata holds `epochs_done`, `adam_step.<param>` and
+//! `swa_count`. A checkpoint without the optimiser tensors (an older file,
+//! or one made from a plain weights file by adding `epochs_done`) still
+//! resumes; Adam then starts from fresh moments, and the caller says so.
+
+use crate::error::{Error, Result};
+use crate::nn::weights::{self, NamedValues};
+use crate::nn::Sequential;
+use crate::optim::AdamMoments;
+use crate::train::SwaAverage;
+use std::collections::HashMap;
+use std::path::Path;
+
+const ADAM_M: &str = "__adam_m__.";
+const ADAM_V: &str = "__adam_v__.";
+const ADAM_VMAX: &str = "__adam_vmax__.";
+const SWA: &str = "__swa__.";
+
+/// The state of a training run after some epoch, besides the weights.
+#[derive(Clone, Debug, Default)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Adam's per-parameter state, in parameter order (`None`: not saved).
+    pub adam: Option<Vec<Option<AdamMoments>>>,
+    /// The running weight average, once averaging has started.
+    pub swa: Option<SwaAverage>,
+}
+
+fn is_reserved(name: &str) -> bool {
+    name.starts_with("__")
+}
+
+/// Writes `net`'s weights and `state` to `path`, atomically.
+pub fn save(net: &Sequential, state: &TrainState, path: &Path) -> Result<()> {
+    let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
+    let mut tensors: Vec<NamedValues> = weights::param_values(net)?;
+    let mut meta = HashMap::from([("epochs_done".to_string(), state.epochs_done.to_string())]);
+    let shapes: Vec<Vec<usize>> = tensors.iter().map(|(_, s, _)| s.clone()).collect();
+    if let Some(adam) = &state.adam {
+        for ((name, shape), m) in names.iter().zip(&shapes).zip(adam) {
+            let Some(m) = m else { continue };
+            meta.insert(format!("adam_step.{name}"), m.step.to_string());
+            tensors.push((format!("{ADAM_M}{name}"), shape.clone(), m.m.clone()));
+            tensors.push((format!("{ADAM_V}{name}"), shape.clone(), m.v.clone()));
+            if let Some(vmax) = &m.vmax {
+                tensors.push((format!("{ADAM_VMAX}{name}"), shape.clone(), vmax.clone()));
+            }
+        }
+    }
+    if let Some(swa) = &state.swa {
+        meta.insert("swa_count".into(), swa.count.to_string());
+        for ((name, shape), avg) in names.iter().zip(&shapes).zip(&swa.values) {
+            tensors.push((format!("{SWA}{name}"), shape.clone(), avg.clone()));
+        }
+    }
+    weights::write_tensors(path, &tensors, Some(meta))
+}
+
+/// Loads a checkpoint into `net` and returns the rest of its state. The
+/// weights must match the model exactly (the error lists mismatches); the
+/// optimiser and average tensors must be complete or absent.
+pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
+    let (tensors, meta) = weights::read_tensors(path)?;
+    let bad = |msg: String| Error::BadData {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let epochs_done: usize = meta
+        .get("epochs_done")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("checkpoint has no 'epochs_done' metadata".into()))?;
+    let mut extras: HashMap<String, Vec<f32>> = HashMap::new();
+    for (name, _, values) in tensors.iter().filter(|(n, _, _)| is_reserved(n)) {
+        extras.insert(name.clone(), values.clone());
+    }
+    weights::load_values(net, path, tensors, is_reserved)?;
+    let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
+
+    let adam = if names
+        .iter()
+        .any(|n| extras.contains_key(&format!("{ADAM_M}{n}")))
+    {
+        let mut out = Vec::with_capacity(names.len());
+        for n in &names {
+            let m = extras.remove(&format!("{ADAM_M}{n}"));
+            let v = extras.remove(&format!("{ADAM_V}{n}"));
+            let vmax = extras.remove(&format!("{ADAM_VMAX}{n}"));
+            let step = meta.get(&format!("adam_step.{n}"));
+            match (m, v, step) {
+                (Some(m), Some(v), Some(step)) => {
+                    let step = step.parse().map_err(|_| {
+                        bad(format!("metadata adam_step.{n} = '{step}' is not a step count"))
+                    })?;
+                    out.push(Some(AdamMoments { step, m, v, vmax }));
+                }
+                (None, None, None) => out.push(None),
+                _ => {
+                    return Err(bad(format!(
+                        "the optimiser state of '{n}' is incomplete (expected {ADAM_M}{n}, {ADAM_V}{n} and metadata adam_step.{n})"
+                    )))
+                }
+            }
+        }
+        Some(out)
+    } else {
+        None
+    };
+
+    let swa = match meta.get("swa_count") {
+        None => None,
+        Some(c) => {
+            let count: usize = c
+                .parse()
+                .map_err(|_| bad(format!("metadata swa_count = '{c}' is not a count")))?;
+            let mut values = Vec::with_capacity(names.len());
+            for n in &names {
+                values.push(extras.remove(&format!("{SWA}{n}")).ok_or_else(|| {
+                    bad(format!("swa_count is set but tensor {SWA}{n} is missing"))
+                })?);
+            }
+            Some(SwaAverage { count, values })
+        }
+    };
+    if let Some(name) = extras.keys().min() {
+        return Err(bad(format!(
+            "unexpected tensor '{name}' (not optimiser or average state of any parameter)"
+        )));
+    }
+    Ok(TrainState {
+        epochs_done,
+        adam,
+        swa,
+    })
+}

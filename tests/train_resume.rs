@@ -1,0 +1,296 @@
+//! Checkpoints and `--resume`: an interrupted run, resumed, ends with exactly
+//! the weights of an uninterrupted one (the shuffle and augmentation are
+//! seeded per epoch, and the checkpoint carries Adam's moments and the
+//! weight average), including a process killed with SIGKILL mid-epoch.
+
+use splitinv::attacks::whitebox::Normalization;
+use splitinv::checkpoint::{self, TrainState};
+use splitinv::data::synthetic::synthetic_digits;
+use splitinv::experiment::train_classifier;
+use splitinv::models::ModelKind;
+use splitinv::nn::{weights, Sequential};
+use splitinv::optim::{Adam, Optimizer};
+use splitinv::tensor::Tensor;
+use splitinv::train::{SwaAverage, TrainConfig};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("splitinv-resume-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn values(net: &Sequential) -> Vec<Vec<f32>> {
+    net.params().iter().map(|p| p.to_vec().unwrap()).collect()
+}
+
+fn cfg(epochs: usize, swa_from: Option<usize>) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch: 32,
+        lr: 2e-3,
+        lr_step: 2,
+        lr_gamma: 0.5,
+        seed: 7,
+        progress: false,
+        swa_from,
+        swa_lr: swa_from.map(|_| 1e-3),
+        ..TrainConfig::default()
+    }
+}
+
+/// Trains LeNet on 320 synthetic digits for `epochs`, starting from
+/// `resume`; returns the net and the state after every epoch, and writes a
+/// checkpoint after every epoch to `save_to` (as `splitinv train` does).
+fn run_saving(
+    epochs: usize,
+    swa_from: Option<usize>,
+    net: Option<Sequential>,
+    resume: TrainState,
+    save_to: Option<&std::path::Path>,
+) -> (Sequential, Vec<TrainState>) {
+    let train = synthetic_digits(320, 1);
+    let (m, s) = ModelKind::Lenet.normalization();
+    let norm = Normalization::new(m, s);
+    let mut net = net.unwrap_or_else(|| ModelKind::Lenet.build(3).unwrap());
+    let mut states = Vec::new();
+    train_classifier(
+        &mut net,
+        &train,
+        None,
+        &norm,
+        &cfg(epochs, swa_from),
+        None,
+        resume,
+        &mut |n, _, st| {
+            if let Some(p) = save_to {
+                checkpoint::save(n, st, p)?;
+            }
+            states.push(st.clone());
+            Ok(())
+        },
+    )
+    .unwrap();
+    (net, states)
+}
+
+fn run(
+    epochs: usize,
+    swa_from: Option<usize>,
+    net: Option<Sequential>,
+    resume: TrainState,
+) -> (Sequential, Vec<TrainState>) {
+    run_saving(epochs, swa_from, net, resume, None)
+}
+
+#[test]
+fn resumed_training_matches_uninterrupted_training_exactly() {
+    for swa_from in [None, Some(1)] {
+        let (full, _) = run(4, swa_from, None, TrainState::default());
+        // Stop after epoch 2 with a checkpoint, load it into a fresh net, go on.
+        let path = temp("lib").join("ckpt.safetensors");
+        let (_, states) = run_saving(2, swa_from, None, TrainState::default(), Some(&path));
+        let mut fresh = ModelKind::Lenet.build(99).unwrap();
+        let state = checkpoint::load(&mut fresh, &path).unwrap();
+        let saved = &states[1];
+        assert_eq!(state.epochs_done, 2);
+        assert_eq!(state.adam, saved.adam, "Adam moments survive the file");
+        assert_eq!(state.swa, saved.swa, "the average survives the file");
+        assert_eq!(state.swa.as_ref().map(|s| s.count), swa_from.map(|f| 2 - f));
+        let (resumed, _) = run(4, swa_from, Some(fresh), state);
+        assert_eq!(
+            values(&resumed),
+            values(&full),
+            "swa_from {swa_from:?}: resumed weights differ from an uninterrupted run"
+        );
+    }
+}
+
+#[test]
+fn resuming_without_adam_moments_is_a_different_run() {
+    // Guards the test above: it only means something if losing the moments
+    // would change the result.
+    let (full, _) = run(3, None, None, TrainState::default());
+    let (_, states) = run(1, None, None, TrainState::default());
+    let (half, _) = run(1, None, None, TrainState::default());
+    let mut state = states[0].clone();
+    state.adam = None;
+    let (resumed, _) = run(3, None, Some(half), state);
+    assert_ne!(values(&resumed), values(&full));
+}
+
+#[test]
+fn swa_average_is_the_mean_of_the_snapshots() {
+    let p = Tensor::from_vec(vec![1.0, -2.0], vec![2]).unwrap();
+    let mut avg = SwaAverage::default();
+    for v in [[1.0, -2.0], [3.0, 0.0], [8.0, 5.0]] {
+        p.assign(&Tensor::from_vec(v.to_vec(), vec![2]).unwrap())
+            .unwrap();
+        avg.update(std::slice::from_ref(&p)).unwrap();
+    }
+    assert_eq!(avg.count, 3);
+    assert_eq!(avg.values, vec![vec![4.0, 1.0]]);
+    avg.write_into(std::slice::from_ref(&p)).unwrap();
+    assert_eq!(p.to_vec().unwrap(), vec![4.0, 1.0]);
+    let q = Tensor::from_vec(vec![0.0; 3], vec![3]).unwrap();
+    assert!(avg.update(&[p.clone(), q]).is_err());
+}
+
+#[test]
+fn adam_state_round_trip_continues_identically() {
+    let grads_for = |p: &Tensor, k: f32| {
+        let loss = splitinv::ops::sum(
+            &splitinv::ops::scale(&splitinv::ops::mul(p, p).unwrap(), k).unwrap(),
+        )
+        .unwrap();
+        loss.backward().unwrap()
+    };
+    let make = || {
+        Tensor::from_vec(vec![0.5, -1.5, 2.0], vec![3])
+            .unwrap()
+            .requires_grad()
+    };
+    let (a, b) = (make(), make());
+    let mut opt_a = Adam::new(0.1).with_amsgrad(true);
+    for k in [1.0, 2.0] {
+        opt_a
+            .step(std::slice::from_ref(&a), &grads_for(&a, k))
+            .unwrap();
+    }
+    b.assign(&a.detach()).unwrap();
+    let mut opt_b = Adam::new(0.1).with_amsgrad(true);
+    opt_b
+        .import_state(std::slice::from_ref(&b), opt_a.export_state().unwrap())
+        .unwrap();
+    for k in [3.0, 0.5] {
+        opt_a
+            .step(std::slice::from_ref(&a), &grads_for(&a, k))
+            .unwrap();
+        opt_b
+            .step(std::slice::from_ref(&b), &grads_for(&b, k))
+            .unwrap();
+    }
+    assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    // A state of the wrong length or without AMSGrad's maximum is refused.
+    let mut st = opt_a.export_state().unwrap();
+    let short = Tensor::from_vec(vec![0.0; 2], vec![2]).unwrap();
+    assert!(Adam::new(0.1).import_state(&[short], st.clone()).is_err());
+    if let Some(Some(m)) = st.get_mut(0) {
+        m.vmax = None;
+    }
+    assert!(Adam::new(0.1)
+        .with_amsgrad(true)
+        .import_state(std::slice::from_ref(&b), st)
+        .is_err());
+}
+
+#[test]
+fn checkpoint_with_incomplete_optimizer_state_is_rejected() {
+    let dir = temp("incomplete");
+    let net = ModelKind::Lenet.build(0).unwrap();
+    let path = dir.join("ok.ckpt");
+    let (_, states) = run(1, None, None, TrainState::default());
+    checkpoint::save(&net, &states[0], &path).unwrap();
+    // Drop one moment tensor by rewriting the file without it.
+    let (mut tensors, meta) = weights::read_tensors(&path).unwrap();
+    tensors.retain(|(n, _, _)| n != "__adam_v__.conv1.weight");
+    let broken = dir.join("broken.ckpt");
+    weights::write_tensors(&broken, &tensors, Some(meta.clone())).unwrap();
+    let mut net2 = ModelKind::Lenet.build(0).unwrap();
+    let err = checkpoint::load(&mut net2, &broken)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv1.weight") && err.contains("incomplete"),
+        "{err}"
+    );
+    // No epochs_done: refused, naming the file.
+    let mut meta2 = meta;
+    meta2.remove("epochs_done");
+    let nometa = dir.join("nometa.ckpt");
+    weights::write_tensors(&nometa, &tensors, Some(meta2)).unwrap();
+    let err = checkpoint::load(&mut net2, &nometa)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("epochs_done") && err.contains("nometa.ckpt"),
+        "{err}"
+    );
+}
+
+fn train_cmd(out: &std::path::Path, resume: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_splitinv"));
+    c.args([
+        "--device",
+        "cpu",
+        "train",
+        "--model",
+        "lenet",
+        "--dataset",
+        "synthetic-digits",
+        "--limit",
+        "3000",
+        "--epochs",
+        "3",
+        "--lr-step",
+        "2",
+        "--swa-from",
+        "1",
+        "--seed",
+        "5",
+        "--json",
+        "--out",
+    ])
+    .arg(out);
+    if resume {
+        c.arg("--resume");
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() {
+    let dir = temp("sigkill");
+    let full = dir.join("full.safetensors");
+    assert!(train_cmd(&full, false).status().unwrap().success());
+
+    let cut = dir.join("cut.safetensors");
+    let ckpt = splitinv::cli_train::checkpoint_path(&cut);
+    let mut child = train_cmd(&cut, false).spawn().unwrap();
+    let t0 = Instant::now();
+    // Kill as soon as the first epoch's checkpoint exists: the run is then
+    // somewhere inside epoch 2.
+    while !ckpt.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !cut.exists(),
+        "the run was killed before writing its result"
+    );
+
+    assert!(train_cmd(&cut, true).status().unwrap().success());
+    let (a, _) = weights::read_tensors(&full).unwrap();
+    let (b, _) = weights::read_tensors(&cut).unwrap();
+    assert_eq!(a.len(), b.len());
+    for ((na, _, va), (nb, _, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "{na} differs after kill + resume");
+    }
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint is removed once the run completes"
+    );
+}
