@@ -47,7 +47,7 @@ pub fn paper_value(dataset: &str, attack: &str, setting: &str, split: &str) -> O
             (19.36, 0.6802),
             (13.95, 0.2196),
         ],
-        ("black-box", "random") => [
+        ("black-box", "random" | "random-white") => [
             (14.76, 0.7188),
             (7.72, 0.4310),
             (48.59, 0.9996),
@@ -381,7 +381,7 @@ pub fn run_cell(
     let kind = s.target.kind;
     let data_n = match setting {
         "same-set" | "same-set-same-net" | "same-set-diff-net" => s.train.len(),
-        "random" => random_n,
+        "random" | "random-white" => random_n,
         _ => s.disjoint.len(),
     };
     let mut tc = if attack == "query-free" {

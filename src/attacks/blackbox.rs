@@ -54,8 +54,18 @@ pub enum DataSetting {
     SameSet,
     /// A disjoint set from the same distribution.
     SameDist,
-    /// Gaussian noise images.
+    /// Gaussian noise images whose mean, spread and smoothness the
+    /// attacker matches to the observed features (see [`super::noise`]).
     Random,
+    /// The paper's noise: white, standard normal in normalised space.
+    RandomWhite,
+}
+
+impl DataSetting {
+    /// Whether the attacker trains on noise rather than images.
+    pub fn is_noise(self) -> bool {
+        matches!(self, DataSetting::Random | DataSetting::RandomWhite)
+    }
 }
 
 impl std::str::FromStr for DataSetting {
@@ -65,10 +75,11 @@ impl std::str::FromStr for DataSetting {
             "same-set" => Ok(DataSetting::SameSet),
             "same-dist" => Ok(DataSetting::SameDist),
             "random" => Ok(DataSetting::Random),
+            "random-white" => Ok(DataSetting::RandomWhite),
             _ => Err(Error::UnknownName {
                 kind: "black-box setting",
                 name: s.into(),
-                expected: "same-set, same-dist, random".into(),
+                expected: "same-set, same-dist, random, random-white".into(),
             }),
         }
     }
@@ -80,6 +91,7 @@ impl std::fmt::Display for DataSetting {
             DataSetting::SameSet => "same-set",
             DataSetting::SameDist => "same-dist",
             DataSetting::Random => "random",
+            DataSetting::RandomWhite => "random-white",
         })
     }
 }

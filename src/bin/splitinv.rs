@@ -133,7 +133,7 @@ enum Cmd {
         /// Attack the first N test images (default: the first of each class).
         #[arg(long)]
         images: Option<usize>,
-        /// blackbox: same-set | same-dist | random; queryfree: {same,diff}-set-{same,diff}-net.
+        /// blackbox: same-set | same-dist | random (noise matched to the observed features) | random-white (the paper's white noise); queryfree: {same,diff}-set-{same,diff}-net.
         #[arg(long)]
         setting: Option<String>,
         /// White-box (and query-free inversion) iterations (default: per-split tuned).
