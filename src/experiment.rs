@@ -474,7 +474,7 @@ pub fn run_blackbox(
         DataSetting::Random => {
             let mut rng = <TrainRng as rand::SeedableRng>::seed_from_u64(cfg.seed ^ 0x0153);
             let (m, d) = NoiseModel::calibrate(&oracle, &v, [c, h, w], &norm, 64, &mut rng)?;
-            println!(
+            eprintln!(
                 "   black-box random: noise calibrated to the observed features: pixel mean {:.1}, spread {}, blur {} px (distance {d:.3})",
                 m.mean, m.spread, m.blur
             );
@@ -499,7 +499,7 @@ pub fn run_blackbox(
         let n = n.min(EXACT_FIT_IMAGES);
         let mut rng = <TrainRng as rand::SeedableRng>::seed_from_u64(cfg.seed ^ 0x1f17);
         let mse = linear_inverse::fit_exact(&oracle, &g, n, &mut images, &mut rng)?;
-        println!(
+        eprintln!(
             "   black-box: linear inverse network solved exactly by least squares on {n} images (training MSE {mse:.3e})"
         );
     } else {

@@ -19,14 +19,18 @@ pub fn decoder_for(split: &str, feat: &[usize], chw: [usize; 3], seed: u64) -> R
     let [c0, h0, w0] = chw;
     let mut g = Sequential::new();
     match (split, feat, chw) {
-        // Authors' MNIST decoders.
+        // Authors' MNIST decoders (ReLU2: widened, see below).
         ("conv1" | "ReLU1", [8, 24, 24], [1, 28, 28]) => {
             g.push("deconv1", Layer::conv2d(8, 1, 5, 1, 4, r))?;
         }
         ("conv2" | "ReLU2", [16, 8, 8], [1, 28, 28]) => {
-            g.push("deconv1", Layer::conv_transpose2d(16, 8, 5, 1, 0, 0, r))?;
+            // The authors' shape with 16 hidden channels instead of 8: with
+            // the same training, same-dist 20.11 → 21.12 dB (paper 20.81),
+            // same-set 19.92 → 20.77 (paper 20.35); 12 channels gave 20.50,
+            // 24 gave 21.17, 32 gave 20.37 (same-dist; the lr suits ≤ 24).
+            g.push("deconv1", Layer::conv_transpose2d(16, 16, 5, 1, 0, 0, r))?;
             g.push("relu1", Layer::Relu)?;
-            g.push("deconv2", Layer::conv_transpose2d(8, 1, 5, 2, 0, 1, r))?;
+            g.push("deconv2", Layer::conv_transpose2d(16, 1, 5, 2, 0, 1, r))?;
         }
         // Authors' CIFAR decoders.
         ("conv11" | "ReLU11", [64, 32, 32], [3, 32, 32]) => {
