@@ -498,9 +498,10 @@ pub fn run_blackbox(
         // training problem exactly instead of descending towards it.
         let n = n.min(EXACT_FIT_IMAGES);
         let mut rng = <TrainRng as rand::SeedableRng>::seed_from_u64(cfg.seed ^ 0x1f17);
-        let mse = linear_inverse::fit_exact(&oracle, &g, n, &mut images, &mut rng)?;
+        let fit = linear_inverse::fit_exact(&oracle, &g, n, &mut images, &mut rng)?;
         eprintln!(
-            "   black-box: linear inverse network solved exactly by least squares on {n} images (training MSE {mse:.3e})"
+            "   black-box: linear inverse network solved exactly by least squares on {n} images (training MSE {:.3e}, ridge {:.0e} of the mean diagonal)",
+            fit.mse, fit.ridge
         );
     } else {
         blackbox::train_inverse(&oracle, &mut g, n, &mut images, cfg)?;

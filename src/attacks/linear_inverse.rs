@@ -99,14 +99,14 @@ const BATCH: usize = 32;
 
 /// Fits a linear `g` exactly on the first `n` attacker images produced by
 /// `images` (normalised space; `rng` drives noise generators). Returns the
-/// mean squared error per pixel on those images.
+/// mean squared error per pixel on those images and the ridge used.
 pub fn fit_exact(
     oracle: &dyn QueryOracle,
     g: &Sequential,
     n: usize,
     images: &mut dyn FnMut(&[usize], &mut TrainRng) -> Result<Tensor>,
     rng: &mut TrainRng,
-) -> Result<f64> {
+) -> Result<ExactFit> {
     let lc = linear_conv(g).ok_or_else(|| {
         Error::invalid(
             "exact inverse fit",
@@ -205,14 +205,30 @@ pub fn fit_exact(
         }
         rows_total += rows;
     }
-    // A whisper of ridge keeps the solve defined when a feature channel is
-    // constant (a dead ReLU channel makes PᵀP singular).
-    let ridge = 1e-9 * (0..d).map(|i| gram[i * d + i]).sum::<f64>() / d as f64;
-    let mut a = gram.clone();
-    for i in 0..d {
-        a[i * d + i] += ridge.max(1e-12);
+    // Features are often rank-deficient: CIFAR conv11's 64 channels at a
+    // position are linear in a 3×3×3 patch, so PᵀP (577×577) has rank far
+    // below 577, and f32 rounding in the per-batch GEMMs leaves it slightly
+    // indefinite. A ridge settles the null space (any solution there gives
+    // the same reconstructions, since observed features lie in the same
+    // span); start tiny and grow it only until the factorisation succeeds.
+    let mean_diag = (0..d).map(|i| gram[i * d + i]).sum::<f64>() / d as f64;
+    let mut solved = None;
+    for rel in [1e-9, 1e-7, 1e-5, 1e-3] {
+        let ridge = (rel * mean_diag).max(1e-12);
+        let mut a = gram.clone();
+        for i in 0..d {
+            a[i * d + i] += ridge;
+        }
+        if let Ok(theta) = cholesky_solve(&mut a, d, &rhs, cout) {
+            solved = Some((theta, rel));
+            break;
+        }
     }
-    let theta = cholesky_solve(&mut a, d, &rhs, cout)?;
+    let Some((theta, ridge)) = solved else {
+        return Err(Error::NonFinite(
+            "exact inverse fit: the normal equations stay singular even with a ridge of 1e-3 × their mean diagonal; the features may be constant or non-finite".into(),
+        ));
+    };
     // Training MSE = (ΣY² − 2θᵀPᵀY + θᵀPᵀPθ) / (rows·cout).
     let mut sse = yy;
     for o in 0..cout {
@@ -224,7 +240,20 @@ pub fn fit_exact(
         }
     }
     write_weights(g, &lc, &theta)?;
-    Ok((sse / (rows_total * cout) as f64).max(0.0))
+    Ok(ExactFit {
+        mse: (sse / (rows_total * cout) as f64).max(0.0),
+        ridge,
+    })
+}
+
+/// What [`fit_exact`] achieved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExactFit {
+    /// Mean squared error per pixel on the training images.
+    pub mse: f64,
+    /// The ridge that made the system solvable, relative to the mean
+    /// diagonal of PᵀP (1e-9 unless the features are rank-deficient).
+    pub ridge: f64,
 }
 
 /// Solves A X = B for symmetric positive definite A (d×d, overwritten by
@@ -381,7 +410,9 @@ mod tests {
                 Tensor::from_vec(v, vec![idx.len(), 2, 9, 9])
             };
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-            let reported = fit_exact(&oracle, &g, 40, &mut images, &mut rng).unwrap();
+            let reported = fit_exact(&oracle, &g, 40, &mut images, &mut rng)
+                .unwrap()
+                .mse;
             let best = mse(&oracle, &g, &x);
             assert!(
                 (reported - best).abs() <= 1e-4 * best.max(1e-6),
@@ -404,6 +435,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rank_deficient_features_are_solved_with_a_ridge() {
+        // 16 feature channels that are all linear in a 3×3 patch of one
+        // input channel: PᵀP (16·9 + 1 = 145 unknowns) has rank ≤ 9·9 + 1.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut f1 = Sequential::new();
+        f1.push("c", Layer::conv2d(1, 16, 3, 1, 1, &mut rng))
+            .unwrap();
+        let mut g = Sequential::new();
+        g.push("d", Layer::conv2d(16, 1, 3, 1, 1, &mut rng))
+            .unwrap();
+        let oracle = ConvOracle(f1);
+        let x = Tensor::rand_normal([64, 1, 10, 10], 0.0, 1.0, &mut rng);
+        let xv = x.to_vec().unwrap();
+        let mut images = |idx: &[usize], _: &mut TrainRng| -> Result<Tensor> {
+            let v: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| xv[i * 100..(i + 1) * 100].to_vec())
+                .collect();
+            Tensor::from_vec(v, vec![idx.len(), 1, 10, 10])
+        };
+        let fit = fit_exact(&oracle, &g, 64, &mut images, &mut rng).unwrap();
+        assert!(
+            fit.ridge > 1e-9,
+            "expected the ridge to grow, got {}",
+            fit.ridge
+        );
+        // f1 is injective here, so a linear decoder recovers x almost exactly.
+        assert!(fit.mse < 1e-3, "training MSE {}", fit.mse);
+        assert!((mse(&oracle, &g, &x) - fit.mse).abs() < 1e-3);
     }
 
     #[test]
