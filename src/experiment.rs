@@ -573,10 +573,14 @@ pub fn run_queryfree(
         nets.push(shadow);
     }
     // The attacker holds data from the target's distribution: an L2 prior
-    // without an explicit centre pulls towards that data's mean image.
+    // without an explicit centre pulls towards that data's median image.
     let mut wb = wb.clone();
     if wb.lambda_l2 > 0.0 && wb.l2_center.is_none() {
-        wb.l2_center = Some(shadow_data.mean_image());
+        // The median, not the mean: the mean of digits is a grey blur
+        // that the pull turns into haze; the median is the background
+        // (MNIST diff-set-same-net conv1: 22.04 dB / SSIM 0.887 with the
+        // mean, 22.58 / 0.905 with the median).
+        wb.l2_center = Some(shadow_data.median_image());
     }
     let pb = crate::train::progress_bar(wb.iterations as u64, true, &format!("query-free {split}"));
     let refs: Vec<&Sequential> = nets.iter().collect();

@@ -301,7 +301,7 @@ pub const QUERYFREE_SHADOWS: usize = 3;
 ///   is only faithful to f1 on the data it was trained on and answers
 ///   textures and flat regions the data never showed it with features of
 ///   its own: TV smooths the textures, the L2 pull towards the attacker
-///   data's mean image fixes the flat regions (MNIST, shadow diff-set
+///   data's median image fixes the flat regions (MNIST, shadow diff-set
 ///   conv1: 14.5 dB without the L2 prior, 20.7 dB with it and augmented
 ///   shadow training). At the first conv, λ_TV 0.1 rather than 0.3 keeps
 ///   the strokes sharper (diff-set-same-net 21.15 → 22.04 dB, SSIM 0.855 →

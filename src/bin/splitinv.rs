@@ -145,7 +145,7 @@ enum Cmd {
         /// White-box (and query-free inversion) TV weight.
         #[arg(long)]
         lambda_tv: Option<f32>,
-        /// White-box (and query-free inversion) weight of an L2 prior; query-free pulls towards the attacker data's mean image.
+        /// White-box (and query-free inversion) weight of an L2 prior; query-free pulls towards the attacker data's median image.
         #[arg(long)]
         lambda_l2: Option<f32>,
         /// Query-free: shadow networks trained and inverted together (1 = the paper's attack; default 3).

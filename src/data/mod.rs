@@ -69,6 +69,26 @@ impl Dataset {
         sum.into_iter().map(|s| (s / n) as f32).collect()
     }
 
+    /// The per-pixel median image, `C·H·W` values (zeros for an empty
+    /// set): the most typical value of each pixel, which for digit-like data
+    /// is the background, where the mean is a grey blur of all strokes.
+    pub fn median_image(&self) -> Vec<f32> {
+        let size = self.image_size();
+        if self.is_empty() || size == 0 {
+            return vec![0.0; size];
+        }
+        let mut column = Vec::with_capacity(self.len());
+        (0..size)
+            .map(|p| {
+                column.clear();
+                column.extend(self.images.chunks_exact(size).map(|img| img[p]));
+                let mid = column.len() / 2;
+                let (_, m, _) = column.select_nth_unstable_by(mid, f32::total_cmp);
+                *m
+            })
+            .collect()
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.n
@@ -703,6 +723,28 @@ mod tests {
         assert!("folder:".parse::<DatasetName>().is_err());
         assert_eq!("test".parse::<Split>().unwrap(), Split::Test);
         assert!("val".parse::<Split>().is_err());
+    }
+
+    #[test]
+    fn median_image_is_the_middle_value_of_each_pixel() {
+        // Three 1×1×2 images: pixel 0 takes 0, 0, 0.9 (median 0, mean 0.3);
+        // pixel 1 takes 0.2, 0.8, 0.5 (median 0.5).
+        let ds = Dataset {
+            images: vec![0.0, 0.2, 0.0, 0.8, 0.9, 0.5],
+            labels: vec![0, 0, 0],
+            n: 3,
+            channels: 1,
+            height: 1,
+            width: 2,
+            classes: vec!["a".into()],
+            source: "test".into(),
+        };
+        assert_eq!(ds.median_image(), vec![0.0, 0.5]);
+        let mean = ds.mean_image();
+        assert!((mean[0] - 0.3).abs() < 1e-6 && (mean[1] - 0.5).abs() < 1e-6);
+        let mut empty = ds.clone();
+        empty.truncate(0);
+        assert_eq!(empty.median_image(), vec![0.0, 0.0]);
     }
 
     #[test]
