@@ -109,6 +109,9 @@ pub struct TrainArgs {
     pub limit: Option<usize>,
     /// Flip + small affine augmentation (default on for 3-channel data).
     pub augment: Option<bool>,
+    /// Progress lines go to stderr instead of stdout (when the caller's
+    /// stdout carries JSON, as in `reproduce --json`).
+    pub log_to_stderr: bool,
 }
 
 /// The checkpoint path for an output file: `<out>.ckpt`.
@@ -121,6 +124,15 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
 /// Runs `splitinv train`; returns the JSON summary.
 pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     let t0 = std::time::Instant::now();
+    macro_rules! say {
+        ($($a:tt)*) => {
+            if args.log_to_stderr {
+                eprintln!($($a)*)
+            } else {
+                println!($($a)*)
+            }
+        };
+    }
     let train = load_for(
         &args.model,
         &args.dataset,
@@ -135,7 +147,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         args.data.as_deref(),
         None,
     )?;
-    println!(
+    say!(
         "training on {} ({} images), testing on {} images",
         train.source,
         train.len(),
@@ -148,7 +160,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     if args.resume {
         if ckpt.is_file() {
             resume = checkpoint::load(&mut net, &ckpt)?;
-            println!(
+            say!(
                 "resuming from {} after epoch {}{}{}",
                 ckpt.display(),
                 resume.epochs_done,
@@ -163,7 +175,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
                 }
             );
         } else {
-            println!(
+            say!(
                 "--resume: no checkpoint at {}, starting from scratch",
                 ckpt.display()
             );
@@ -192,7 +204,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
                 ),
                 None => String::new(),
             };
-            println!(
+            say!(
             "epoch {:>3}/{}: loss {:.4}  train acc {:.2}%  test acc {:.2}%{swa}  {:.0} img/s  lr {:.2e}",
             e.stats.epoch + 1,
             cfg.epochs,

@@ -123,3 +123,69 @@ fn cifar_zoo_model_matches_its_manifest_accuracy_on_the_exact_test_images() {
         "manifest says {listed}, measured {acc}"
     );
 }
+
+/// `reproduce` trains a missing target with `reproduce::zoo_recipe`; that
+/// recipe must be the manifest's command, flag for flag.
+#[test]
+fn reproduce_trains_missing_targets_with_the_manifest_recipe() {
+    use splitinv::reproduce::zoo_recipe;
+    use splitinv::train::TrainConfig;
+    for (model, kind) in [
+        ("lenet", ModelKind::Lenet),
+        ("cifar10cnn", ModelKind::Cifar10Cnn),
+    ] {
+        let entry = manifest()
+            .into_iter()
+            .find(|e| e["model"] == model)
+            .unwrap();
+        let cmd = entry["command"].as_str().unwrap().to_string();
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let flag = |name: &str| {
+            words
+                .iter()
+                .position(|w| *w == name)
+                .map(|i| words[i + 1].to_string())
+        };
+        let d = TrainConfig::default();
+        let r = zoo_recipe(kind);
+        let num = |name: &str, default: f64| -> f64 {
+            flag(name).map_or(default, |v| v.parse().unwrap())
+        };
+        assert_eq!(
+            r.epochs as f64,
+            num("--epochs", d.epochs as f64),
+            "{model} epochs in {cmd}"
+        );
+        assert_eq!(
+            r.batch as f64,
+            num("--batch", d.batch as f64),
+            "{model} batch"
+        );
+        assert_eq!(
+            r.lr as f64,
+            num("--lr", d.lr as f64) as f32 as f64,
+            "{model} lr"
+        );
+        assert_eq!(
+            r.lr_step as f64,
+            num("--lr-step", d.lr_step as f64),
+            "{model} lr-step"
+        );
+        assert_eq!(
+            r.lr_gamma,
+            num("--lr-gamma", d.lr_gamma as f64) as f32,
+            "{model} lr-gamma"
+        );
+        assert_eq!(r.seed as f64, num("--seed", d.seed as f64), "{model} seed");
+        assert_eq!(
+            r.swa_from,
+            flag("--swa-from").map(|v| v.parse().unwrap()),
+            "{model} swa-from"
+        );
+        assert_eq!(
+            r.swa_lr,
+            flag("--swa-lr").map(|v| v.parse().unwrap()),
+            "{model} swa-lr"
+        );
+    }
+}

@@ -247,6 +247,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume,
                 limit,
                 augment,
+                log_to_stderr: false,
             };
             let summary = cli_train::train(&args)?;
             println!(
