@@ -48,12 +48,15 @@ fn is_reserved(name: &str) -> bool {
 
 /// Writes `net`'s weights and `state` to `path`, atomically.
 pub fn save(net: &Sequential, state: &TrainState, path: &Path) -> Result<()> {
-    let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
     let mut tensors: Vec<NamedValues> = weights::param_values(net)?;
+    // Names and shapes of the parameters, which the extra tensors share.
+    let params: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, s, _)| (n.clone(), s.clone()))
+        .collect();
     let mut meta = HashMap::from([("epochs_done".to_string(), state.epochs_done.to_string())]);
-    let shapes: Vec<Vec<usize>> = tensors.iter().map(|(_, s, _)| s.clone()).collect();
     if let Some(adam) = &state.adam {
-        for ((name, shape), m) in names.iter().zip(&shapes).zip(adam) {
+        for ((name, shape), m) in params.iter().zip(adam) {
             let Some(m) = m else { continue };
             meta.insert(format!("adam_step.{name}"), m.step.to_string());
             tensors.push((format!("{ADAM_M}{name}"), shape.clone(), m.m.clone()));
@@ -65,7 +68,7 @@ pub fn save(net: &Sequential, state: &TrainState, path: &Path) -> Result<()> {
     }
     if let Some(swa) = &state.swa {
         meta.insert("swa_count".into(), swa.count.to_string());
-        for ((name, shape), avg) in names.iter().zip(&shapes).zip(&swa.values) {
+        for ((name, shape), avg) in params.iter().zip(&swa.values) {
             tensors.push((format!("{SWA}{name}"), shape.clone(), avg.clone()));
         }
     }

@@ -160,10 +160,7 @@ pub fn train_classifier(
         let swa_test_accuracy = if averaging {
             swa.update(&params)?;
             // Score the average by swapping it in, then put the weights back.
-            let current = SwaAverage {
-                count: 1,
-                values: params.iter().map(|p| p.to_vec()).collect::<Result<_>>()?,
-            };
+            let current = SwaAverage::snapshot(&params)?;
             swa.write_into(&params)?;
             let acc = accuracy(&eval_net);
             current.write_into(&params)?;

@@ -286,23 +286,35 @@ pub struct SwaAverage {
 }
 
 impl SwaAverage {
-    /// Adds the current weights: mean ← mean + (w − mean) / (count + 1).
-    pub fn update(&mut self, params: &[Tensor]) -> Result<()> {
-        if self.count > 0 && self.values.len() != params.len() {
-            return Err(Error::invalid(
-                "swa",
-                format!(
-                    "the average has {} parameters, the model {}",
-                    self.values.len(),
-                    params.len()
-                ),
-            ));
-        }
-        if self.count == 0 {
-            self.values = params.iter().map(|p| p.to_vec()).collect::<Result<_>>()?;
-            self.count = 1;
+    /// The current weights as an average of one snapshot.
+    pub fn snapshot(params: &[Tensor]) -> Result<Self> {
+        Ok(SwaAverage {
+            count: 1,
+            values: params.iter().map(|p| p.to_vec()).collect::<Result<_>>()?,
+        })
+    }
+
+    fn check_len(&self, params: &[Tensor]) -> Result<()> {
+        if self.values.len() == params.len() {
             return Ok(());
         }
+        Err(Error::invalid(
+            "swa",
+            format!(
+                "the average has {} parameters, the model {}",
+                self.values.len(),
+                params.len()
+            ),
+        ))
+    }
+
+    /// Adds the current weights: mean ← mean + (w − mean) / (count + 1).
+    pub fn update(&mut self, params: &[Tensor]) -> Result<()> {
+        if self.count == 0 {
+            *self = SwaAverage::snapshot(params)?;
+            return Ok(());
+        }
+        self.check_len(params)?;
         let k = 1.0 / (self.count + 1) as f32;
         for (avg, p) in self.values.iter_mut().zip(params) {
             let w = p.to_vec()?;
@@ -327,16 +339,7 @@ impl SwaAverage {
     /// Writes the average into `params` (their storage, so every handle on
     /// the model sees it).
     pub fn write_into(&self, params: &[Tensor]) -> Result<()> {
-        if self.values.len() != params.len() {
-            return Err(Error::invalid(
-                "swa",
-                format!(
-                    "the average has {} parameters, the model {}",
-                    self.values.len(),
-                    params.len()
-                ),
-            ));
-        }
+        self.check_len(params)?;
         for (avg, p) in self.values.iter().zip(params) {
             let t = Tensor::from_vec(avg.clone(), p.shape().clone())?.to_device(p.device())?;
             p.assign(&t)?;

@@ -40,6 +40,9 @@ struct LinearConv {
     pad: usize,
     /// The layer is a transposed conv (weights stored flipped and swapped).
     transposed: bool,
+    /// The layer's parameters (shared storage: writing them updates g).
+    weight: Tensor,
+    bias: Tensor,
 }
 
 fn linear_conv(g: &Sequential) -> Option<LinearConv> {
@@ -49,7 +52,7 @@ fn linear_conv(g: &Sequential) -> Option<LinearConv> {
     match layer {
         Layer::Conv2d {
             weight,
-            bias: Some(_),
+            bias: Some(bias),
             params,
         } => {
             let d = weight.dims();
@@ -60,11 +63,13 @@ fn linear_conv(g: &Sequential) -> Option<LinearConv> {
                     k: d[2],
                     pad: params.padding[0],
                     transposed: false,
+                    weight: weight.clone(),
+                    bias: bias.clone(),
                 })
         }
         Layer::ConvTranspose2d {
             weight,
-            bias: Some(_),
+            bias: Some(bias),
             params,
         } => {
             let d = weight.dims();
@@ -81,6 +86,8 @@ fn linear_conv(g: &Sequential) -> Option<LinearConv> {
                     k: d[2],
                     pad: d[2] - 1 - p,
                     transposed: true,
+                    weight: weight.clone(),
+                    bias: bias.clone(),
                 })
         }
         _ => None,
@@ -239,7 +246,7 @@ pub fn fit_exact(
             sse += ti * gt;
         }
     }
-    write_weights(g, &lc, &theta)?;
+    write_weights(&lc, &theta)?;
     Ok(ExactFit {
         mse: (sse / (rows_total * cout) as f64).max(0.0),
         ridge,
@@ -301,30 +308,10 @@ fn cholesky_solve(a: &mut [f64], d: usize, b: &[f64], m: usize) -> Result<Vec<f6
     Ok(x)
 }
 
-fn write_weights(g: &Sequential, lc: &LinearConv, theta: &[f64]) -> Result<()> {
+fn write_weights(lc: &LinearConv, theta: &[f64]) -> Result<()> {
     let (cin, cout, k) = (lc.cin, lc.cout, lc.k);
     let d = cin * k * k + 1;
-    let [(_, layer)] = g.layers() else {
-        return Err(Error::invalid("exact inverse fit", "expected one layer"));
-    };
-    let (weight, bias) = match layer {
-        Layer::Conv2d {
-            weight,
-            bias: Some(b),
-            ..
-        }
-        | Layer::ConvTranspose2d {
-            weight,
-            bias: Some(b),
-            ..
-        } => (weight, b),
-        _ => {
-            return Err(Error::invalid(
-                "exact inverse fit",
-                "expected a convolution with a bias",
-            ))
-        }
-    };
+    let (weight, bias) = (&lc.weight, &lc.bias);
     let mut wv = vec![0f32; cin * cout * k * k];
     for o in 0..cout {
         for c in 0..cin {

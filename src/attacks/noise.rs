@@ -53,13 +53,16 @@ impl NoiseModel {
     pub fn sample(&self, n: usize, chw: [usize; 3], rng: &mut impl Rng) -> Result<Tensor> {
         let [c, h, w] = chw;
         let plane = h * w;
-        let mut data = Vec::with_capacity(n * c * plane);
-        for _ in 0..n * c {
-            let mut z = crate::tensor::normal_vec(plane, 0.0, 1.0, rng);
-            if self.blur > 0.0 {
-                gaussian_blur(&mut z, h, w, self.blur);
+        let mut data = crate::tensor::normal_vec(n * c * plane, 0.0, 1.0, rng);
+        if self.blur > 0.0 && plane > 0 {
+            let blur = GaussianBlur::new(h, w, self.blur);
+            let mut tmp = vec![0f32; plane];
+            for z in data.chunks_mut(plane) {
+                blur.apply(z, &mut tmp);
             }
-            data.extend(z.iter().map(|v| self.mean + self.spread * v));
+        }
+        for v in data.iter_mut() {
+            *v = self.mean + self.spread * *v;
         }
         Tensor::from_vec(data, vec![n, c, h, w])
     }
@@ -149,53 +152,84 @@ fn channel_stats(v: &Tensor) -> Result<Vec<(f64, f64)>> {
     Ok(out)
 }
 
-/// Separable Gaussian blur of one h×w plane, reflecting at the borders,
-/// scaled so white noise of unit variance stays of unit variance.
-fn gaussian_blur(z: &mut [f32], h: usize, w: usize, sigma: f32) {
-    let r = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-r..=r)
-        .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let total: f32 = kernel.iter().sum();
-    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
-    // Blurring white noise of variance 1 leaves variance (Σk²)² (the 2-D
-    // kernel is the outer product); dividing by Σk² brings it back to 1
-    // without touching the low frequencies a per-plane rescale would.
-    let gain = 1.0 / kernel.iter().map(|k| k * k).sum::<f32>();
-    let reflect = |i: isize, n: usize| -> usize {
-        let n = n as isize;
-        if n == 1 {
-            return 0;
-        }
-        let period = 2 * (n - 1);
-        let m = i.rem_euclid(period);
-        (if m < n { m } else { period - m }) as usize
-    };
-    // Source index of every (output position, tap), per axis, computed once.
-    let taps = kernel.len();
-    let table = |n: usize| -> Vec<usize> {
-        (0..n)
-            .flat_map(|i| (0..taps).map(move |k| reflect(i as isize + k as isize - r, n)))
-            .collect()
-    };
-    let (xs, ys) = (table(w), table(h));
-    let mut tmp = vec![0f32; z.len()];
-    for y in 0..h {
-        let row = &z[y * w..(y + 1) * w];
-        for x in 0..w {
-            let src = &xs[x * taps..(x + 1) * taps];
-            tmp[y * w + x] = kernel.iter().zip(src).map(|(kv, &i)| kv * row[i]).sum();
+/// Separable Gaussian blur of h×w planes, reflecting at the borders,
+/// scaled so white noise of unit variance stays of unit variance. Built
+/// once per batch: the kernel and the reflected source index of every
+/// (position, tap) do not depend on the plane.
+struct GaussianBlur {
+    h: usize,
+    w: usize,
+    kernel: Vec<f32>,
+    gain: f32,
+    /// Source column of (x, tap), `w·taps` entries.
+    xs: Vec<usize>,
+    /// Source row of (y, tap), `h·taps` entries.
+    ys: Vec<usize>,
+}
+
+impl GaussianBlur {
+    fn new(h: usize, w: usize, sigma: f32) -> Self {
+        let r = (3.0 * sigma).ceil() as isize;
+        let kernel: Vec<f32> = (-r..=r)
+            .map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let total: f32 = kernel.iter().sum();
+        let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+        // Blurring white noise of variance 1 leaves variance (Σk²)² (the 2-D
+        // kernel is the outer product); dividing by Σk² brings it back to 1
+        // without touching the low frequencies a per-plane rescale would.
+        let gain = 1.0 / kernel.iter().map(|k| k * k).sum::<f32>();
+        let reflect = |i: isize, n: usize| -> usize {
+            let n = n as isize;
+            if n == 1 {
+                return 0;
+            }
+            let period = 2 * (n - 1);
+            let m = i.rem_euclid(period);
+            (if m < n { m } else { period - m }) as usize
+        };
+        let taps = kernel.len();
+        let table = |n: usize| -> Vec<usize> {
+            (0..n)
+                .flat_map(|i| (0..taps).map(move |k| reflect(i as isize + k as isize - r, n)))
+                .collect()
+        };
+        GaussianBlur {
+            h,
+            w,
+            gain,
+            xs: table(w),
+            ys: table(h),
+            kernel,
         }
     }
-    for y in 0..h {
-        let src = &ys[y * taps..(y + 1) * taps];
-        for x in 0..w {
-            z[y * w + x] = gain
-                * kernel
+
+    /// Blurs one plane `z` in place; `tmp` is scratch of the same length.
+    fn apply(&self, z: &mut [f32], tmp: &mut [f32]) {
+        let (h, w, taps) = (self.h, self.w, self.kernel.len());
+        for y in 0..h {
+            let row = &z[y * w..(y + 1) * w];
+            for x in 0..w {
+                let src = &self.xs[x * taps..(x + 1) * taps];
+                tmp[y * w + x] = self
+                    .kernel
                     .iter()
                     .zip(src)
-                    .map(|(kv, &i)| kv * tmp[i * w + x])
-                    .sum::<f32>();
+                    .map(|(kv, &i)| kv * row[i])
+                    .sum();
+            }
+        }
+        for y in 0..h {
+            let src = &self.ys[y * taps..(y + 1) * taps];
+            for x in 0..w {
+                z[y * w + x] = self.gain
+                    * self
+                        .kernel
+                        .iter()
+                        .zip(src)
+                        .map(|(kv, &i)| kv * tmp[i * w + x])
+                        .sum::<f32>();
+            }
         }
     }
 }
@@ -270,7 +304,7 @@ mod tests {
     #[test]
     fn blur_keeps_a_constant_plane_flat() {
         let mut z = vec![2.5f32; 5 * 7];
-        gaussian_blur(&mut z, 5, 7, 1.5);
+        GaussianBlur::new(5, 7, 1.5).apply(&mut z, &mut [0.0; 5 * 7]);
         let first = z[0];
         assert!(z.iter().all(|v| (v - first).abs() < 1e-4), "{z:?}");
     }
