@@ -6,6 +6,7 @@ same run:
 
     python3 benches/compare_pytorch.py --threads 2            # CPU
     python3 benches/compare_pytorch.py --device cuda          # GPU (eager)
+    python3 benches/compare_pytorch.py --device cuda --no-tf32   # GPU, cuDNN in FP32
 
 It runs `target/release/splitinv bench --json` (build it first with
 `cargo build --release`) unless --splitinv-json FILE gives its output, then
@@ -50,7 +51,7 @@ def tv_squared(x):
     return ((x[:, :, 1:, :] - x[:, :, :-1, :]) ** 2).mean() + ((x[:, :, :, 1:] - x[:, :, :, :-1]) ** 2).mean()
 
 
-def workloads():
+def workloads(device):
     out = []
     for tag, make, shape in [("mnist", lenet, (1, 28, 28)), ("cifar", cifar_cnn, (3, 32, 32))]:
         for b in (32, 128):
@@ -60,6 +61,10 @@ def workloads():
         for s in splits:
             for b in (1, 10):
                 out.append((f"whitebox/{tag}/{s}/b{b}", tag, make, shape, b, names.index(s) + 1))
+    if device != "cpu":
+        # The GPU-only workloads of `splitinv bench` (src/bench.rs).
+        out.append(("train/cifar/b256", "cifar", cifar_cnn, (3, 32, 32), 256, None))
+        out.append(("whitebox/cifar/ReLU22/b1000", "cifar", cifar_cnn, (3, 32, 32), 1000, CIFAR_NAMES.index("ReLU22") + 1))
     return out
 
 
@@ -118,8 +123,13 @@ def main():
     ap.add_argument("--splitinv-json", help="file with `splitinv bench --json` output (else it is run)")
     ap.add_argument("--splitinv", default="target/release/splitinv")
     ap.add_argument("--filter", default="")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="cuDNN convolutions in full FP32 (PyTorch's default lets them use TF32 tensor cores)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     ours = {}
     if args.splitinv_json:
@@ -133,22 +143,37 @@ def main():
         if args.filter:
             cmd += ["--filter", args.filter]
         lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+    peaks = {}
     for line in lines:
         if line.strip().startswith("{"):
             r = json.loads(line)
             ours[r["workload"]] = r["s_per_step"]
+            peaks[r["workload"]] = r.get("peak_gpu_bytes")
 
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
-    print("| workload | PyTorch ms/step | splitinv ms/step | speed-up |")
-    print("|---|---:|---:|---:|")
-    for name, _tag, make, shape, batch, cut in workloads():
+    gpu = args.device != "cpu"
+    mib = lambda b: f"{b / 2**20:.1f}" if b is not None else "n/a"
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}"
+          + (f", {torch.cuda.get_device_name()}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}" if gpu else ""))
+    if gpu:
+        print("| workload | PyTorch ms/step | splitinv ms/step | speed-up | PyTorch peak MiB | splitinv peak MiB |")
+        print("|---|---:|---:|---:|---:|---:|")
+    else:
+        print("| workload | PyTorch ms/step | splitinv ms/step | speed-up |")
+        print("|---|---:|---:|---:|")
+    for name, _tag, make, shape, batch, cut in workloads(args.device):
         if args.filter and args.filter not in name:
             continue
+        if gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         t = time_step(prepare(make, shape, batch, cut, args.device), args.device, args.quick)
         o = ours.get(name)
         ratio = f"{t / o:.2f}x" if o else "n/a"
         ostr = f"{o * 1e3:.3f}" if o else "n/a"
-        print(f"| {name} | {t * 1e3:.3f} | {ostr} | {ratio} |")
+        row = f"| {name} | {t * 1e3:.3f} | {ostr} | {ratio} |"
+        if gpu:
+            row += f" {mib(torch.cuda.max_memory_allocated())} | {mib(peaks.get(name))} |"
+        print(row)
         sys.stdout.flush()
 
 

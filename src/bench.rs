@@ -24,6 +24,16 @@ pub struct BenchResult {
     pub images_per_s: f64,
     /// Steps measured.
     pub steps: usize,
+    /// On a GPU: the most bytes the memory pool had in use at once while
+    /// the workload was prepared and timed (weights, data, optimiser state,
+    /// activations, gradients, workspaces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_bytes: Option<usize>,
+    /// The bytes of the step's activations: the input batch and every
+    /// layer's output, f32. Its gradients take as many again, so
+    /// `2 * activation_bytes` is what the step cannot do without; the peak
+    /// is compared with that.
+    pub activation_bytes: usize,
 }
 
 /// A workload: its name, model, batch size and (for attacks) split layer.
@@ -37,6 +47,8 @@ pub struct Workload {
     pub batch: usize,
     /// `Some(split)` for a white-box attack step, `None` for a training step.
     pub split: Option<&'static str>,
+    /// Only run on a GPU (too big to be worth minutes on a CPU).
+    pub gpu_only: bool,
 }
 
 /// The standard list: training steps and white-box attack steps.
@@ -52,6 +64,7 @@ pub fn standard_workloads() -> Vec<Workload> {
                 model: m,
                 batch: b,
                 split: None,
+                gpu_only: false,
             });
         }
     }
@@ -70,11 +83,43 @@ pub fn standard_workloads() -> Vec<Workload> {
                     model: m,
                     batch: b,
                     split: Some(s),
+                    gpu_only: false,
                 });
             }
         }
     }
+    // The GPU's own scale: a large training batch and the memory
+    // workload (1000 CIFAR images attacked at once).
+    v.push(Workload {
+        name: "train/cifar/b256".into(),
+        model: ModelKind::Cifar10Cnn,
+        batch: 256,
+        split: None,
+        gpu_only: true,
+    });
+    v.push(Workload {
+        name: "whitebox/cifar/ReLU22/b1000".into(),
+        model: ModelKind::Cifar10Cnn,
+        batch: 1000,
+        split: Some("ReLU22"),
+        gpu_only: true,
+    });
     v
+}
+
+/// Bytes of the input batch plus every layer output the step's forward
+/// pass keeps (f32), from the shapes of a one-image pass on the CPU.
+pub fn activation_bytes(w: &Workload) -> Result<usize> {
+    let net = w.model.build(1)?;
+    let net = match w.split {
+        Some(split) => net.split(split)?.0,
+        None => net,
+    };
+    let [c, h, wd] = w.model.input_chw();
+    let x = Tensor::zeros([1, c, h, wd]);
+    let outs = no_grad(|| net.forward_all(&x))?;
+    let per_image: usize = c * h * wd + outs.iter().map(|t| t.numel()).sum::<usize>();
+    Ok(per_image * w.batch * std::mem::size_of::<f32>())
 }
 
 /// A prepared step that can be run repeatedly.
@@ -161,6 +206,18 @@ pub fn time_step(
 
 /// Runs one workload.
 pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
+    // On a GPU the peak is the workload's own: the previous workload's
+    // buffers are gone, and the pool's cache is emptied so that blocks of
+    // the wrong size classes don't count.
+    let gpu = match crate::device::default_device() {
+        crate::Device::Cpu => None,
+        crate::Device::Cuda(n) => Some(crate::cuda::device(n)?),
+    };
+    if let Some(g) = &gpu {
+        g.synchronize()?;
+        g.trim();
+        g.reset_peak();
+    }
     let mut step = prepare(w)?;
     let (warmup, min_steps, budget) = if quick {
         (2, 3, Duration::from_millis(300))
@@ -168,10 +225,47 @@ pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
         (5, 10, Duration::from_secs(3))
     };
     let (median, steps) = time_step(&mut step, warmup, min_steps, budget)?;
+    let peak_gpu_bytes = gpu.map(|g| g.memory_stats().peak_in_use);
+    drop(step);
     Ok(BenchResult {
         workload: w.name.clone(),
         s_per_step: median,
         images_per_s: w.batch as f64 / median,
         steps,
+        peak_gpu_bytes,
+        activation_bytes: activation_bytes(w)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str) -> Workload {
+        standard_workloads()
+            .into_iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no workload {name}"))
+    }
+
+    #[test]
+    fn activation_bytes_count_the_input_and_every_layer_output() {
+        // LeNet to conv1: the 1×28×28 input and conv1's 8×24×24 output.
+        let w = workload("whitebox/mnist/conv1/b10");
+        assert_eq!(activation_bytes(&w).unwrap(), 10 * (784 + 8 * 24 * 24) * 4);
+        // CIFAR10CNN to ReLU22: input, conv11, ReLU11, conv12, ReLU12 at
+        // 64×32×32, pool1 at 64×16×16, conv21, ReLU21, conv22, ReLU22 at
+        // 128×16×16.
+        let w = workload("whitebox/cifar/ReLU22/b1000");
+        let per_image = 3 * 1024 + 4 * 64 * 1024 + 64 * 256 + 4 * 128 * 256;
+        assert_eq!(activation_bytes(&w).unwrap(), 1000 * per_image * 4);
+    }
+
+    #[test]
+    fn the_large_workloads_are_gpu_only() {
+        for w in standard_workloads() {
+            assert_eq!(w.gpu_only, w.batch > 128, "{}", w.name);
+        }
+        assert!(workload("train/cifar/b256").gpu_only);
+    }
 }

@@ -460,8 +460,10 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             filter,
         } => {
+            let on_gpu = splitinv::device::default_device() != splitinv::Device::Cpu;
             let workloads: Vec<_> = bench::standard_workloads()
                 .into_iter()
+                .filter(|w| on_gpu || !w.gpu_only)
                 .filter(|w| filter.as_deref().is_none_or(|f| w.name.contains(f)))
                 .collect();
             if workloads.is_empty() {
@@ -475,8 +477,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !json {
                 println!(
-                    "{:<28} {:>12} {:>12} {:>7}",
-                    "workload", "ms/step", "images/s", "steps"
+                    "{:<28} {:>12} {:>12} {:>7} {:>12} {:>12}",
+                    "workload", "ms/step", "images/s", "steps", "GPU peak", "act+grad"
                 );
             }
             for w in &workloads {
@@ -487,12 +489,15 @@ fn run(cli: Cli) -> Result<()> {
                         serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?
                     );
                 } else {
+                    let fmt = splitinv::cuda::format_bytes;
                     println!(
-                        "{:<28} {:>12.4} {:>12.1} {:>7}",
+                        "{:<28} {:>12.4} {:>12.1} {:>7} {:>12} {:>12}",
                         r.workload,
                         r.s_per_step * 1e3,
                         r.images_per_s,
-                        r.steps
+                        r.steps,
+                        r.peak_gpu_bytes.map_or("-".into(), fmt),
+                        fmt(2 * r.activation_bytes)
                     );
                 }
             }
