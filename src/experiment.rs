@@ -302,22 +302,22 @@ fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
     Tensor::from_vec(data, dims)
 }
 
-/// How many images one white-box batch may hold on the GPU, or `None`
-/// when the whole batch is run at once (on the CPU, or when it fits).
+/// How many images one attack batch may hold on the GPU, or `None` when
+/// the whole batch is run at once (on the CPU, or when it fits).
 ///
-/// The need per image is *measured*: one iteration on the first image with
-/// the pool's peak counter reset, minus what was in use before. That counts
-/// exactly what the attack allocates (activations kept for backward, their
+/// The need per image is *measured*: `probe` runs one iteration of the
+/// attack on the first image of `v` (the observed features) with the pool's
+/// peak counter reset, minus what was in use before. That counts exactly
+/// what the attack allocates (activations kept for backward, their
 /// gradients, the optimizer state, size-class rounding) with no model of
 /// the layers to keep in sync; the activations, and so the need, grow
 /// linearly with the batch. 10% is kept in reserve for the per-launch
 /// scratch (partial sums) that does not scale with the batch. The room is
 /// the budget (`--gpu-mem`), else the device's free memory.
-fn whitebox_chunk(
-    f1: &Sequential,
+fn gpu_chunk(
     v: &Tensor,
-    target: &Target,
-    cfg: &WhiteBoxConfig,
+    what: &str,
+    probe: &mut dyn FnMut(&Tensor) -> Result<()>,
 ) -> Result<Option<usize>> {
     let crate::Device::Cuda(ord) = v.device() else {
         return Ok(None);
@@ -331,19 +331,8 @@ fn whitebox_chunk(
     };
     let one = rows(v, 0..1)?.to_device(v.device())?;
     dev.reset_peak();
-    let probe = WhiteBoxConfig {
-        iterations: 1,
-        ..cfg.clone()
-    };
-    whitebox::invert(
-        f1,
-        &one,
-        target.chw(),
-        &target.norm,
-        &probe,
-        &mut |_| Ok(()),
-    )
-    .map_err(|e| Error::Msg(format!("white-box: one image does not fit on the GPU: {e}")))?;
+    probe(&one)
+        .map_err(|e| Error::Msg(format!("{what}: one image does not fit on the GPU: {e}")))?;
     dev.synchronize()?;
     let need = dev
         .memory_stats()
@@ -356,7 +345,7 @@ fn whitebox_chunk(
     let fit = room / per_image;
     if fit == 0 {
         return Err(Error::Cuda(format!(
-            "white-box: one image needs about {} of GPU memory (measured), but only {} is \
+            "{what}: one image needs about {} of GPU memory (measured), but only {} is \
              free under the budget {}; raise --gpu-mem",
             crate::cuda::format_bytes(per_image),
             crate::cuda::format_bytes(room),
@@ -368,11 +357,46 @@ fn whitebox_chunk(
         return Ok(None);
     }
     eprintln!(
-        "white-box: {n} images need about {} of GPU memory, {} is free: attacking {fit} at a time",
+        "{what}: {n} images need about {} of GPU memory, {} is free: attacking {fit} at a time",
         crate::cuda::format_bytes(per_image * n),
         crate::cuda::format_bytes(room)
     );
     Ok(Some(fit))
+}
+
+/// `f` applied to `v` whole (`chunk` = `None`), or to consecutive chunks of
+/// `chunk` rows on `v`'s device, the results stacked in order.
+fn map_chunks(
+    v: &Tensor,
+    chunk: Option<usize>,
+    f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let Some(chunk) = chunk else {
+        return f(v);
+    };
+    let n = v.shape().dim(0)?;
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(chunk.max(1)) {
+        let part = rows(v, start..(start + chunk).min(n))?.to_device(v.device())?;
+        parts.push(f(&part)?);
+    }
+    cat_rows(&parts)
+}
+
+/// [`gpu_chunk`] for the white-box attack on `f1`.
+fn whitebox_chunk(
+    f1: &Sequential,
+    v: &Tensor,
+    target: &Target,
+    cfg: &WhiteBoxConfig,
+) -> Result<Option<usize>> {
+    let probe = WhiteBoxConfig {
+        iterations: 1,
+        ..cfg.clone()
+    };
+    gpu_chunk(v, "white-box", &mut |one| {
+        whitebox::invert(f1, one, target.chw(), &target.norm, &probe, &mut |_| Ok(())).map(|_| ())
+    })
 }
 
 /// White-box attack on `originals` (pixels) at `split`. On a GPU, a batch
@@ -503,7 +527,11 @@ pub fn run_blackbox(
     } else {
         blackbox::train_inverse(&oracle, &mut g, n, &mut images, cfg)?;
     }
-    let recon = blackbox::reconstruct(&g, &v)?;
+    // On a GPU, more images than the budget holds are decoded in chunks.
+    let chunk = gpu_chunk(&v, "black-box", &mut |one| {
+        blackbox::reconstruct(&g, one).map(|_| ())
+    })?;
+    let recon = map_chunks(&v, chunk, &mut |part| blackbox::reconstruct(&g, part))?;
     outcome(target, &recon, originals, t0)
 }
 
@@ -579,14 +607,54 @@ pub fn run_queryfree(
         // mean, 22.58 / 0.905 with the median).
         wb.l2_center = Some(shadow_data.median_image());
     }
-    let pb = crate::train::progress_bar(wb.iterations as u64, true, &format!("query-free {split}"));
     let refs: Vec<&Sequential> = nets.iter().collect();
-    let recon = whitebox::invert_ensemble(&refs, &observed, target.chw(), &norm, &wb, &mut |p| {
-        if p.iteration % 50 == 0 {
-            pb.set_position(p.iteration as u64);
-        }
-        Ok(())
+    let invert = |observed: &Tensor| -> Result<Tensor> {
+        let pb =
+            crate::train::progress_bar(wb.iterations as u64, true, &format!("query-free {split}"));
+        let recon =
+            whitebox::invert_ensemble(&refs, observed, target.chw(), &norm, &wb, &mut |p| {
+                if p.iteration % 50 == 0 {
+                    pb.set_position(p.iteration as u64);
+                }
+                Ok(())
+            })?;
+        pb.finish_and_clear();
+        Ok(recon)
+    };
+    // On a GPU, more images than the budget holds are inverted in chunks
+    // (the shadows are trained once and shared).
+    let probe = WhiteBoxConfig {
+        iterations: 1,
+        ..wb.clone()
+    };
+    let chunk = gpu_chunk(&observed, "query-free", &mut |one| {
+        whitebox::invert_ensemble(&refs, one, target.chw(), &norm, &probe, &mut |_| Ok(()))
+            .map(|_| ())
     })?;
-    pb.finish_and_clear();
+    let recon = map_chunks(&observed, chunk, &mut |part| invert(part))?;
     outcome(target, &recon, originals, t0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_application_equals_the_whole() {
+        // 7 rows of 3 values in chunks of 3: sizes 3, 3, 1, stacked in order.
+        let data: Vec<f32> = (0..21).map(|i| i as f32).collect();
+        let v = Tensor::from_vec(data.clone(), [7, 3]).unwrap();
+        let mut calls = Vec::new();
+        let mut double = |t: &Tensor| {
+            calls.push(t.shape().dim(0).unwrap());
+            ops::scale(t, 2.0)
+        };
+        let whole = map_chunks(&v, None, &mut double).unwrap();
+        let chunked = map_chunks(&v, Some(3), &mut double).unwrap();
+        assert_eq!(calls, vec![7, 3, 3, 1]);
+        assert_eq!(chunked.dims(), &[7, 3]);
+        assert_eq!(chunked.to_vec().unwrap(), whole.to_vec().unwrap());
+        let want: Vec<f32> = data.iter().map(|x| 2.0 * x).collect();
+        assert_eq!(whole.to_vec().unwrap(), want);
+    }
 }
