@@ -167,6 +167,38 @@ impl Dataset {
         })
     }
 
+    /// This dataset followed by `other` (same image shape and classes).
+    pub fn concat(&self, other: &Dataset) -> Result<Dataset> {
+        if self.image_dims() != other.image_dims() || self.classes != other.classes {
+            return Err(Error::invalid(
+                "concat",
+                format!(
+                    "{} ({:?}, {} classes) and {} ({:?}, {} classes) differ in image shape or classes",
+                    self.source,
+                    self.image_dims(),
+                    self.classes.len(),
+                    other.source,
+                    other.image_dims(),
+                    other.classes.len()
+                ),
+            ));
+        }
+        let mut images = self.images.clone();
+        images.extend_from_slice(&other.images);
+        let mut labels = self.labels.clone();
+        labels.extend_from_slice(&other.labels);
+        Ok(Dataset {
+            images,
+            n: labels.len(),
+            labels,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+            classes: self.classes.clone(),
+            source: format!("{} + {}", self.source, other.source),
+        })
+    }
+
     /// Keeps the first `n` samples (all if there are fewer).
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.n);
@@ -447,6 +479,50 @@ pub fn load(
             "internal: dataset '{name}' reached the file loaders"
         ))),
     }
+}
+
+/// The CIFAR-10 test images of the JPEG archive (`<root>/cifar10/cifar10-jpeg.tar.gz`,
+/// `test/<class>/NNNN.jpg`, NNNN = the image's rank within its class in the
+/// official order) that are *not* among `exact`, the first `exact.len()`
+/// official test images: per class, the ranks from that class's count in
+/// `exact` on. A same-distribution set disjoint from the training set and
+/// from every exactly stored test image (9000 images beside
+/// `test_batch_exact1000.bin`). `None` when the archive is absent or `exact`
+/// is already the whole test set.
+pub fn cifar10_jpeg_test_beyond(root: &Path, exact: &Dataset) -> Result<Option<Dataset>> {
+    let tgz = root.join("cifar10").join("cifar10-jpeg.tar.gz");
+    if !tgz.is_file() || exact.len() >= 10_000 {
+        return Ok(None);
+    }
+    let jpeg = load_image_tar_gz(&tgz, "test/", Some(3), None)?;
+    if jpeg.classes != exact.classes {
+        return Err(Error::Msg(format!(
+            "{}: test classes {:?}, expected the CIFAR-10 classes {:?}",
+            tgz.display(),
+            jpeg.classes,
+            exact.classes
+        )));
+    }
+    // The archive lists each class's files in rank order.
+    let skip = exact.class_counts();
+    let mut seen = vec![0usize; jpeg.classes.len()];
+    let mut keep = Vec::new();
+    for (i, &l) in jpeg.labels.iter().enumerate() {
+        if let (Some(rank), Some(&s)) = (seen.get_mut(l), skip.get(l)) {
+            if *rank >= s {
+                keep.push(i);
+            }
+            *rank += 1;
+        }
+    }
+    let mut ds = jpeg.subset(&keep)?;
+    ds.source = format!(
+        "{} test images beyond the first {} ({} images)",
+        tgz.display(),
+        exact.len(),
+        keep.len()
+    );
+    Ok(Some(ds))
 }
 
 fn digit_classes() -> Vec<String> {
@@ -853,6 +929,21 @@ mod tests {
         assert_eq!(tr.channels, 3);
     }
 
+    #[test]
+    fn concat_keeps_order_and_refuses_other_shapes() {
+        let a = synthetic_digits(3, 1);
+        let b = synthetic_digits(2, 2);
+        let ab = a.concat(&b).unwrap();
+        assert_eq!(ab.len(), 5);
+        assert_eq!(ab.image(3), b.image(0));
+        assert_eq!(&ab.labels[..3], &a.labels[..]);
+        let mut rgb = synthetic_digits(2, 3);
+        rgb.channels = 3;
+        rgb.images = rgb.images.repeat(3);
+        let e = a.concat(&rgb).unwrap_err().to_string();
+        assert!(e.contains("differ in image shape or classes"), "{e}");
+    }
+
     /// The data root from the environment, or `None` (the caller prints
     /// "skipped"). Set but missing is a failure, not a skip.
     fn real_root() -> Option<PathBuf> {
@@ -915,6 +1006,46 @@ mod tests {
         );
         // The official test set starts cat, ship, ship, airplane, frog.
         assert_eq!(&ds.labels[..5], &[3, 8, 8, 0, 6]);
+    }
+
+    #[test]
+    fn real_cifar_jpeg_test_beyond_the_exact_images() {
+        let Some(root) = real_root() else { return };
+        let exact = load(&DatasetName::Cifar10, Split::Test, Some(&root), None).unwrap();
+        let extra = cifar10_jpeg_test_beyond(&root, &exact).unwrap().unwrap();
+        extra.validate().unwrap();
+        assert_eq!(extra.len(), 9000);
+        let want: Vec<usize> = exact.class_counts().iter().map(|c| 1000 - c).collect();
+        assert_eq!(extra.class_counts(), want);
+        // The rank mapping is right: JPEG test/airplane/0000.jpg is the first
+        // exact airplane (index 3) up to JPEG error (≈ 5.8/255 mean absolute
+        // error), and the first *kept* airplane (rank 103) is none of the
+        // exact airplanes.
+        let mae = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+        };
+        let all = load_image_tar_gz(
+            &root.join("cifar10/cifar10-jpeg.tar.gz"),
+            "test/",
+            Some(3),
+            None,
+        )
+        .unwrap();
+        assert_eq!(all.labels[0], 0);
+        assert!(mae(all.image(0), exact.image(3)) < 12.0 / 255.0);
+        let first_kept = extra.labels.iter().position(|&l| l == 0).unwrap();
+        for (i, &l) in exact.labels.iter().enumerate() {
+            if l == 0 {
+                assert!(
+                    mae(extra.image(first_kept), exact.image(i)) > 12.0 / 255.0,
+                    "{i}"
+                );
+            }
+        }
+        // Glued after the exact rest, shapes and classes agree.
+        let both = exact.subset(&[0, 1]).unwrap().concat(&extra).unwrap();
+        assert_eq!(both.len(), 9002);
+        assert_eq!(both.image(2), extra.image(0));
     }
 
     #[test]
