@@ -148,7 +148,7 @@ enum Cmd {
         /// White-box (and query-free inversion) weight of an L2 prior; query-free pulls towards the attacker data's median image.
         #[arg(long)]
         lambda_l2: Option<f32>,
-        /// Query-free: shadow networks trained and inverted together (1 = the paper's attack; default 3).
+        /// Query-free: shadow networks trained and inverted together (1 = the paper's attack; default 3 for LeNet, 1 for the CIFAR CNN).
         #[arg(long)]
         shadows: Option<usize>,
         /// Black-box / query-free: epochs of inverse-network / shadow training (default: tuned).

@@ -181,8 +181,9 @@ fn ensure_nvrtc() -> Result<()> {
     } else {
         Err(Error::Cuda(
             "NVRTC not found (libnvrtc.so / libnvrtc.so.12 not on the library path); \
-             install the CUDA toolkit or `pip install nvidia-cuda-nvrtc-cu12` and add \
-             site-packages/nvidia/cuda_nvrtc/lib to LD_LIBRARY_PATH"
+             install the CUDA toolkit and add its lib64 to LD_LIBRARY_PATH (CUDA 12 or \
+             13: its libnvrtc.so link is enough), or `pip install nvidia-cuda-nvrtc-cu12` \
+             and add site-packages/nvidia/cuda_nvrtc/lib"
                 .into(),
         ))
     }
