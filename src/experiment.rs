@@ -543,9 +543,11 @@ pub const EXACT_FIT_IMAGES: usize = 10_000;
 /// Whether the query-free attack rescales each shadow's feature channels to
 /// the observed features' size ([`shadow_scale`]): on CIFAR10CNN past the
 /// first conv. A shadow trained through f2 only by cross-entropy is free to
-/// grow its features (larger logits, lower loss), and a deep CIFAR shadow
-/// does: inverting it against the smaller observed features drove every
-/// image to the same input that quiets the shadow. ReLU22 same-set, one
+/// give its features another size than f1's (larger features make larger
+/// logits and a lower loss); the sizes were not measured, but the symptom
+/// fits: inverting a deep CIFAR shadow drove every image to the same input,
+/// as if the observed features were far smaller than anything the shadow
+/// produces on images, and the rescaling removed it. ReLU22 same-set, one
 /// shadow, 50k presentations: all ten reconstructions one identical green
 /// pattern, whatever the priors (9.33 dB / SSIM 0.046 with the default TV 3
 /// and L2 0.3, the same with TV 0.01 and no L2); rescaled, 12.24 / 0.021
