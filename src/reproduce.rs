@@ -331,7 +331,8 @@ pub fn setup(
     // CIFAR-10's exact test file holds only 1000 images; the JPEG copies of
     // the other 9000 test images are from the same distribution and disjoint
     // from both the training set and the attacked images. 990 images are
-    // few to train an inverse network or a shadow on.
+    // few to train an inverse network or a shadow on (black-box same-dist
+    // ReLU22: 18.86 dB / 0.675 with the 990, 19.46 / 0.704 with all 9990).
     if name == DatasetName::Cifar10 {
         if let Some(extra) = root
             .as_deref()
