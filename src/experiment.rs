@@ -555,7 +555,7 @@ pub const EXACT_FIT_IMAGES: usize = 10_000;
 /// reconstructions differ per image (9.59 / 0.084). Still short of the
 /// paper's 12.74 / 0.175. LeNet's shadows are left as they are.
 pub fn queryfree_matches_scale(kind: ModelKind, split: &str) -> bool {
-    kind == ModelKind::Cifar10Cnn && !matches!(split, "conv11" | "ReLU11")
+    kind == ModelKind::Cifar10Cnn && !kind.is_first_conv(split)
 }
 
 /// Root mean square of each channel of `[N, C, ...]` features.

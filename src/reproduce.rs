@@ -87,17 +87,13 @@ pub fn paper_value(dataset: &str, attack: &str, setting: &str, split: &str) -> O
     Some(row[col])
 }
 
-/// Splits right after the first convolution, where the features are a
-/// near-invertible linear map of the image and priors only get in the way.
-fn is_first_conv(split: &str) -> bool {
-    matches!(split, "conv1" | "ReLU1" | "conv11" | "ReLU11")
-}
-
 /// The white-box settings we use per split (tuned to beat the paper; the
 /// authors' own are `WhiteBoxConfig::default()` with their λ_TV).
 pub fn whitebox_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
     let depth = kind.splits().iter().position(|s| *s == split).unwrap_or(0);
-    let first_conv = is_first_conv(split);
+    // Right after the first convolution the features are a near-invertible
+    // linear map of the image and priors only get in the way.
+    let first_conv = kind.is_first_conv(split);
     let lambda_tv = if first_conv {
         0.0
     } else {
@@ -408,7 +404,7 @@ pub fn queryfree_shadows(kind: ModelKind) -> usize {
 pub fn queryfree_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
     let mut wb = whitebox_defaults(kind, split);
     wb.init = Init::Random;
-    let first_conv = is_first_conv(split);
+    let first_conv = kind.is_first_conv(split);
     let (tv, l2) = match (kind, first_conv) {
         (ModelKind::Cifar10Cnn, true) => (0.01, 0.0),
         (_, true) => (0.1, 0.1),

@@ -155,7 +155,13 @@ impl Dataset {
                     .ok_or_else(|| self.out_of_range(i))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Dataset {
+        let source = format!("{} [subset of {}]", self.source, idx.len());
+        Ok(self.with_samples(images, labels, source))
+    }
+
+    /// A dataset of these images and labels with this one's shape and classes.
+    fn with_samples(&self, images: Vec<f32>, labels: Vec<usize>, source: String) -> Dataset {
+        Dataset {
             images,
             n: labels.len(),
             labels,
@@ -163,8 +169,8 @@ impl Dataset {
             height: self.height,
             width: self.width,
             classes: self.classes.clone(),
-            source: format!("{} [subset of {}]", self.source, idx.len()),
-        })
+            source,
+        }
     }
 
     /// This dataset followed by `other` (same image shape and classes).
@@ -187,16 +193,8 @@ impl Dataset {
         images.extend_from_slice(&other.images);
         let mut labels = self.labels.clone();
         labels.extend_from_slice(&other.labels);
-        Ok(Dataset {
-            images,
-            n: labels.len(),
-            labels,
-            channels: self.channels,
-            height: self.height,
-            width: self.width,
-            classes: self.classes.clone(),
-            source: format!("{} + {}", self.source, other.source),
-        })
+        let source = format!("{} + {}", self.source, other.source);
+        Ok(self.with_samples(images, labels, source))
     }
 
     /// Keeps the first `n` samples (all if there are fewer).

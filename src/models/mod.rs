@@ -65,12 +65,30 @@ impl ModelKind {
             ModelKind::Cifar10Cnn => &CIFAR_SPLITS,
         }
     }
+    /// Whether `split` is the first conv layer or its ReLU (the splits
+    /// where f1 is one linear map, before or after one ReLU).
+    pub fn is_first_conv(self, split: &str) -> bool {
+        self.splits().iter().take(2).any(|s| *s == split)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tensor::Tensor;
+
+    #[test]
+    fn first_conv_splits() {
+        for (kind, yes) in [
+            (ModelKind::Lenet, ["conv1", "ReLU1"]),
+            (ModelKind::Cifar10Cnn, ["conv11", "ReLU11"]),
+        ] {
+            for s in kind.splits() {
+                assert_eq!(kind.is_first_conv(s), yes.contains(s), "{kind:?} {s}");
+            }
+        }
+        assert!(!ModelKind::Lenet.is_first_conv("conv11"));
+    }
 
     #[test]
     fn lenet_shapes_match_the_paper() {
