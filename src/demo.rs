@@ -124,6 +124,7 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &qf_cfg,
             &wb,
             1,
+            None,
         )?;
         for (name, o) in [
             ("white-box", &white),

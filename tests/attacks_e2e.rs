@@ -95,20 +95,37 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
 
     let mut wb = queryfree_defaults(s.target.kind, "conv1");
     wb.iterations = 500;
-    let qf = experiment::run_queryfree(
-        &s.target,
-        "conv1",
-        ShadowSetting {
-            same_set: false,
-            same_net: true,
-        },
-        &s.disjoint,
-        &s.originals,
-        &cfg,
-        &wb,
-        1,
-    )
-    .unwrap();
+    // Run twice through a shadow cache: the first run trains and saves the
+    // shadow, the second must load it and give the same reconstruction.
+    let cache = std::env::temp_dir().join(format!("splitinv-shadows-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = || {
+        experiment::run_queryfree(
+            &s.target,
+            "conv1",
+            ShadowSetting {
+                same_set: false,
+                same_net: true,
+            },
+            &s.disjoint,
+            &s.originals,
+            &cfg,
+            &wb,
+            1,
+            Some(&cache),
+        )
+        .unwrap()
+    };
+    let qf = run();
+    let saved: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(saved.len(), 1, "one shadow file in the cache");
+    let again = run();
+    assert_eq!(
+        qf.recon.to_vec().unwrap(),
+        again.recon.to_vec().unwrap(),
+        "the cached shadow must reproduce the reconstruction exactly"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
     let m = summarize(&qf.scores);
     println!(
         "query-free conv1 diff-set same-net: PSNR {:.2}, SSIM paper {:.4}",

@@ -85,10 +85,6 @@ impl NoiseModel {
             ));
         }
         let target = channel_stats(observed)?;
-        // Observed spreads set the scale; a channel that never varies still
-        // gets a sensible unit.
-        let mean_spread = target.iter().map(|s| s.1).sum::<f64>() / target.len().max(1) as f64;
-        let unit = |s: f64| s.max(1e-3 * mean_spread).max(1e-12);
         let mut best: Option<(NoiseModel, f64)> = None;
         for &blur in &[0.0f32, 1.0, 2.0] {
             for &spread in &[0.125f32, 0.25, 0.5] {
@@ -100,16 +96,7 @@ impl NoiseModel {
                     };
                     let x = norm.normalize(&cand.sample(per_candidate, chw, rng)?)?;
                     let v = oracle.query(&x.to_device(observed.device())?)?;
-                    let got = channel_stats(&v)?;
-                    let d: f64 = got
-                        .iter()
-                        .zip(&target)
-                        .map(|(g, t)| {
-                            let u = unit(t.1);
-                            ((g.0 - t.0) / u).powi(2) + ((g.1 - t.1) / u).powi(2)
-                        })
-                        .sum::<f64>()
-                        / target.len() as f64;
+                    let d = stats_distance(&channel_stats(&v)?, &target);
                     if d.is_finite() && best.as_ref().is_none_or(|b| d < b.1) {
                         best = Some((cand, d));
                     }
@@ -120,6 +107,34 @@ impl NoiseModel {
             Error::NonFinite("noise calibration: every candidate gave non-finite features".into())
         })
     }
+}
+
+/// How far features `got` are from `target` in per-channel mean and
+/// spread: the mean over channels of the squared differences, in units of
+/// the target channel's spread (a channel that never varies still gets a
+/// sensible unit). 0 = identical statistics.
+pub fn feature_stats_distance(got: &Tensor, target: &Tensor) -> Result<f64> {
+    let (g, t) = (channel_stats(got)?, channel_stats(target)?);
+    if g.len() != t.len() {
+        return Err(Error::invalid(
+            "feature statistics",
+            format!("{} channels against {}", g.len(), t.len()),
+        ));
+    }
+    Ok(stats_distance(&g, &t))
+}
+
+fn stats_distance(got: &[(f64, f64)], target: &[(f64, f64)]) -> f64 {
+    let mean_spread = target.iter().map(|s| s.1).sum::<f64>() / target.len().max(1) as f64;
+    let unit = |s: f64| s.max(1e-3 * mean_spread).max(1e-12);
+    got.iter()
+        .zip(target)
+        .map(|(g, t)| {
+            let u = unit(t.1);
+            ((g.0 - t.0) / u).powi(2) + ((g.1 - t.1) / u).powi(2)
+        })
+        .sum::<f64>()
+        / target.len().max(1) as f64
 }
 
 /// (mean, standard deviation) of each channel (dimension 1) of a feature
@@ -244,6 +259,38 @@ mod tests {
         fn query(&self, x: &Tensor) -> Result<Tensor> {
             Ok(x.detach())
         }
+    }
+
+    #[test]
+    fn feature_stats_distance_is_zero_for_equal_statistics_and_grows_with_a_shift() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let a = Tensor::rand_uniform([4, 3, 5, 5], -1.0, 1.0, &mut rng);
+        assert!(feature_stats_distance(&a, &a).unwrap() < 1e-12);
+        // Same values with the images in another order: still 0.
+        let v = a.to_vec().unwrap();
+        let swapped: Vec<f32> = v[75..].iter().chain(&v[..75]).copied().collect();
+        let b = Tensor::from_vec(swapped, [4, 3, 5, 5]).unwrap();
+        assert!(feature_stats_distance(&b, &a).unwrap() < 1e-9);
+        // Shift one channel's mean by one of its spreads: distance 1/3.
+        let stats = channel_stats(&a).unwrap();
+        let shifted: Vec<f32> = a
+            .to_vec()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if (i / 25) % 3 == 1 {
+                    x + stats[1].1 as f32
+                } else {
+                    x
+                }
+            })
+            .collect();
+        let c = Tensor::from_vec(shifted, [4, 3, 5, 5]).unwrap();
+        let d = feature_stats_distance(&c, &a).unwrap();
+        assert!((d - 1.0 / 3.0).abs() < 1e-4, "{d}");
+        let other = Tensor::zeros([4, 2, 5, 5]);
+        assert!(feature_stats_distance(&other, &a).is_err());
     }
 
     #[test]

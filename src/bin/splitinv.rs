@@ -157,6 +157,9 @@ enum Cmd {
         /// Black-box / query-free: learning rate of that training.
         #[arg(long)]
         train_lr: Option<f32>,
+        /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
+        #[arg(long)]
+        shadow_cache: Option<std::path::PathBuf>,
         /// Output folder for the PNG grid and JSON.
         #[arg(long, default_value = "results/attack")]
         out: std::path::PathBuf,
@@ -184,6 +187,9 @@ enum Cmd {
         /// Output folder (default results/<dataset>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
+        #[arg(long)]
+        shadow_cache: Option<std::path::PathBuf>,
         /// One JSON line per cell.
         #[arg(long)]
         json: bool,
@@ -306,18 +312,20 @@ fn run(cli: Cli) -> Result<()> {
             shadows,
             train_epochs,
             train_lr,
+            shadow_cache,
             out,
             gif,
             json,
             seed,
         } => {
-            let s = reproduce::setup(
+            let mut s = reproduce::setup(
                 &dataset,
                 weights.as_deref(),
                 cli.data.as_deref(),
                 images,
                 None,
             )?;
+            s.shadow_cache = shadow_cache;
             let kind = s.target.kind;
             let (name, setting) = match attack.as_str() {
                 "whitebox" | "white-box" => ("white-box", "-".to_string()),
@@ -416,16 +424,18 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             images,
             out,
+            shadow_cache,
             json,
             seed,
         } => {
-            let s = reproduce::setup(
+            let mut s = reproduce::setup(
                 &dataset,
                 weights.as_deref(),
                 cli.data.as_deref(),
                 images,
                 None,
             )?;
+            s.shadow_cache = shadow_cache;
             let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{dataset}")));
             let cells = reproduce::reproduce(&s, &out, json, seed)?;
             if !json {
