@@ -193,3 +193,176 @@ SI_DEV void si_split_k(int K, int splits, int z, int* k_begin, int* k_end) {
     *k_begin = b < K ? (int)b : K;
     *k_end = b + chunk < K ? (int)(b + chunk) : K;
 }
+
+// ---------------------------------------------------------------------------
+// Division by a divisor that stays the same for a whole kernel, as one
+// multiply-high and one shift. GPUs have no integer divide instruction: `/`
+// compiles to a sequence of about twenty instructions, more than the
+// multiply-adds one gathered operand feeds.
+//
+// For 0 ≤ n < 2^31 and 1 ≤ d < 2^31, let l = ceil(log2 d), p = 31 + l and
+// mul = ceil(2^p / d), which fits in 32 bits. Then n / d = ⌊n·mul / 2^p⌋.
+// Why: mul·d = 2^p + e with 0 ≤ e < d, so n·mul / 2^p = n/d + n·e/(d·2^p),
+// and n·e < 2^31·2^l = 2^p keeps the extra term below 1/d: too small to
+// carry n/d = q + r/d (r ≤ d − 1) past q + 1. (The construction CUTLASS's
+// FastDivmod uses.) make() runs once per thread; d = 1 is the identity.
+// n must not be negative: callers rule negative numerators out first.
+struct SiDivisor {
+    int d;
+    unsigned mul, shr;
+    static SI_DEV SiDivisor make(int d) {
+        SiDivisor r{d, 0u, 0u};
+        if (d > 1) {
+            int l = 0;
+            while ((1u << l) < (unsigned)d) ++l;  // ceil(log2 d), 1..31
+            const int p = 31 + l;
+            r.mul = (unsigned)(((1ull << p) + (unsigned)d - 1) / (unsigned)d);
+            r.shr = (unsigned)(p - 32);
+        }
+        return r;
+    }
+    SI_DEV int div(int n) const { return d > 1 ? (int)(__umulhi((unsigned)n, mul) >> shr) : n; }
+};
+
+// ---------------------------------------------------------------------------
+// The large-problem GEMM core: a 128×128 output tile per block of 256
+// threads (conv.cu's *_t128 kernels; si_gemm_tile above stays the core of
+// matmul.cu and of the small-problem conv kernels).
+//
+// Same scheme as si_gemm_tile, with more work per thread: each thread keeps
+// an 8×8 register block (rows ty + 16i, columns tx + 16j, i, j < 8, so the
+// shared-memory reads are broadcasts, as in the 64 core), and K is walked in
+// steps of 8, with the next step's global loads in flight in registers while
+// the current one computes. Why 128×128×8 with 8×8 per thread:
+//   * per k, a thread reads 8 + 8 values from shared memory for 64 FMAs
+//     (4:1), where the 64 core reads 4 + 4 for 16 (2:1): on large problems
+//     shared-memory bandwidth, not the FMA units, limits the 64 core;
+//   * per step, the block gathers 128·8 + 8·128 operand elements for
+//     128·128·8 FMAs: half the global loads, and half the index arithmetic,
+//     per FMA;
+//   * each thread's output rows and columns stay fixed for the whole K walk,
+//     so the loader splits their indices once (row() / col() below) and the
+//     K loop only splits k, with SiDivisor rather than hardware division.
+// The price: 64 accumulators per thread (about twice the registers of the
+// 64 core) and a quarter as many blocks for the same problem, so a small
+// problem no longer fills the GPU. The host therefore picks this core by
+// problem size (conv_tile_for in src/cuda/launch.rs); it is expected to help
+// large problems, which a GPU benchmark has to confirm.
+//
+// L must provide
+//   static constexpr bool A_K_FAST, B_N_FAST;  // as for si_gemm_tile
+//   struct Row;  Row row(int m) const;         // what A(m, ·) needs, split once
+//   struct Col;  Col col(int n) const;         // what B(·, n) needs, split once
+//   float a_at(int k, const Row&) const;       // A(m, k), k in [k_begin, k_end)
+//   float b_at(int k, const Col&) const;       // B(k, n), k in [k_begin, k_end)
+// row()/col() are called only with m < M / n < N, a_at/b_at only for those.
+// A thread fetches 4 A elements per step: with A_K_FAST one k (tid & 7) and 4
+// rows ((tid >> 3) + 32r), otherwise one row (tid & 127) and 4 k ((tid >> 7)
+// + 2r); B likewise. So it holds 4 or 1 Rows and 1 or 4 Cols for the whole
+// walk (SiTile128Pos::RA / RB).
+// ---------------------------------------------------------------------------
+
+#define SI_BM 128
+#define SI_BN 128
+#define SI_BK 8
+// Row padding of the shared tiles. With *_FAST = true for k, a warp stores
+// 8 consecutive k × 4 consecutive m; with rows of 128 + 4 floats, element
+// (k, m) sits in bank (4k + m) mod 32, all 32 distinct (with + 1 they would
+// collide up to 4 ways). The other layout stores 32 consecutive m of one k.
+#define SI_BPAD 4
+
+struct SiTiles128 {
+    float a[SI_BK][SI_BM + SI_BPAD];
+    float b[SI_BK][SI_BN + SI_BPAD];
+};
+
+template <class L>
+struct SiTile128Pos {
+    static constexpr int RA = L::A_K_FAST ? 4 : 1;  // distinct A rows per thread
+    static constexpr int RB = L::B_N_FAST ? 1 : 4;  // distinct B columns per thread
+    // Tile row / k of this thread's r-th A element (r < 4).
+    static SI_DEV int a_m(int tid, int r) { return L::A_K_FAST ? (tid >> 3) + 32 * r : tid & 127; }
+    static SI_DEV int a_k(int tid, int r) { return L::A_K_FAST ? tid & 7 : (tid >> 7) + 2 * r; }
+    // Tile k / column of this thread's r-th B element.
+    static SI_DEV int b_k(int tid, int r) { return L::B_N_FAST ? (tid >> 7) + 2 * r : tid & 7; }
+    static SI_DEV int b_n(int tid, int r) { return L::B_N_FAST ? tid & 127 : (tid >> 3) + 32 * r; }
+};
+
+// One staged K step: acc[i][j] += Σ_kk As[kk][ty + 16i] · Bs[kk][tx + 16j],
+// for the first RI row groups (RI = 4 when the tile's rows 64.. are all past M).
+template <int RI>
+SI_DEV void si_tile128_mac(const SiTiles128& t, int tx, int ty, float acc[8][8]) {
+#pragma unroll
+    for (int kk = 0; kk < SI_BK; ++kk) {
+        float av[RI], bv[8];
+#pragma unroll
+        for (int i = 0; i < RI; ++i) av[i] = t.a[kk][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) bv[j] = t.b[kk][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < RI; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+}
+
+// acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j).
+// Requires m0 < M and n0 < N (the grid covers the output exactly).
+template <class L>
+SI_DEV void si_gemm_tile128(SiTiles128& tiles, const L& ld, int M, int N, int k_begin, int k_end,
+                            int m0, int n0, float acc[8][8]) {
+    using Pos = SiTile128Pos<L>;
+    const int tid = threadIdx.x;
+    const int tx = tid & 15, ty = tid >> 4;
+
+    // The rows and columns this thread fetches, split once for the whole walk.
+    typename L::Row rows[Pos::RA];
+    typename L::Col cols[Pos::RB];
+    bool row_ok[Pos::RA], col_ok[Pos::RB];
+#pragma unroll
+    for (int q = 0; q < Pos::RA; ++q) {
+        const int m = m0 + Pos::a_m(tid, q);
+        row_ok[q] = m < M;
+        rows[q] = ld.row(row_ok[q] ? m : m0);  // a real row either way; unused if !ok
+    }
+#pragma unroll
+    for (int q = 0; q < Pos::RB; ++q) {
+        const int n = n0 + Pos::b_n(tid, q);
+        col_ok[q] = n < N;
+        cols[q] = ld.col(col_ok[q] ? n : n0);
+    }
+
+    float ra[4], rb[4];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int qa = L::A_K_FAST ? r : 0;
+            const int ka = k0 + Pos::a_k(tid, r);
+            ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+            const int qb = L::B_N_FAST ? 0 : r;
+            const int kb = k0 + Pos::b_k(tid, r);
+            rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+        }
+    };
+    auto stage = [&]() {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = ra[r];
+            tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = rb[r];
+        }
+    };
+
+    // When rows m0 + 64 .. m0 + 127 all lie past M (M = 64, the last tile of
+    // M = 192, ...), row groups i ≥ 4 hold nothing: skip their shared reads
+    // and FMAs. The same for every thread of the block, so no divergence.
+    const bool low_half = m0 + 64 >= M;
+    if (k_begin < k_end) fetch(k_begin);
+    for (int k0 = k_begin; k0 < k_end; k0 += SI_BK) {
+        stage();
+        __syncthreads();
+        if (k0 + SI_BK < k_end) fetch(k0 + SI_BK);  // in flight while we compute
+        if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
+        else si_tile128_mac<8>(tiles, tx, ty, acc);
+        __syncthreads();  // everyone is done reading before the next stage()
+    }
+}

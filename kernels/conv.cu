@@ -45,6 +45,11 @@
 //
 // Launch (all GEMM kernels): block 256 threads,
 // grid (ceil(GEMM N / 64), ceil(GEMM M / 64), split_k or 1).
+//
+// Large problems: every GEMM kernel has a twin named *_t128 (at the end of
+// this file) that computes the same thing on 128×128 output tiles, grid
+// (ceil(GEMM N / 128), ceil(GEMM M / 128), split_k or 1). The host picks
+// one of the two by problem size (src/ops/conv/cuda.rs).
 
 struct ConvParams {
     const float* x;     // conv input [N, Cin, H, W]
@@ -236,5 +241,228 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
         float s = 0.0f;
         for (int z = 0; z < p.split_k; ++z) s += p.workspace[(i64)z * total + i];
         p.out[i] = p.accumulate ? p.out[i] + s : s;
+    }
+}
+
+// ---- large problems: the *_t128 kernels ------------------------------------
+//
+// The same four GEMMs on the 128×128 core (si_gemm_tile128 in common.cuh,
+// which says why that tile shape), with the same ConvParams, the same
+// results (bias, accumulate, split-K workspace and its reduce) and the same
+// launch except for the tile: grid (ceil(GEMM N / 128), ceil(GEMM M / 128),
+// split_k or 1), block 256. The host uses them when the problem is large
+// enough that the bigger tiles still give a few blocks per SM, and the
+// kernels above otherwise.
+//
+// __launch_bounds__(256, 2): at most 128 registers per thread, so two
+// blocks fit on an SM (64 Ki registers). The 64 accumulators, 16 operand
+// registers, the prefetch and the hoisted row/column data fit in that
+// without spilling (ptxas -v, sm_80 and sm_90: 126–128 registers, no
+// spills, 8448 bytes of shared memory per block).
+//
+// The loaders read the same operands as the ones above; only the index
+// arithmetic is split differently. Everything that depends on the output
+// row m or column n alone (an image's base pointer, oy·s − p, ...) is worked
+// out once per thread by row()/col(); in the K loop a_at/b_at only split k,
+// with SiDivisor. Notation as in the header: n = (img, oy, ox) etc.
+
+// Forward: A(co, k) = w[co, k]; B(k = (ci,ky,kx), n = (img,oy,ox)) = x[img, ci, iy, ix].
+struct ConvFwdHoisted {
+    static constexpr bool A_K_FAST = true;  // w rows are contiguous in k
+    static constexpr bool B_N_FAST = true;  // x rows are contiguous in ox
+    ConvParams p;
+    int K, khw, hw, ohw;
+    SiDivisor by_khw, by_kw;
+    static SI_DEV ConvFwdHoisted make(const ConvParams& p) {
+        const int khw = p.kh * p.kw;
+        return ConvFwdHoisted{p, p.cin * khw, khw, p.h * p.w, p.oh * p.ow,
+                              SiDivisor::make(khw), SiDivisor::make(p.kw)};
+    }
+    struct Row { const float* w; };  // row co of w
+    // The x of image img, and where output pixel (oy, ox) puts tap (0, 0).
+    struct Col { const float* x; int iy0, ix0; };
+    SI_DEV Row row(int co) const { return Row{p.weight + (i64)co * K}; }
+    SI_DEV float a_at(int k, const Row& r) const { return r.w[k]; }
+    SI_DEV Col col(int n) const {
+        const int img = n / ohw, pix = n - img * ohw;
+        const int oy = pix / p.ow, ox = pix - oy * p.ow;
+        return Col{p.x + (i64)img * p.cin * hw, oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w};
+    }
+    SI_DEV float b_at(int k, const Col& c) const {
+        const int ci = by_khw.div(k), r = k - ci * khw;
+        const int ky = by_kw.div(r), kx = r - ky * p.kw;
+        const int iy = c.iy0 + ky * p.dil_h, ix = c.ix0 + kx * p.dil_w;
+        // One unsigned compare per axis: a negative index wraps to a huge one.
+        if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
+        return c.x[(i64)ci * hw + iy * p.w + ix];
+    }
+};
+
+// Input gradient: A(ci, k = (co,ky,kx)) = w[co, ci, ky, kx];
+// B(k, n = (img,iy,ix)) = dy[img, co, oy, ox] with oy·sh = iy + ph − ky·dh.
+struct ConvBwdDataHoisted {
+    static constexpr bool A_K_FAST = true;  // (ky, kx) contiguous inside one co
+    static constexpr bool B_N_FAST = true;  // dx pixels contiguous in ix
+    ConvParams p;
+    int khw, hw, ohw;
+    i64 cin_khw;     // distance between w[co, ci] and w[co + 1, ci]
+    bool strided;    // a stride above 1: only every s-th tap meets an output
+    SiDivisor by_khw, by_kw, by_sh, by_sw;
+    static SI_DEV ConvBwdDataHoisted make(const ConvParams& p) {
+        const int khw = p.kh * p.kw;
+        return ConvBwdDataHoisted{p, khw, p.h * p.w, p.oh * p.ow, (i64)p.cin * khw,
+                                  p.stride_h != 1 || p.stride_w != 1,
+                                  SiDivisor::make(khw), SiDivisor::make(p.kw),
+                                  SiDivisor::make(p.stride_h), SiDivisor::make(p.stride_w)};
+    }
+    struct Row { const float* w; };  // &w[0, ci, 0, 0]
+    // The dy of image img, and iy + ph, ix + pw for dx pixel (iy, ix).
+    struct Col { const float* dy; int ty0, tx0; };
+    SI_DEV Row row(int ci) const { return Row{p.weight + (i64)ci * khw}; }
+    SI_DEV float a_at(int k, const Row& r) const {
+        const int co = by_khw.div(k), rr = k - co * khw;
+        return r.w[(i64)co * cin_khw + rr];
+    }
+    SI_DEV Col col(int n) const {
+        const int img = n / hw, pix = n - img * hw;
+        const int iy = pix / p.w, ix = pix - iy * p.w;
+        return Col{p.dy + (i64)img * p.cout * ohw, iy + p.pad_h, ix + p.pad_w};
+    }
+    SI_DEV float b_at(int k, const Col& c) const {
+        const int co = by_khw.div(k), r = k - co * khw;
+        const int ky = by_kw.div(r), kx = r - ky * p.kw;
+        // Which output row used input row iy through kernel row ky?
+        int oy = c.ty0 - ky * p.dil_h, ox = c.tx0 - kx * p.dil_w;
+        if (strided) {  // stride 1 (the common case) needs no division at all
+            if (oy < 0 || ox < 0) return 0.0f;
+            const int qy = by_sh.div(oy), qx = by_sw.div(ox);
+            if (qy * p.stride_h != oy || qx * p.stride_w != ox) return 0.0f;
+            oy = qy;
+            ox = qx;
+        }
+        if ((unsigned)oy >= (unsigned)p.oh || (unsigned)ox >= (unsigned)p.ow) return 0.0f;
+        return c.dy[(i64)co * ohw + oy * p.ow + ox];
+    }
+};
+
+// Weight gradient: A(co, k = (img,oy,ox)) = dy[img, co, oy, ox];
+// B(k, n = (ci,ky,kx)) = x[img, ci, iy, ix].
+struct ConvBwdWeightHoisted {
+    static constexpr bool A_K_FAST = true;   // dy rows contiguous in ox
+    static constexpr bool B_N_FAST = false;  // x rows contiguous in ox, which is k here
+    ConvParams p;
+    int hw, ohw;
+    i64 cout_ohw, cin_hw;  // one image of dy, of x
+    SiDivisor by_ohw, by_ow;
+    static SI_DEV ConvBwdWeightHoisted make(const ConvParams& p) {
+        const int ohw = p.oh * p.ow, hw = p.h * p.w;
+        return ConvBwdWeightHoisted{p, hw, ohw, (i64)p.cout * ohw, (i64)p.cin * hw,
+                                    SiDivisor::make(ohw), SiDivisor::make(p.ow)};
+    }
+    struct Row { const float* dy; };  // &dy[0, co, 0, 0]
+    // Offset of x[0, ci, 0, 0], and ky·dh − ph, kx·dw − pw for tap (ci, ky, kx).
+    // An int offset rather than a pointer saves the registers that keep this
+    // kernel from spilling; the host runs it only when one image of x
+    // (Cin·H·W) has fewer than 2^31 elements.
+    struct Col { int x_off, iy_off, ix_off; };
+    SI_DEV Row row(int co) const { return Row{p.dy + (i64)co * ohw}; }
+    SI_DEV float a_at(int k, const Row& r) const {
+        const int img = by_ohw.div(k), pix = k - img * ohw;
+        return r.dy[(i64)img * cout_ohw + pix];
+    }
+    SI_DEV Col col(int n) const {
+        const int khw = p.kh * p.kw;
+        const int ci = n / khw, r = n - ci * khw;
+        const int ky = r / p.kw, kx = r - ky * p.kw;
+        return Col{ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
+    }
+    SI_DEV float b_at(int k, const Col& c) const {
+        // The same k split as a_at's: the compiler computes it once per step.
+        const int img = by_ohw.div(k), pix = k - img * ohw;
+        const int oy = by_ow.div(pix), ox = pix - oy * p.ow;
+        const int iy = oy * p.stride_h + c.iy_off, ix = ox * p.stride_w + c.ix_off;
+        if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
+        return p.x[(i64)img * cin_hw + c.x_off + iy * p.w + ix];
+    }
+};
+
+// Stores the 8×8 register block of a GEMM whose rows are channels (M of
+// them) and whose columns are (image, pixel) pairs (`plane` pixels per
+// image) into NCHW `p.out`, adding p.bias[row] when given.
+SI_DEV void conv_store_nchw128(const ConvParams& p, const float acc[8][8], int M, int N, int plane,
+                               int m0, int n0) {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int n = n0 + tx + 16 * j;
+        if (n >= N) continue;
+        const int img = n / plane, pix = n - img * plane;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int c = m0 + ty + 16 * i;
+            if (c >= M) continue;
+            float v = acc[i][j] + (p.bias ? p.bias[c] : 0.0f);
+            float* o = p.out + ((i64)img * M + c) * plane + pix;
+            *o = p.accumulate ? *o + v : v;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
+    const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
+    const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
+    float acc[8][8] = {};
+    __shared__ SiTiles128 tiles;
+    si_gemm_tile128(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    conv_store_nchw128(p, acc, M, N, p.oh * p.ow, m0, n0);
+}
+
+SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
+    const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
+    const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
+    float acc[8][8] = {};
+    __shared__ SiTiles128 tiles;
+    si_gemm_tile128(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    conv_store_nchw128(p, acc, M, N, p.h * p.w, m0, n0);
+}
+
+// conv2d_bwd_data on 128×128 tiles (bias must be null here).
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_t128(ConvParams p) {
+    conv_bwd_data_run128(p);
+}
+
+// conv_transpose2d_fwd on 128×128 tiles.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_t128(ConvParams p) {
+    conv_bwd_data_run128(p);
+}
+
+// conv2d_bwd_weight on 128×128 tiles; with split_k > 1 it writes the same
+// workspace layout, reduced by conv2d_bwd_weight_reduce.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_t128(ConvParams p) {
+    const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
+    const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
+    const int splits = p.split_k > 1 ? p.split_k : 1;
+    int k_begin, k_end;
+    si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
+    float acc[8][8] = {};
+    __shared__ SiTiles128 tiles;
+    si_gemm_tile128(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin, k_end, m0, n0, acc);
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int co = m0 + ty + 16 * i;
+        if (co >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (n >= N) continue;
+            const i64 idx = (i64)co * N + n;
+            if (splits > 1) {
+                // Every chunk writes its whole tile (zeros for an empty one).
+                p.workspace[(i64)blockIdx.z * M * N + idx] = acc[i][j];
+            } else {
+                p.out[idx] = p.accumulate ? p.out[idx] + acc[i][j] : acc[i][j];
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Everything runs in one test so the global memory budget it changes
 //! cannot disturb a concurrently running test.
 
-use splitinv::cuda::launch::{launch, split_k_for, Launch};
+use splitinv::cuda::launch::{launch, split_k_for, split_k_for_tile, ConvTile, Launch};
 use splitinv::cuda::params::*;
 use splitinv::cuda::{self, GpuDevice};
 use std::sync::Arc;
@@ -69,6 +69,7 @@ fn cuda_backend_on_a_real_gpu() {
     reduce(&dev);
     sgemm(&dev);
     conv_forward_and_weight_grad(&dev);
+    conv_t128_kernels(&dev);
     budget_and_peaks(&dev);
     dev.synchronize().unwrap();
     println!("{}", dev.memory_stats());
@@ -305,6 +306,111 @@ fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
     .unwrap();
     let (a, b) = (g1.to_host().unwrap(), g2.to_host().unwrap());
     assert_close("conv2d_bwd_weight split-K = no split", &b, &a, 1e-3, 1e-4);
+}
+
+/// The `*_t128` kernels launched directly (whatever the size rule would
+/// pick): against the host reference for the forward, against the 64×64
+/// kernels (themselves checked above and in the emulator) for the input
+/// gradient, the transposed conv with bias and the weight gradient with and
+/// without split-K. Stride 2 and odd sizes: partial 128×128 tiles in M and N.
+fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
+    let (n, ci, h, w, co, k, s, pad) = (3, 19, 23, 21, 150, 3, 2, 1);
+    let x = rand_vec(n * ci * h * w, 17);
+    let wt = rand_vec(co * ci * k * k, 18);
+    let (want, oh, ow) = conv_ref(&x, &wt, (n, ci, h, w), (co, k, k), s, pad);
+    let dy_host = rand_vec(want.len(), 19);
+    let bias_host = rand_vec(co.max(ci), 20);
+    let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap());
+    let dy = dev.upload(&dy_host).unwrap();
+    let bias = dev.upload(&bias_host).unwrap();
+    let base = ConvParams {
+        x: dx.ptr(),
+        weight: dw.ptr(),
+        batch: n as i32,
+        cin: ci as i32,
+        h: h as i32,
+        w: w as i32,
+        cout: co as i32,
+        kh: k as i32,
+        kw: k as i32,
+        oh: oh as i32,
+        ow: ow as i32,
+        stride_h: s as i32,
+        stride_w: s as i32,
+        pad_h: pad as i32,
+        pad_w: pad as i32,
+        dil_h: 1,
+        dil_w: 1,
+        split_k: 1,
+        ..Default::default()
+    };
+    let t128 = |rows, cols, split| Launch::conv_tiles(ConvTile::T128, rows, cols, split).unwrap();
+    // Forward, without a bias: the host reference has none.
+    let y = dev.alloc(want.len()).unwrap();
+    let p = ConvParams {
+        out: y.ptr(),
+        ..base
+    };
+    launch(dev, "conv2d_fwd_t128", t128(co, n * oh * ow, 1), &p).unwrap();
+    let name = "conv2d_fwd_t128 19→150 k3 s2 p1";
+    assert_close(name, &y.to_host().unwrap(), &want, 1e-3, 1e-3);
+    // Input gradient and transposed conv (with bias over Cin): 64 vs 128.
+    for (k64, k128, b) in [
+        ("conv2d_bwd_data", "conv2d_bwd_data_t128", 0),
+        (
+            "conv_transpose2d_fwd",
+            "conv_transpose2d_fwd_t128",
+            bias.ptr(),
+        ),
+    ] {
+        let (g64, g128) = (dev.alloc(x.len()).unwrap(), dev.alloc(x.len()).unwrap());
+        let mut p = ConvParams {
+            dy: dy.ptr(),
+            bias: b,
+            out: g64.ptr(),
+            ..base
+        };
+        launch(dev, k64, Launch::tiles(ci, n * h * w, 1).unwrap(), &p).unwrap();
+        p.out = g128.ptr();
+        launch(dev, k128, t128(ci, n * h * w, 1), &p).unwrap();
+        let (a, b) = (g64.to_host().unwrap(), g128.to_host().unwrap());
+        assert_close(&format!("{k128} = {k64}"), &b, &a, 1e-3, 1e-3);
+    }
+    // Weight gradient: 64 without split vs 128 without and with split-K.
+    let gn = ci * k * k;
+    let want_dw = dev.alloc(co * gn).unwrap();
+    let p = ConvParams {
+        dy: dy.ptr(),
+        out: want_dw.ptr(),
+        ..base
+    };
+    launch(
+        dev,
+        "conv2d_bwd_weight",
+        Launch::tiles(co, gn, 1).unwrap(),
+        &p,
+    )
+    .unwrap();
+    let want_dw = want_dw.to_host().unwrap();
+    let big_k = n * oh * ow;
+    for split in [1, split_k_for_tile(co, gn, big_k, 264, 128).max(2)] {
+        let g = dev.alloc(co * gn).unwrap();
+        let ws = dev.alloc(split * co * gn).unwrap();
+        let p = ConvParams {
+            dy: dy.ptr(),
+            out: g.ptr(),
+            workspace: ws.ptr(),
+            split_k: split as i32,
+            ..base
+        };
+        launch(dev, "conv2d_bwd_weight_t128", t128(co, gn, split), &p).unwrap();
+        if split > 1 {
+            let reduce = Launch::elementwise(co * gn);
+            launch(dev, "conv2d_bwd_weight_reduce", reduce, &p).unwrap();
+        }
+        let name = format!("conv2d_bwd_weight_t128 split_k={split} = conv2d_bwd_weight");
+        assert_close(&name, &g.to_host().unwrap(), &want_dw, 1e-3, 1e-3);
+    }
 }
 
 fn budget_and_peaks(dev: &Arc<GpuDevice>) {

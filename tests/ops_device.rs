@@ -269,6 +269,44 @@ device_tests! {
         let want = ops::conv2d_weight_grad(&x, &gy, [3, 3], p).unwrap();
         assert_close(&format!("split-K weight gradient on {dev}"), &dw.to_vec().unwrap(), &want.to_vec().unwrap(), Tol { atol: 1e-2, rtol: 1e-3 });
     };
+    conv_big_tiles => |dev: Device| {
+        // Problems large enough that the size rule picks the 128×128-tile
+        // kernels (conv2d_*_t128; unless SPLITINV_CONV_TILE forces a tile):
+        // forward M = Cout 70, N = 38·30·30 = 34200 (268 tile columns);
+        // input gradient M = Cin 5, N = 38·32·32 (304); transposed conv
+        // M = 5, N = 38·32·32; weight gradient M = 130, N = 32·9, K = 12·31·31,
+        // split so that 6 tiles make 264 blocks. Partial tiles everywhere.
+        use splitinv::cuda::launch::{conv_tile_for, split_k_for_tile, ConvTile, MIN_T128_BLOCKS, TILE_BIG};
+        assert_eq!(conv_tile_for(70, 38 * 30 * 30, 1, None), ConvTile::T128);
+        assert_eq!(conv_tile_for(5, 38 * 32 * 32, 1, None), ConvTile::T128);
+        let split = split_k_for_tile(130, 32 * 9, 12 * 31 * 31, MIN_T128_BLOCKS, TILE_BIG);
+        assert_eq!(conv_tile_for(130, 32 * 9, split, None), ConvTile::T128);
+        if dev == Device::Cpu {
+            return; // the rest compares a GPU with the CPU
+        }
+        let on = |t: &Tensor| t.to_device(dev).unwrap();
+        let p = Conv2dParams::new(1, 0);
+        let (x, w, b) = (rnd(&[38, 5, 32, 32], 100, -1.0, 1.0), rnd(&[70, 5, 3, 3], 101, -1.0, 1.0), rnd(&[70], 102, -1.0, 1.0));
+        let y = ops::conv2d(&on(&x), &on(&w), Some(&on(&b)), p).unwrap();
+        let want = ops::conv2d(&x, &w, Some(&b), p).unwrap();
+        assert_close(&format!("big conv2d on {dev}"), &y.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        let gy = rnd(want.dims(), 103, -1.0, 1.0);
+        let dx = ops::conv2d_input_grad(&on(&gy), &on(&w), [32, 32], p).unwrap();
+        let want = ops::conv2d_input_grad(&gy, &w, [32, 32], p).unwrap();
+        assert_close(&format!("big conv2d_input_grad on {dev}"), &dx.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        let pt = ConvTranspose2dParams::new(2, 1, 1);
+        let (xt, wt, bt) = (rnd(&[38, 6, 16, 16], 104, -1.0, 1.0), rnd(&[6, 5, 3, 3], 105, -1.0, 1.0), rnd(&[5], 106, -1.0, 1.0));
+        let yt = ops::conv_transpose2d(&on(&xt), &on(&wt), Some(&on(&bt)), pt).unwrap();
+        let want = ops::conv_transpose2d(&xt, &wt, Some(&bt), pt).unwrap();
+        assert_eq!(want.dims(), &[38, 5, 32, 32]);
+        assert_close(&format!("big conv_transpose2d on {dev}"), &yt.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        let p = Conv2dParams::new(1, 1);
+        let (x, gy) = (rnd(&[12, 32, 31, 31], 107, -1.0, 1.0), rnd(&[12, 130, 31, 31], 108, -1.0, 1.0));
+        let dw = ops::conv2d_weight_grad(&on(&x), &on(&gy), [3, 3], p).unwrap();
+        let want = ops::conv2d_weight_grad(&x, &gy, [3, 3], p).unwrap();
+        // The tolerance of the split-K test above: K is about as long.
+        assert_close(&format!("big split-K weight gradient on {dev}"), &dw.to_vec().unwrap(), &want.to_vec().unwrap(), Tol { atol: 1e-2, rtol: 1e-3 });
+    };
     conv_transpose2d => |dev: Device| {
         let cases: &[([usize; 4], [usize; 4], ConvTranspose2dParams)] = &[
             ([2, 3, 4, 5], [3, 2, 3, 3], ConvTranspose2dParams::new(2, 1, 1)),

@@ -28,6 +28,9 @@ step cli_device 120 $G/cli_device
 step memory 120 $G/memory --nocapture
 step optim_no_alloc 120 $G/optim_no_alloc
 step bench 150 sh -c "$S --device cuda bench --json > $O/bench_cuda.json"
+# The same workloads with every conv forced onto the 64×64 kernels: the
+# comparison that says whether the size rule's 128×128 choice pays off.
+step bench_t64 150 sh -c "SPLITINV_CONV_TILE=64 $S --device cuda bench --json > $O/bench_cuda_t64.json"
 step compare 150 sh -c "python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md"
 step compare_fp32 90 sh -c "python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md"
 step demo 90 $S --device cuda demo --out /tmp/demo

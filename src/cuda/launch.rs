@@ -9,6 +9,7 @@ use super::context::GpuDevice;
 use super::params::{KernelParams, KERNEL_PARAMS};
 use crate::error::{Error, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::OnceLock;
 
 /// Threads per block of the element-wise, reduction, pooling and loss
 /// kernels (`SI_BLOCK` in common.cuh).
@@ -19,6 +20,15 @@ pub const TILE_THREADS: u32 = 256;
 
 /// Output tile edge of the GEMM kernels (`SI_TM` = `SI_TN`).
 pub const TILE: usize = 64;
+
+/// Output tile edge of the large-problem conv kernels `*_t128`
+/// (`SI_BM` = `SI_BN` in common.cuh).
+pub const TILE_BIG: usize = 128;
+
+/// Fewest blocks a `*_t128` conv grid must have to be chosen: two per SM on
+/// a 132-SM H100 / H200 (two 256-thread blocks of at most 128 registers per
+/// thread fit on an SM), so every SM has work for the whole kernel.
+pub const MIN_T128_BLOCKS: usize = 2 * 132;
 
 /// Most blocks a grid-stride launch uses: enough to fill any current GPU,
 /// few enough that the per-block partial sums of a reduction stay small.
@@ -60,7 +70,17 @@ impl Launch {
     /// A GEMM-shaped launch: `rows`×`cols` output in 64×64 tiles, `split_k`
     /// blocks along z (sgemm, conv2d_* kernels).
     pub fn tiles(rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
-        let gy = to_u32(rows.div_ceil(TILE).max(1), "tile rows")?;
+        Launch::tiles_of(TILE, rows, cols, split_k)
+    }
+
+    /// The launch of a conv kernel of tile size `tile` (64: `conv2d_*`,
+    /// 128: `conv2d_*_t128`): `rows`×`cols` GEMM output, `split_k` along z.
+    pub fn conv_tiles(tile: ConvTile, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
+        Launch::tiles_of(tile.edge(), rows, cols, split_k)
+    }
+
+    fn tiles_of(edge: usize, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
+        let gy = to_u32(rows.div_ceil(edge).max(1), "tile rows")?;
         if gy > 65_535 {
             return Err(Error::invalid(
                 "cuda launch",
@@ -69,7 +89,7 @@ impl Launch {
         }
         Ok(Launch {
             grid: (
-                to_u32(cols.div_ceil(TILE).max(1), "tile columns")?,
+                to_u32(cols.div_ceil(edge).max(1), "tile columns")?,
                 gy,
                 to_u32(split_k.clamp(1, 65_535), "split_k")?,
             ),
@@ -85,15 +105,109 @@ impl Launch {
 
 /// How many K chunks the conv weight-gradient kernel should use: enough
 /// blocks to fill the GPU (`target_blocks`, e.g. 4 per SM) when the output
-/// tiles alone are too few, but each chunk at least 256 long.
+/// tiles alone are too few, but each chunk at least 256 long. For the
+/// 64×64-tile kernel; [`split_k_for_tile`] takes the tile edge.
 pub fn split_k_for(m: usize, n: usize, k: usize, target_blocks: usize) -> usize {
-    let tiles = m.div_ceil(TILE).max(1) * n.div_ceil(TILE).max(1);
+    split_k_for_tile(m, n, k, target_blocks, TILE)
+}
+
+/// [`split_k_for`] for output tiles of `tile`×`tile` (64 or 128).
+pub fn split_k_for_tile(m: usize, n: usize, k: usize, target_blocks: usize, tile: usize) -> usize {
+    let tile = tile.max(1);
+    let tiles = m.div_ceil(tile).max(1) * n.div_ceil(tile).max(1);
     if tiles >= target_blocks {
         return 1;
     }
     let by_occupancy = target_blocks.div_ceil(tiles);
     let by_length = (k / 256).max(1);
     by_occupancy.min(by_length).clamp(1, 64)
+}
+
+/// Which GEMM core a convolution runs on (see [`conv_tile_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvTile {
+    /// 64×64 output tiles, 4×4 per thread: `conv2d_fwd`, `conv2d_bwd_data`,
+    /// `conv_transpose2d_fwd`, `conv2d_bwd_weight`. Many small blocks.
+    T64,
+    /// 128×128 output tiles, 8×8 per thread: the same kernels with a `_t128`
+    /// suffix. More work per block and per shared-memory read.
+    T128,
+}
+
+impl ConvTile {
+    /// The output tile edge in elements (64 or 128).
+    pub fn edge(self) -> usize {
+        match self {
+            ConvTile::T64 => TILE,
+            ConvTile::T128 => TILE_BIG,
+        }
+    }
+
+    /// `t64` or `t128`, whichever is this tile's (kernel names).
+    pub fn pick(self, t64: &'static str, t128: &'static str) -> &'static str {
+        match self {
+            ConvTile::T64 => t64,
+            ConvTile::T128 => t128,
+        }
+    }
+}
+
+/// The conv GEMM core for an `m`×`n` GEMM output split over `split_k`
+/// chunks of K: [`ConvTile::T128`] when the 128×128 grid still has at least
+/// [`MIN_T128_BLOCKS`] blocks, `ceil(m/128)·ceil(n/128)·split_k ≥ 2·132`,
+/// else [`ConvTile::T64`]. `forced` (from `SPLITINV_CONV_TILE`, see
+/// [`conv_tile`]) wins over the rule.
+///
+/// Why: the 128 core does more work per shared-memory read and per index
+/// computation, which is expected to pay off on large problems (CIFAR
+/// convolutions at batch 256 and more), but has a quarter of the blocks;
+/// below about two blocks per SM part of the GPU would idle, and the small
+/// problems (batch 1–32) keep the 64 core they are already fast with.
+/// Measured on a GPU, not here: `SPLITINV_CONV_TILE` lets a benchmark
+/// compare both.
+pub fn conv_tile_for(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) -> ConvTile {
+    if let Some(t) = forced {
+        return t;
+    }
+    let blocks = m.div_ceil(TILE_BIG).max(1) * n.div_ceil(TILE_BIG).max(1) * split_k.max(1);
+    if blocks >= MIN_T128_BLOCKS {
+        ConvTile::T128
+    } else {
+        ConvTile::T64
+    }
+}
+
+/// [`conv_tile_for`] with the override from the environment variable
+/// `SPLITINV_CONV_TILE`: `64` or `128` forces that tile for every conv
+/// kernel (for benchmarks comparing the two); unset or empty chooses by
+/// size. The variable is read once per process; any other value is an
+/// error on every conv launch on a GPU (not a panic).
+pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
+    Ok(conv_tile_for(m, n, split_k, conv_tile_override()?))
+}
+
+/// The tile `SPLITINV_CONV_TILE` forces, if any (read once).
+pub fn conv_tile_override() -> Result<Option<ConvTile>> {
+    static FORCED: OnceLock<std::result::Result<Option<ConvTile>, String>> = OnceLock::new();
+    FORCED
+        .get_or_init(|| {
+            let v = std::env::var_os("SPLITINV_CONV_TILE");
+            parse_conv_tile(v.as_ref().map(|v| v.to_string_lossy()).as_deref())
+        })
+        .clone()
+        .map_err(|msg| Error::invalid("SPLITINV_CONV_TILE", msg))
+}
+
+/// `None`/empty → no override; `64` / `128` → that tile; else a message.
+fn parse_conv_tile(v: Option<&str>) -> std::result::Result<Option<ConvTile>, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("64") => Ok(Some(ConvTile::T64)),
+        Some("128") => Ok(Some(ConvTile::T128)),
+        Some(other) => Err(format!(
+            "'{other}' is not a conv tile size: use 64 or 128, or unset it to choose by problem size"
+        )),
+    }
 }
 
 /// Checks that `P` is the params struct `kernel` takes (by name and size).
@@ -176,6 +290,69 @@ mod tests {
         assert_eq!(l.grid, (3, 2, 4));
         assert_eq!(l.blocks(), 24);
         assert!(Launch::tiles(64 * 70_000, 1, 1).is_err());
+    }
+
+    #[test]
+    fn conv_tiles_grid_by_tile_edge() {
+        let l = Launch::conv_tiles(ConvTile::T128, 129, 128 * 3 + 1, 5).unwrap();
+        assert_eq!(l.grid, (4, 2, 5));
+        assert_eq!(l.block, (TILE_THREADS, 1, 1));
+        let l = Launch::conv_tiles(ConvTile::T64, 129, 128 * 3 + 1, 1).unwrap();
+        assert_eq!(l.grid, Launch::tiles(129, 128 * 3 + 1, 1).unwrap().grid);
+        assert_eq!(ConvTile::T128.pick("a", "a_t128"), "a_t128");
+        assert_eq!(ConvTile::T64.pick("a", "a_t128"), "a");
+    }
+
+    #[test]
+    fn conv_tile_by_blocks() {
+        // CIFAR conv22 (128 → 128, 16×16) forward at batch 256: M = 128,
+        // N = 256·256 → 512 blocks of 128×128: the big tiles.
+        assert_eq!(conv_tile_for(128, 256 * 256, 1, None), ConvTile::T128);
+        // conv12 (64 → 64, 32×32) at batch 256: 1 × 2048 blocks.
+        assert_eq!(conv_tile_for(64, 256 * 1024, 1, None), ConvTile::T128);
+        // Small batches keep the 64 core: batch 32 at 16×16 gives 64 blocks,
+        // batch 32 at 32×32 gives 256 < 264, batch 1 a handful.
+        assert_eq!(conv_tile_for(128, 32 * 256, 1, None), ConvTile::T64);
+        assert_eq!(conv_tile_for(64, 32 * 1024, 1, None), ConvTile::T64);
+        assert_eq!(conv_tile_for(128, 1024, 1, None), ConvTile::T64);
+        // The boundary: exactly 2·132 blocks qualifies, one fewer does not.
+        assert_eq!(conv_tile_for(128, 128 * 264, 1, None), ConvTile::T128);
+        assert_eq!(conv_tile_for(128, 128 * 263, 1, None), ConvTile::T64);
+        assert_eq!(conv_tile_for(256, 128 * 132, 1, None), ConvTile::T128);
+        // Split-K chunks count as blocks (weight gradient).
+        assert_eq!(conv_tile_for(128, 1152, 30, None), ConvTile::T128);
+        assert_eq!(conv_tile_for(128, 1152, 29, None), ConvTile::T64);
+        // An override wins either way.
+        assert_eq!(conv_tile_for(8, 8, 1, Some(ConvTile::T128)), ConvTile::T128);
+        assert_eq!(
+            conv_tile_for(1 << 12, 1 << 20, 1, Some(ConvTile::T64)),
+            ConvTile::T64
+        );
+    }
+
+    #[test]
+    fn conv_tile_override_parses() {
+        assert_eq!(parse_conv_tile(None), Ok(None));
+        assert_eq!(parse_conv_tile(Some("")), Ok(None));
+        assert_eq!(parse_conv_tile(Some("64")), Ok(Some(ConvTile::T64)));
+        assert_eq!(parse_conv_tile(Some(" 128\n")), Ok(Some(ConvTile::T128)));
+        for bad in ["256", "t128", "big", "64x64"] {
+            let e = parse_conv_tile(Some(bad)).unwrap_err();
+            assert!(e.contains(bad) && e.contains("64 or 128"), "{e}");
+        }
+        // Whatever the environment of this test run says, reading it is not a panic.
+        let _ = conv_tile_override();
+    }
+
+    #[test]
+    fn split_k_for_big_tiles() {
+        // 128 → 128 weight gradient, batch 256 at 16×16: 9 tiles of 128×128.
+        let s = split_k_for_tile(128, 1152, 256 * 256, MIN_T128_BLOCKS, TILE_BIG);
+        assert_eq!(s, MIN_T128_BLOCKS.div_ceil(9));
+        assert_eq!(
+            split_k_for_tile(64, 576, 300, 528, TILE),
+            split_k_for(64, 576, 300, 528)
+        );
     }
 
     #[test]

@@ -254,7 +254,23 @@ static ConvParams conv_params(const ConvShape& s) {
     return p;
 }
 
-static void test_conv(const ConvShape& s, const std::string& tag) {
+// One family of conv kernels: the 64×64-tile ones, or their *_t128 twins
+// (128×128 tiles, hoisted index arithmetic). Both must match the same
+// references on every shape.
+struct ConvKernels {
+    void (*fwd)(ConvParams);
+    void (*bwd_data)(ConvParams);
+    void (*bwd_weight)(ConvParams);
+    void (*transpose)(ConvParams);
+    int tile;            // output tile edge: the grid is ceil(GEMM N / tile) × ceil(GEMM M / tile)
+    std::string suffix;  // appended to the kernel names in the check names
+};
+static const ConvKernels CONV64{conv2d_fwd, conv2d_bwd_data, conv2d_bwd_weight, conv_transpose2d_fwd, 64, ""};
+static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_bwd_weight_t128,
+                                 conv_transpose2d_fwd_t128, 128, "_t128"};
+static unsigned tiles_of(int n, int tile) { return (unsigned)((n + tile - 1) / tile); }
+
+static void test_conv(const ConvShape& s, const std::string& tag, const ConvKernels& ks = CONV64) {
     const int OH = s.oh(), OW = s.ow();
     const size_t nx = (size_t)s.n * s.cin * s.h * s.w, nw = (size_t)s.cout * s.cin * s.kh * s.kw;
     const size_t ny = (size_t)s.n * s.cout * OH * OW;
@@ -263,13 +279,20 @@ static void test_conv(const ConvShape& s, const std::string& tag) {
     // forward
     V y(ny, NAN);
     p.x = x.data(); p.weight = w.data(); p.bias = bias.data(); p.out = y.data();
-    emu::launch(conv2d_fwd, dim3{(unsigned)((s.n * OH * OW + 63) / 64), (unsigned)((s.cout + 63) / 64)}, 256, p);
-    check("conv2d_fwd " + tag, y, conv_ref(s, x, w, &bias), 1e-4, 1e-4);
+    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.tile)}, 256, p);
+    D want_y = conv_ref(s, x, w, &bias);
+    check("conv2d_fwd" + ks.suffix + " " + tag, y, want_y, 1e-4, 1e-4);
+    // accumulate = 1 adds to what out holds: a second pass doubles y.
+    p.accumulate = 1;
+    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.tile)}, 256, p);
+    for (auto& v : want_y) v *= 2;
+    check("conv2d_fwd" + ks.suffix + " accumulate " + tag, y, want_y, 2e-4, 1e-4);
+    p.accumulate = 0;
     // input gradient: the adjoint of x ↦ conv(x) (no bias), checked exactly
     // against the scatter form of the definition.
     V dx(nx, NAN);
     p.bias = nullptr; p.dy = dy.data(); p.out = dx.data();
-    emu::launch(conv2d_bwd_data, dim3{(unsigned)((s.n * s.h * s.w + 63) / 64), (unsigned)((s.cin + 63) / 64)}, 256, p);
+    emu::launch(ks.bwd_data, dim3{tiles_of(s.n * s.h * s.w, ks.tile), tiles_of(s.cin, ks.tile)}, 256, p);
     D want_dx(nx, 0.0);
     for (int n = 0; n < s.n; ++n)
         for (int co = 0; co < s.cout; ++co)
@@ -284,7 +307,7 @@ static void test_conv(const ConvShape& s, const std::string& tag) {
                                     (double)w[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] *
                                     dy[((n * s.cout + co) * OH + oy) * OW + ox];
                             }
-    check("conv2d_bwd_data " + tag, dx, want_dx, 1e-4, 1e-4);
+    check("conv2d_bwd_data" + ks.suffix + " " + tag, dx, want_dx, 1e-4, 1e-4);
     // weight gradient, without and with split-K (+ accumulate)
     D want_dw(nw, 0.0);
     for (int n = 0; n < s.n; ++n)
@@ -304,22 +327,22 @@ static void test_conv(const ConvShape& s, const std::string& tag) {
     for (int split : {1, 3}) {
         V dw(nw, split == 1 ? NAN : 0.25f), ws((size_t)split * nw, NAN);
         p.out = dw.data(); p.workspace = ws.data(); p.split_k = split; p.accumulate = split > 1;
-        emu::launch(conv2d_bwd_weight, dim3{(unsigned)((GN + 63) / 64), (unsigned)((s.cout + 63) / 64), (unsigned)split}, 256, p);
+        emu::launch(ks.bwd_weight, dim3{tiles_of(GN, ks.tile), tiles_of(s.cout, ks.tile), (unsigned)split}, 256, p);
         if (split > 1) emu::launch(conv2d_bwd_weight_reduce, dim3{2}, 256, p);
         D want = want_dw;
         if (split > 1) for (auto& v : want) v += 0.25;
-        check("conv2d_bwd_weight split_k=" + std::to_string(split) + " " + tag, dw, want, 1e-4, 1e-4);
+        check("conv2d_bwd_weight" + ks.suffix + " split_k=" + std::to_string(split) + " " + tag, dw, want, 1e-4, 1e-4);
     }
     // The two backward kernels are adjoints of the forward:
     //   <conv(x; w), dy> = <x, dx> = <w, dw>.
     const D y_nb = conv_ref(s, x, w, nullptr);
     double lhs = 0;
     for (size_t i = 0; i < ny; ++i) lhs += y_nb[i] * dy[i];
-    check1("adjoint <conv(x),dy> = <x,dx> " + tag, (float)dot(x, dx), lhs, 1e-3, 1e-4);
+    check1("adjoint <conv(x),dy> = <x,dx>" + ks.suffix + " " + tag, (float)dot(x, dx), lhs, 1e-3, 1e-4);
 }
 
 // conv_transpose2d_fwd against its own definition (scatter with output padding).
-static void test_conv_transpose() {
+static void test_conv_transpose(const ConvKernels& ks = CONV64) {
     const int N = 2, CI = 3, CO = 4, IH = 5, IW = 4, K = 3, S = 2, P = 1, OP = 1;
     const int OH = (IH - 1) * S - 2 * P + K + OP, OW = (IW - 1) * S - 2 * P + K + OP;
     V xt = rand_vec((size_t)N * CI * IH * IW), wt = rand_vec((size_t)CI * CO * K * K), bias = rand_vec(CO);
@@ -345,8 +368,45 @@ static void test_conv_transpose() {
     p.batch = N; p.cout = CI; p.cin = CO; p.oh = IH; p.ow = IW; p.h = OH; p.w = OW;
     p.kh = K; p.kw = K; p.stride_h = S; p.stride_w = S; p.pad_h = P; p.pad_w = P; p.dil_h = 1; p.dil_w = 1;
     p.split_k = 1;
-    emu::launch(conv_transpose2d_fwd, dim3{(unsigned)((N * OH * OW + 63) / 64), 1}, 256, p);
-    check("conv_transpose2d_fwd (s2 p1 op1)", yt, want, 1e-4, 1e-4);
+    emu::launch(ks.transpose, dim3{tiles_of(N * OH * OW, ks.tile), 1}, 256, p);
+    check("conv_transpose2d_fwd" + ks.suffix + " (s2 p1 op1)", yt, want, 1e-4, 1e-4);
+}
+
+// SiDivisor (common.cuh): multiply-and-shift division, used by the *_t128
+// loaders, must equal n / d for every 0 ≤ n < 2^31 and 1 ≤ d < 2^31. Checked
+// for d = 1..2048, around every power of two, near 2^31 and at random, each
+// with small n, n next to multiples of d (where a wrong quotient would show
+// first), the largest n and random n.
+static void test_divisor() {
+    std::vector<int> ds;
+    for (int d = 1; d <= 2048; ++d) ds.push_back(d);
+    for (int b = 11; b <= 30; ++b)
+        for (int e : {-1, 0, 1}) ds.push_back((1 << b) + e);
+    ds.push_back(2147483647);
+    for (int i = 0; i < 200; ++i) ds.push_back(1 + (int)(urand(0.0f, 1.0f) * 2147483000.0f));
+    long tried = 0, bad = 0;
+    auto one = [&](const SiDivisor& q, int d, long long n) {
+        if (n < 0 || n > 2147483647LL) return;
+        ++tried;
+        const int got = q.div((int)n), want = (int)(n / d);
+        if (got != want && bad++ < 5) printf("  SiDivisor: %lld / %d gave %d, want %d\n", n, d, got, want);
+    };
+    for (int d : ds) {
+        const SiDivisor q = SiDivisor::make(d);
+        for (long long n = 0; n < 600; ++n) one(q, d, n);
+        const long long top = 2147483647LL / d;
+        for (long long j : {1LL, 2LL, 3LL, 7LL, top / 2, top - 1, top, top + 1})
+            for (long long e = -1; e <= 1; ++e) one(q, d, j * d + e);
+        one(q, d, 2147483647LL);
+        for (int i = 0; i < 64; ++i) one(q, d, (long long)(urand(0.0f, 1.0f) * 2147483647.0));
+    }
+    ++checks;
+    if (bad) {
+        ++failures;
+        printf("FAIL SiDivisor: %ld of %ld quotients wrong\n", bad, tried);
+    } else {
+        printf("ok   SiDivisor (%zu divisors, %ld quotients)\n", ds.size(), tried);
+    }
 }
 
 // ---------------------------------------------------------------- pooling
@@ -629,6 +689,25 @@ int main(int argc, char** argv) {
         test_conv(ConvShape{2, 5, 10, 9, 70, 3, 3, 1, 1, 1, 1, 1, 1}, "(Cout 70, k3 p1)");
         test_conv(ConvShape{1, 1, 12, 12, 8, 5, 5, 1, 1, 0, 0, 1, 1}, "(LeNet conv1 shape)");
         test_conv_transpose();
+    }
+    if (want("conv") || want("conv128")) {
+        // The 128×128-tile twins on the same shapes (stride 2, dilation,
+        // Cout 70, k5 without padding, split-K 1 and 3, the transposed conv)...
+        test_divisor();
+        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONV128);
+        test_conv(ConvShape{1, 2, 8, 9, 3, 3, 3, 1, 2, 2, 1, 2, 1}, "(3x3 dil 2,1)", CONV128);
+        test_conv(ConvShape{2, 5, 10, 9, 70, 3, 3, 1, 1, 1, 1, 1, 1}, "(Cout 70, k3 p1)", CONV128);
+        test_conv(ConvShape{1, 1, 12, 12, 8, 5, 5, 1, 1, 0, 0, 1, 1}, "(LeNet conv1 shape)", CONV128);
+        test_conv_transpose(CONV128);
+        // ...and one where every GEMM has M and N above 128 and not multiples
+        // of 128, so partial tiles in both directions, 2×2 and more tiles,
+        // both halves of the row-group skip (fwd: rows 128..199 of the second
+        // tile use all 8 row groups; bwd_data: rows 128, 129 only the first 4)
+        // and many K steps. GEMMs: fwd 200×180×1170, bwd_data 130×180×1800,
+        // bwd_weight 200×1170×180 (split 3: chunks of 64, 64, 52).
+        test_conv(ConvShape{2, 130, 9, 10, 200, 3, 3, 1, 1, 1, 1, 1, 1}, "(130->200 k3 p1, M,N > 128)", CONV128);
+        // Stride 2 with dilation on the big tiles, M ≤ 64 (the low-half path).
+        test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONV128);
     }
     if (want("pool")) test_pool();
     if (want("loss")) test_losses();

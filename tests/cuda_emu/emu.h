@@ -56,6 +56,7 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
 
 inline float atomicAdd(float* addr, float v) { return std::atomic_ref<float>(*addr).fetch_add(v); }
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
 
 namespace emu {
 // Runs kernel k over grid × block (1-D blocks, a multiple of 32 threads).

@@ -8,12 +8,20 @@
 //! | `conv2d_bwd_data`, `conv_transpose2d_fwd` | Cin | batch·H·W | Cout·kh·kw |
 //! | `conv2d_bwd_weight` | Cout | Cin·kh·kw | batch·OH·OW (split over z) |
 //!
+//! Each has a twin with a `_t128` suffix on 128×128 tiles (grid in units of
+//! 128), expected to be faster on large problems; which one runs is decided
+//! per launch by [`conv_tile`] (the rule: [`crate::cuda::launch::conv_tile_for`];
+//! `SPLITINV_CONV_TILE=64|128` forces one).
+//!
 //! Every function takes the *conv2d* geometry `g` (for a transposed conv,
 //! the conv2d whose input-gradient it is, as in `mod.rs`).
 
 use super::cpu::ConvGeom;
 use crate::cuda::exec::{i32_of, out, ptr, run};
-use crate::cuda::launch::{split_k_for, Launch};
+use crate::cuda::launch::{
+    conv_tile, conv_tile_override, split_k_for, split_k_for_tile, ConvTile, Launch,
+    MIN_T128_BLOCKS, TILE_BIG,
+};
 use crate::cuda::params::{ConvParams, DevPtr};
 use crate::cuda::CudaBuffer;
 use crate::error::Result;
@@ -69,8 +77,10 @@ pub(crate) fn forward(
         out: y.ptr(),
         ..params(g)?
     };
-    let cfg = Launch::tiles(g.cout, gemm_n(g.n, g.out_plane())?, 1)?;
-    run(ordinal, "conv2d_fwd", cfg, &p)?;
+    let n = gemm_n(g.n, g.out_plane())?;
+    let tile = conv_tile(g.cout, n, 1)?;
+    let cfg = Launch::conv_tiles(tile, g.cout, n, 1)?;
+    run(ordinal, tile.pick("conv2d_fwd", "conv2d_fwd_t128"), cfg, &p)?;
     Ok(y)
 }
 
@@ -91,12 +101,14 @@ pub(crate) fn input_grad(
         out: dx.ptr(),
         ..params(g)?
     };
-    let cfg = Launch::tiles(g.cin, gemm_n(g.n, g.in_plane())?, 1)?;
+    let n = gemm_n(g.n, g.in_plane())?;
+    let tile = conv_tile(g.cin, n, 1)?;
+    let cfg = Launch::conv_tiles(tile, g.cin, n, 1)?;
     // Same code; the name says which role it plays in a profile.
     let kernel = if bias.is_some() {
-        "conv_transpose2d_fwd"
+        tile.pick("conv_transpose2d_fwd", "conv_transpose2d_fwd_t128")
     } else {
-        "conv2d_bwd_data"
+        tile.pick("conv2d_bwd_data", "conv2d_bwd_data_t128")
     };
     run(ordinal, kernel, cfg, &p)?;
     Ok(dx)
@@ -116,7 +128,9 @@ pub(crate) fn weight_grad(
     let big_k = gemm_n(g.n, g.out_plane())?;
     i32_of(n, "Cin·kh·kw")?;
     let dw = out(ordinal, m * n)?;
-    let split = split_k_for(m, n, big_k, TARGET_BLOCKS);
+    let x_image = g.cin * g.in_plane();
+    let (tile, split) = weight_grad_plan(m, n, big_k, x_image, conv_tile_override()?);
+    let kernel = tile.pick("conv2d_bwd_weight", "conv2d_bwd_weight_t128");
     let mut p = ConvParams {
         x: ptr(x)?,
         dy: ptr(gy)?,
@@ -124,18 +138,13 @@ pub(crate) fn weight_grad(
         ..params(g)?
     };
     if split <= 1 {
-        run(ordinal, "conv2d_bwd_weight", Launch::tiles(m, n, 1)?, &p)?;
+        run(ordinal, kernel, Launch::conv_tiles(tile, m, n, 1)?, &p)?;
         return Ok(dw);
     }
     let ws = out(ordinal, split * m * n)?;
     p.workspace = ws.ptr();
     p.split_k = i32_of(split, "split_k")?;
-    run(
-        ordinal,
-        "conv2d_bwd_weight",
-        Launch::tiles(m, n, split)?,
-        &p,
-    )?;
+    run(ordinal, kernel, Launch::conv_tiles(tile, m, n, split)?, &p)?;
     run(
         ordinal,
         "conv2d_bwd_weight_reduce",
@@ -143,4 +152,64 @@ pub(crate) fn weight_grad(
         &p,
     )?;
     Ok(dw)
+}
+
+/// Tile and split-K of the weight gradient (GEMM `m`×`n`, long axis `k`;
+/// `x_image` = Cin·H·W elements of one input image).
+///
+/// The split is chosen for each tile size: for 128×128 tiles it aims at
+/// [`MIN_T128_BLOCKS`] blocks (two per SM; fewer, larger chunks and a
+/// smaller workspace), and [`crate::cuda::launch::conv_tile_for`] then
+/// decides with those blocks; the 64×64 kernel keeps its own split, aiming
+/// at `TARGET_BLOCKS`. `conv2d_bwd_weight_t128` addresses one image of x
+/// with an `int`, so an image of 2^31 elements or more stays on the 64
+/// kernel even when forced.
+fn weight_grad_plan(
+    m: usize,
+    n: usize,
+    k: usize,
+    x_image: usize,
+    forced: Option<ConvTile>,
+) -> (ConvTile, usize) {
+    let split_big = split_k_for_tile(m, n, k, MIN_T128_BLOCKS, TILE_BIG);
+    let tile = match crate::cuda::launch::conv_tile_for(m, n, split_big, forced) {
+        ConvTile::T128 if i32::try_from(x_image).is_ok() => ConvTile::T128,
+        _ => ConvTile::T64,
+    };
+    match tile {
+        ConvTile::T128 => (tile, split_big),
+        ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_grad_plan_per_tile() {
+        // CIFAR conv22 weight gradient (128 → 128, 3×3) at batch 256 on
+        // 16×16: 9 big tiles, split to reach 2·132 blocks.
+        let (m, n, k) = (128, 128 * 9, 256 * 256);
+        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, None);
+        assert_eq!((t, s), (ConvTile::T128, MIN_T128_BLOCKS.div_ceil(9)));
+        // Batch 4: K too short to split far enough, the 64 kernel with its split.
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, 128 * 256, None);
+        assert_eq!(
+            (t, s),
+            (ConvTile::T64, split_k_for(m, n, 4 * 256, TARGET_BLOCKS))
+        );
+        // Forced either way; the split follows the tile.
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, 128 * 256, Some(ConvTile::T128));
+        assert_eq!(t, ConvTile::T128);
+        assert_eq!(
+            s,
+            split_k_for_tile(m, n, 4 * 256, MIN_T128_BLOCKS, TILE_BIG)
+        );
+        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, Some(ConvTile::T64));
+        assert_eq!((t, s), (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)));
+        // An input image too large for the t128 kernel's int offsets.
+        let (t, _) = weight_grad_plan(m, n, k, 1 << 31, Some(ConvTile::T128));
+        assert_eq!(t, ConvTile::T64);
+    }
 }
