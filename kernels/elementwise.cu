@@ -3,7 +3,9 @@
 // Mirrors the CPU set in src/ops/elementwise: binary add/sub/mul/div, the
 // unary maps (scale, add_scalar, square, sqrt, relu, sigmoid, tanh, exp, ln,
 // clamp, abs_pow) and a per-channel bias add, plus two utilities the
-// autograd engine needs on the device (fill, axpy for gradient accumulation).
+// autograd engine needs on the device (fill, axpy for gradient accumulation)
+// and the in-place per-channel clamp of the white-box attack's box
+// constraint (clamp_channels).
 //
 // The op is a code in the params struct rather than one kernel per op: the
 // branch is uniform across the whole launch (no divergence) and it keeps the
@@ -165,6 +167,33 @@ extern "C" __global__ void bias_add_fwd(BiasAddParams p) {
     SI_GRID_LOOP(i, p.n) {
         const int c = (int)((i / p.inner) % p.channels);
         p.out[i] = p.x[i] + p.bias[c];
+    }
+}
+
+struct ClampChannelsParams {
+    float* x;         // [N, C, inner], clamped in place
+    const float* lo;  // [C] lower bounds
+    const float* hi;  // [C] upper bounds; lo[c] <= hi[c], no NaN (checked on the host)
+    i64 n;            // N*C*inner
+    int channels;     // C
+    int inner;        // H*W for images, 1 for [N, C] rows
+};
+
+// x[n, c, ...] = min(max(x, lo[c]), hi[c]), in place: the projection onto
+// the valid pixel box (per channel, in the net's normalised space) that the
+// white-box attack applies after every optimiser step, so the image never
+// leaves the device. Not an autograd op: nothing is recorded and there is no
+// backward. Written as two comparisons, exactly like Rust's f32::clamp on the
+// CPU path, so both devices give the same bits; in particular a NaN stays
+// NaN (fmaxf(NaN, lo) would turn it into lo).
+extern "C" __global__ void clamp_channels(ClampChannelsParams p) {
+    SI_GRID_LOOP(i, p.n) {
+        const int c = (int)((i / p.inner) % p.channels);
+        float v = p.x[i];
+        const float lo = p.lo[c], hi = p.hi[c];
+        if (v < lo) v = lo;
+        if (v > hi) v = hi;
+        p.x[i] = v;
     }
 }
 

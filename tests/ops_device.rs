@@ -213,6 +213,28 @@ device_tests! {
         check(dev, "clamp", |v| ops::clamp(&v[0], -0.5, 0.45), &[xc], EW, FD);
         check(dev, "abs_pow", |v| ops::abs_pow(&v[0], 1.5), std::slice::from_ref(&x), EW, FD);
     };
+    clamp_channels_in_place => |dev: Device| {
+        // Projection outside autograd: the same bits as the CPU, in place,
+        // and the tensor stays a leaf. [N=4, C=3, 9×11]: more than one
+        // block of 256; [N=5, C=70] rows: many channels, inner = 1.
+        let x0 = rnd(&[4, 3, 9, 11], 160, -2.0, 2.0);
+        let (lo, hi) = ([-1.0, 0.0, 0.3], [1.0, 0.25, 0.3]);
+        let rows0 = rnd(&[5, 70], 161, -2.0, 2.0);
+        let (rlo, rhi): (Vec<f32>, Vec<f32>) = (0..70).map(|c| (-1.0 + 0.01 * c as f32, 0.5 + 0.01 * c as f32)).unzip();
+        for (t, l, h) in [(&x0, &lo[..], &hi[..]), (&rows0, &rlo[..], &rhi[..])] {
+            let want = Tensor::from_vec(t.to_vec().unwrap(), t.shape().clone()).unwrap();
+            ops::clamp_channels_in_place(&want, l, h).unwrap();
+            let x = t.to_device(dev).unwrap().requires_grad();
+            ops::clamp_channels_in_place(&x, l, h).unwrap();
+            assert_eq!(x.device(), dev);
+            assert!(x.grad_fn().is_none() && x.is_requires_grad(), "still a leaf on {dev}");
+            assert_eq!(x.to_vec().unwrap(), want.to_vec().unwrap(), "clamp_channels on {dev}");
+        }
+        let x = x0.to_device(dev).unwrap();
+        assert!(ops::clamp_channels_in_place(&x, &lo[..2], &hi).is_err());
+        assert!(ops::clamp_channels_in_place(&x, &hi, &lo).is_err());
+        assert_eq!(x.to_vec().unwrap(), x0.to_vec().unwrap(), "an error leaves x alone");
+    };
     reductions => |dev: Device| {
         let x = rnd(&[3, 4, 5, 7], 5, -1.0, 1.0);
         check(dev, "sum", |v| ops::sum(&v[0]), std::slice::from_ref(&x), EW, FD);

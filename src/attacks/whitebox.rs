@@ -306,23 +306,8 @@ pub fn invert_ensemble(
         drop(loss);
         opt.step(std::slice::from_ref(&x), &grads)?;
         if cfg.box_constraint {
-            let clamp_planes = |v: &mut [f32]| {
-                for (i, chunk) in v.chunks_mut(h * w).enumerate() {
-                    let ch = i % c;
-                    for p in chunk {
-                        *p = p.clamp(lo[ch], hi[ch]);
-                    }
-                }
-            };
-            if x.device() == crate::Device::Cpu {
-                clamp_planes(&mut x.cpu_mut()?);
-            } else {
-                // On a GPU: a round trip through the host (per-channel
-                // bounds; the box constraint is off in the paper's setup).
-                let mut v = x.to_vec()?;
-                clamp_planes(&mut v);
-                x.assign(&Tensor::from_vec(v, x.shape().clone())?)?;
-            }
+            // Project onto the pixel box, in place, where x lives.
+            ops::clamp_channels_in_place(&x, &lo, &hi)?;
         }
         on_progress(Progress {
             iteration: it,
@@ -331,4 +316,61 @@ pub fn invert_ensemble(
         })?;
     }
     Ok(x.detach())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::Layer;
+
+    /// With the box constraint every step ends inside the pixel box (per
+    /// channel, in normalised space), even with a step size that would
+    /// throw the image far outside it; without it the image leaves the box.
+    #[test]
+    fn box_constraint_keeps_every_step_inside_the_pixel_box() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let net = Sequential::new()
+            .with("conv", Layer::conv2d(3, 4, 3, 1, 1, &mut rng))
+            .unwrap();
+        let norm = Normalization::new(&[0.5, 0.4, 0.3], &[0.25, 0.2, 0.1]);
+        let bound = |v: Tensor| norm.normalize(&v).unwrap().to_vec().unwrap();
+        let (lo, hi) = (
+            bound(Tensor::zeros([1, 3, 1, 1])),
+            bound(Tensor::ones([1, 3, 1, 1])),
+        );
+        assert!(lo.iter().zip(&hi).all(|(l, h)| l < h));
+        // Observed features of an image far outside [0, 1].
+        let far = Tensor::rand_uniform([2, 3, 5, 6], -30.0, 30.0, &mut rng);
+        let target = net.forward(&far).unwrap().detach();
+        let run = |box_constraint: bool| {
+            let cfg = WhiteBoxConfig {
+                optimizer: AttackOptimizer::Gd { lr: 50.0 },
+                iterations: 4,
+                box_constraint,
+                ..WhiteBoxConfig::default()
+            };
+            let mut steps = Vec::new();
+            let x = invert(&net, &target, [3, 5, 6], &norm, &cfg, &mut |p| {
+                steps.push(p.x.to_vec()?);
+                Ok(())
+            })
+            .unwrap();
+            steps.push(x.to_vec().unwrap());
+            steps
+        };
+        let inside = |v: &[f32]| {
+            v.chunks(30)
+                .enumerate()
+                .all(|(i, plane)| plane.iter().all(|&p| p >= lo[i % 3] && p <= hi[i % 3]))
+        };
+        let boxed = run(true);
+        assert_eq!(boxed.len(), 5);
+        assert!(boxed.iter().all(|v| inside(v)), "a step left the box");
+        // Some pixels sit on the bounds: the projection did something.
+        assert!(boxed[4].iter().any(|p| lo.contains(p) || hi.contains(p)));
+        assert!(
+            !run(false).iter().all(|v| inside(v)),
+            "the test needs a step that leaves the box"
+        );
+    }
 }

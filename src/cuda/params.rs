@@ -161,6 +161,20 @@ pub struct BiasAddParams {
     pub inner: i32,
 }
 
+/// `clamp_channels`: `x ← min(max(x, lo[c]), hi[c])` in place for x
+/// `[N, C, inner]`; `lo` and `hi` point at C floats each on the device.
+#[allow(missing_docs)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClampChannelsParams {
+    pub x: DevPtr,
+    pub lo: DevPtr,
+    pub hi: DevPtr,
+    pub n: i64,
+    pub channels: i32,
+    pub inner: i32,
+}
+
 /// `ew_fill`.
 #[allow(missing_docs)]
 #[repr(C)]
@@ -406,6 +420,7 @@ kernel_params!(
     UnaryParams,
     UnaryBwdParams,
     BiasAddParams,
+    ClampChannelsParams,
     FillParams,
     AxpyParams,
     ReduceParams,
@@ -437,6 +452,7 @@ pub const KERNEL_PARAMS: &[(&str, &str, usize)] = &{
         k!("ew_unary_fwd", UnaryParams),
         k!("ew_unary_bwd", UnaryBwdParams),
         k!("bias_add_fwd", BiasAddParams),
+        k!("clamp_channels", ClampChannelsParams),
         k!("ew_fill", FillParams),
         k!("ew_axpy", AxpyParams),
         k!("reduce_sum", ReduceParams),
@@ -496,6 +512,7 @@ mod tests {
         assert_eq!(size_of::<UnaryParams>(), 2 * 8 + 8 + 3 * 4 + 4); // 40
         assert_eq!(size_of::<UnaryBwdParams>(), 4 * 8 + 8 + 3 * 4 + 4); // 56
         assert_eq!(size_of::<BiasAddParams>(), 3 * 8 + 8 + 2 * 4); // 40
+        assert_eq!(size_of::<ClampChannelsParams>(), 3 * 8 + 8 + 2 * 4); // 40
         assert_eq!(size_of::<FillParams>(), 8 + 8 + 8); // 24
         assert_eq!(size_of::<AxpyParams>(), 2 * 8 + 8 + 8); // 32
         assert_eq!(size_of::<ReduceParams>(), 2 * 8 + 8 + 8); // 32

@@ -14,8 +14,8 @@ pub use conv::{
     ConvTranspose2dParams,
 };
 pub use elementwise::{
-    abs_pow, add, add_scalar, clamp, div, dropout, exp, ln, mul, relu, scale, sigmoid, sqrt,
-    square, sub, tanh,
+    abs_pow, add, add_scalar, clamp, clamp_channels_in_place, div, dropout, exp, ln, mul, relu,
+    scale, sigmoid, sqrt, square, sub, tanh,
 };
 pub use linear::{linear, matmul, transpose};
 pub use loss::{

@@ -150,6 +150,32 @@ static void test_elementwise() {
         for (int i = 0; i < 30; ++i) want[i] = (double)x[i] + bias[(i / 5) % 3];
         check("bias_add_fwd", out, want);
     }
+    // Per-channel clamp in place, [N=3, C=5, inner=37] = 555 values: one
+    // block of 256, so each thread strides over the grid more than once.
+    // Channel 3 is a single point (lo = hi), channel 4 unbounded above.
+    {
+        const int N = 3, C = 5, I = 37, total = N * C * I;
+        const V lo = {-1.0f, -0.25f, 0.3f, 0.1f, 0.0f}, hi = {0.5f, 0.25f, 1.7f, 0.1f, INFINITY};
+        V x = rand_vec(total, -2.0f, 2.0f);
+        x[7] = NAN;
+        const V x0 = x;
+        emu::launch(clamp_channels, dim3{1}, 256, ClampChannelsParams{x.data(), lo.data(), hi.data(), total, C, I});
+        D want(total);
+        for (int i = 0; i < total; ++i) {
+            const int c = (i / I) % C;
+            want[i] = std::min<double>(std::max<double>(x0[i], lo[c]), hi[c]);
+        }
+        ++checks;
+        if (std::isnan(x[7])) {
+            printf("ok   clamp_channels keeps a NaN\n");
+        } else {
+            ++failures;
+            printf("FAIL clamp_channels turned a NaN into %g\n", x[7]);
+        }
+        x[7] = 0.0f;
+        want[7] = 0.0;
+        check("clamp_channels", x, want, 0.0, 0.0);
+    }
     {
         V y = rand_vec(300), x = rand_vec(300), y0 = y;
         emu::launch(ew_axpy, dim3{1}, 256, AxpyParams{x.data(), y.data(), 300, -0.5f});

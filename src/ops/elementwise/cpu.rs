@@ -57,3 +57,16 @@ pub(crate) fn unary_backward(x: &[f32], y: &[f32], g: &[f32], op: UnaryOp) -> Ve
         }),
     }
 }
+
+/// `x ← min(max(x, lo[c]), hi[c])` in place for x viewed as
+/// `[N, C, inner]`, C = `lo.len()` (checked by the caller: `inner` > 0,
+/// equal lengths, `lo[c] <= hi[c]` and no NaN bound, which `f32::clamp`
+/// would panic on). A NaN element stays NaN.
+pub(crate) fn clamp_channels(x: &mut [f32], inner: usize, lo: &[f32], hi: &[f32]) {
+    let bounds = lo.iter().zip(hi).cycle();
+    for (plane, (&l, &h)) in x.chunks_mut(inner).zip(bounds) {
+        for v in plane {
+            *v = v.clamp(l, h);
+        }
+    }
+}

@@ -5,7 +5,8 @@ use super::{BinaryOp, UnaryOp};
 use crate::cuda::exec::{i32_of, i64_of, out, ptr, run};
 use crate::cuda::launch::Launch;
 use crate::cuda::params::{
-    BiasAddParams, BinaryCode, BinaryParams, UnaryBwdParams, UnaryCode, UnaryParams,
+    BiasAddParams, BinaryCode, BinaryParams, ClampChannelsParams, UnaryBwdParams, UnaryCode,
+    UnaryParams,
 };
 use crate::cuda::CudaBuffer;
 use crate::error::Result;
@@ -90,4 +91,30 @@ pub(crate) fn bias_add(
     };
     run(ordinal, "bias_add_fwd", Launch::elementwise(n), &p)?;
     Ok(y)
+}
+
+/// `x ← min(max(x, lo[c]), hi[c])` in place for x viewed as
+/// `[N, C, inner]`, C = `lo.len()` (bounds checked by the caller). The
+/// bounds go up as one small buffer `[lo…, hi…]`; it returns to the pool
+/// when this function ends, and the pool hands it out again only to work
+/// queued behind the launch, so the kernel still reads it intact.
+pub(crate) fn clamp_channels(
+    ordinal: usize,
+    x: &Tensor,
+    inner: usize,
+    lo: &[f32],
+    hi: &[f32],
+) -> Result<()> {
+    let channels = lo.len();
+    let bounds = CudaBuffer::from_host(ordinal, &[lo, hi].concat())?;
+    let n = x.numel();
+    let p = ClampChannelsParams {
+        x: ptr(x)?,
+        lo: bounds.ptr(),
+        hi: bounds.ptr() + 4 * channels as u64,
+        n: i64_of(n)?,
+        channels: i32_of(channels.max(1), "channels")?,
+        inner: i32_of(inner.max(1), "inner size")?,
+    };
+    run(ordinal, "clamp_channels", Launch::elementwise(n), &p)
 }

@@ -1,5 +1,6 @@
 //! Element-wise ops: binary arithmetic on same-shaped tensors, unary maps
-//! (activations included), and dropout.
+//! (activations included), and dropout; plus one in-place projection
+//! outside autograd, [`clamp_channels_in_place`] (a per-channel box).
 //!
 //! Backward rules, for y = op(x) and upstream gradient g = dL/dy:
 //!
@@ -266,6 +267,73 @@ pub fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     unary(x, UnaryOp::Clamp(lo, hi))
 }
 
+/// Projects `x` onto a per-channel box, in place:
+/// `x[n, c, …] ← min(max(x[n, c, …], lo[c]), hi[c])` for `x` of shape
+/// `[N, C, …]` (NCHW images, or `[N, C]` rows), on the device `x` lives on.
+///
+/// This is the projection step of projected gradient descent (the white-box
+/// attack's box constraint), not a differentiable op: like an optimiser
+/// step it works outside autograd, records no graph node and leaves `x`'s
+/// gradient tracking as it is (a leaf that requires grad stays one). Call
+/// it between steps, never while a graph that saved `x` is still to be
+/// backpropagated. On a GPU the bounds (2·C floats) are uploaded and the
+/// tensor is clamped by one `clamp_channels` launch; nothing else moves.
+///
+/// A NaN element stays NaN (as with `f32::clamp`), on every device, and
+/// infinite bounds are allowed (no bound on that side).
+///
+/// # Errors
+/// `x` of rank < 2; `lo` or `hi` not of length C; a NaN bound or
+/// `lo[c] > hi[c]`. `x` is left unchanged then.
+pub fn clamp_channels_in_place(x: &Tensor, lo: &[f32], hi: &[f32]) -> Result<()> {
+    use std::cmp::Ordering;
+    const OP: &str = "clamp_channels_in_place";
+    let dims = x.dims();
+    let (channels, inner) = match dims {
+        [_, c, rest @ ..] => (*c, rest.iter().product::<usize>()),
+        _ => {
+            return Err(Error::invalid(
+                OP,
+                format!("needs x of shape [N, C, ...], got {dims:?}"),
+            ))
+        }
+    };
+    if lo.len() != channels || hi.len() != channels {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "x {dims:?} has C = {channels} channels, got {} lower and {} upper bounds",
+                lo.len(),
+                hi.len()
+            ),
+        ));
+    }
+    // Incomparable (a NaN bound) counts as out of order.
+    let in_order =
+        |l: &f32, h: &f32| matches!(l.partial_cmp(h), Some(Ordering::Less | Ordering::Equal));
+    if let Some((c, (l, h))) = lo
+        .iter()
+        .zip(hi)
+        .enumerate()
+        .find(|(_, (l, h))| !in_order(l, h))
+    {
+        return Err(Error::invalid(
+            OP,
+            format!("channel {c}: need lo <= hi, got lo={l}, hi={h}"),
+        ));
+    }
+    if x.numel() == 0 {
+        return Ok(());
+    }
+    match x.device() {
+        Device::Cpu => {
+            cpu::clamp_channels(&mut x.cpu_mut()?, inner, lo, hi);
+            Ok(())
+        }
+        Device::Cuda(n) => cuda::clamp_channels(n, x, inner, lo, hi),
+    }
+}
+
 struct UnaryBackward {
     op: UnaryOp,
     x: Tensor,
@@ -410,6 +478,65 @@ mod tests {
         assert!((s[0] - 0.7310586).abs() < 1e-6);
         assert!(add(&a, &Tensor::zeros([4])).is_err());
         assert!(clamp(&a, 1.0, 0.0).is_err());
+    }
+
+    #[test]
+    fn clamp_channels_in_place_clamps_each_channel() {
+        // [N=2, C=3, 2×2]: per channel one value below, one inside, one
+        // above and one on a bound; channel 2 is a single point (lo = hi).
+        let (lo, hi) = ([-1.0, 0.0, 0.5], [1.0, 0.25, 0.5]);
+        let per_image = [
+            [-3.0, 0.5, 2.0, 1.0],
+            [-0.1, 0.1, 7.0, 0.0],
+            [0.0, 0.5, 9.0, -9.0],
+        ];
+        let x: Vec<f32> = [per_image, per_image]
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        let x = Tensor::from_vec(x, [2, 3, 2, 2]).unwrap().requires_grad();
+        clamp_channels_in_place(&x, &lo, &hi).unwrap();
+        let want_image = [
+            [-1.0, 0.5, 1.0, 1.0],
+            [0.0, 0.1, 0.25, 0.0],
+            [0.5, 0.5, 0.5, 0.5],
+        ];
+        let want: Vec<f32> = [want_image, want_image]
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(x.to_vec().unwrap(), want);
+        // Outside autograd: x is still the same leaf.
+        assert!(x.grad_fn().is_none() && x.is_requires_grad());
+
+        // [N, C] rows (inner = 1), a NaN element, infinite bounds.
+        let rows = Tensor::from_vec(vec![-5.0, f32::NAN, 5.0, 3.0], [2, 2]).unwrap();
+        clamp_channels_in_place(&rows, &[f32::NEG_INFINITY, 0.0], &[0.0, f32::INFINITY]).unwrap();
+        let v = rows.to_vec().unwrap();
+        assert_eq!((v[0], v[2], v[3]), (-5.0, 0.0, 3.0));
+        assert!(v[1].is_nan(), "a NaN element stays NaN");
+
+        // Errors, and x untouched.
+        let y = Tensor::from_vec(vec![-2.0, 2.0, -2.0, 2.0], [1, 2, 2]).unwrap();
+        let err =
+            |lo: &[f32], hi: &[f32]| clamp_channels_in_place(&y, lo, hi).unwrap_err().to_string();
+        assert!(
+            err(&[0.0], &[1.0, 1.0]).contains("C = 2"),
+            "{}",
+            err(&[0.0], &[1.0, 1.0])
+        );
+        assert!(err(&[0.0, 0.0], &[1.0, 1.0, 1.0]).contains("3 upper"));
+        assert!(err(&[0.0, 2.0], &[1.0, 1.0]).contains("channel 1"));
+        assert!(err(&[f32::NAN, 0.0], &[1.0, 1.0]).contains("channel 0"));
+        assert!(clamp_channels_in_place(&Tensor::zeros([4]), &[0.0], &[1.0]).is_err());
+        assert_eq!(y.to_vec().unwrap(), vec![-2.0, 2.0, -2.0, 2.0]);
+        // Nothing to clamp is fine.
+        clamp_channels_in_place(&Tensor::zeros([0, 2, 3]), &[0.0; 2], &[1.0; 2]).unwrap();
+        clamp_channels_in_place(&Tensor::zeros([2, 2, 0]), &[0.0; 2], &[1.0; 2]).unwrap();
     }
 
     #[test]
