@@ -270,6 +270,9 @@ struct SiDivisor {
 // (k, m) sits in bank (4k + m) mod 32, all 32 distinct (with + 1 they would
 // collide up to 4 ways). The other layout stores 32 consecutive m of one k.
 #define SI_BPAD 4
+// The thread mapping below (SiTile128Pos) is written for exactly these sizes.
+static_assert(SI_BM == 128 && SI_BN == 128 && SI_BK == 8 && SI_TILE_THREADS == 256,
+              "si_gemm_tile128's thread mapping assumes 256 threads on 128x128x8 tiles");
 
 struct SiTiles128 {
     float a[SI_BK][SI_BM + SI_BPAD];
@@ -312,6 +315,9 @@ template <class L>
 SI_DEV void si_gemm_tile128(SiTiles128& tiles, const L& ld, int M, int N, int k_begin, int k_end,
                             int m0, int n0, float acc[8][8]) {
     using Pos = SiTile128Pos<L>;
+    // Every conv loader reads A along k; the other layout is written out but
+    // no loader uses it, so no test covers it yet.
+    static_assert(L::A_K_FAST, "si_gemm_tile128: A_K_FAST = false is untested");
     const int tid = threadIdx.x;
     const int tx = tid & 15, ty = tid >> 4;
 

@@ -254,7 +254,7 @@ pub struct AttackOutcome {
     pub recon: Tensor,
     /// Per-image scores.
     pub scores: Vec<ImageScores>,
-    /// Seconds spent (training included).
+    /// Seconds spent (training included, unless cached shadows were loaded).
     pub seconds: f64,
 }
 
@@ -618,32 +618,67 @@ fn channel_scale_layer(scale: &[f32], device: crate::Device) -> Result<crate::nn
     })
 }
 
-/// The file name a trained shadow is cached under: everything that decides
-/// its weights (model, split, setting, data size, training settings, the
-/// frozen f2's weights, the shadow's index) hashed into the name, so a
-/// cache never hands back a shadow trained for something else.
-fn shadow_cache_name(
+/// Bump when a change to shadow training (initialisation, augmentation,
+/// the training loop) makes shadows cached by an earlier build stale.
+const SHADOW_CACHE_VERSION: u32 = 1;
+
+/// The part of a cached shadow's key that is the same for every shadow of
+/// one query-free run: model, split, setting, the attacker's data (every
+/// pixel and label), the input normalisation and the frozen f2's weights.
+fn shadow_cache_key(
     kind: ModelKind,
     split: &str,
     setting: ShadowSetting,
-    data_len: usize,
-    cfg: &TrainConfig,
+    data: &Dataset,
+    norm: &Normalization,
     f2: &Sequential,
+) -> Result<Fnv64> {
+    let mut h = Fnv64::default();
+    h.write(format!("v{SHADOW_CACHE_VERSION}/{kind:?}/{split}/{setting}/").as_bytes());
+    h.write(format!("{:?}/{:?}/", norm.mean, norm.std).as_bytes());
+    h.write(
+        format!(
+            "{}x{}x{}x{}/",
+            data.n, data.channels, data.height, data.width
+        )
+        .as_bytes(),
+    );
+    h.write_f32s(&data.images);
+    for &l in &data.labels {
+        h.write(&(l as u64).to_le_bytes());
+    }
+    for (name, t) in f2.named_params() {
+        h.write(name.as_bytes());
+        h.write_f32s(&t.to_vec()?);
+    }
+    Ok(h)
+}
+
+/// The file name shadow `k`, trained with `cfg`, is cached under: the run's
+/// key ([`shadow_cache_key`]) with the training settings and `k` hashed in.
+/// Anything else that decides the weights is code, covered by
+/// [`SHADOW_CACHE_VERSION`]; a file whose layers don't fit the shadow is
+/// refused when loaded.
+fn shadow_cache_name(
+    key: &Fnv64,
+    kind: ModelKind,
+    split: &str,
+    setting: ShadowSetting,
+    cfg: &TrainConfig,
     k: u64,
 ) -> Result<String> {
-    let mut h = Fnv64::default();
-    h.write(format!("{kind:?}/{split}/{setting}/{data_len}/{k}/").as_bytes());
+    let mut h = Fnv64(key.0);
+    // The progress bar does not change the weights.
+    let cfg = TrainConfig {
+        progress: false,
+        ..cfg.clone()
+    };
     h.write(
-        serde_json::to_string(cfg)
+        serde_json::to_string(&cfg)
             .map_err(|e| Error::invalid("shadow cache", e.to_string()))?
             .as_bytes(),
     );
-    for (name, t) in f2.named_params() {
-        h.write(name.as_bytes());
-        for v in t.to_vec()? {
-            h.write(&v.to_le_bytes());
-        }
-    }
+    h.write(&k.to_le_bytes());
     Ok(format!(
         "shadow_{kind:?}_{split}_{setting}_{k}_{:016x}.safetensors",
         h.0
@@ -661,9 +696,17 @@ impl Default for Fnv64 {
 }
 
 impl Fnv64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+    /// Whole 32-bit words at a time (a whole dataset's pixels go through
+    /// here; byte by byte would take seconds).
+    fn write_f32s(&mut self, values: &[f32]) {
+        for v in values {
+            self.0 = (self.0 ^ u64::from(v.to_bits())).wrapping_mul(Self::PRIME);
         }
     }
 }
@@ -692,8 +735,10 @@ pub const SHADOW_OUTLIER_RATIO: f64 = 2.0;
 /// Drops the shadows that learnt features unlike f1's (see
 /// [`SHADOW_OUTLIER_RATIO`]); the closest one always stays. One bad shadow
 /// spoils the joint inversion: LeNet conv1 same-set-diff-net, distances
-/// 0.52, 0.57 and 1.83; all three inverted together 16.97 dB / SSIM 0.613,
-/// the first two 22.46 / 0.885. In the other three conv1 settings the
+/// 0.52, 0.57 and 1.83; with the first-conv priors of that day (TV 0.1, L2
+/// 0.1) all three inverted together gave 16.97 dB / SSIM 0.613, the first
+/// two 22.46 / 0.885 (22.12 / 0.881 with today's TV 0.05, L2 0.15). In the
+/// other three conv1 settings the
 /// distances stay within 1.6× of each other and every shadow is kept.
 fn keep_faithful_shadows(nets: Vec<(Sequential, f64)>) -> Vec<Sequential> {
     let best = nets.iter().map(|n| n.1).fold(f64::INFINITY, f64::min);
@@ -711,9 +756,10 @@ fn keep_faithful_shadows(nets: Vec<(Sequential, f64)>) -> Vec<Sequential> {
 }
 
 /// Query-free attack: trains `n_shadows` shadow nets f1' (seeds differ)
-/// through the frozen f2 on `shadow_data`, then runs the white-box attack
-/// on all of them at once ([`whitebox::invert_ensemble`]; one shadow is
-/// the paper's attack). With `shadow_cache`, trained shadows are kept in
+/// through the frozen f2 on `shadow_data`, leaves out those whose features
+/// look unlike the observed ones (see `SHADOW_OUTLIER_RATIO`), then runs
+/// the white-box attack on the rest at once ([`whitebox::invert_ensemble`];
+/// one shadow is the paper's attack). With `shadow_cache`, trained shadows are kept in
 /// that folder and reused by later runs with the same settings.
 #[allow(clippy::too_many_arguments)]
 pub fn run_queryfree(
@@ -752,6 +798,17 @@ pub fn run_queryfree(
     // setting has 10k MNIST images against the target's 60k); jittering it
     // stops the shadow from fitting f2 only on those exact images.
     let aug = attacker_augment(shadow_data.channels);
+    let cache_key = match shadow_cache {
+        Some(_) => Some(shadow_cache_key(
+            target.kind,
+            split,
+            setting,
+            shadow_data,
+            &norm,
+            &f2,
+        )?),
+        None => None,
+    };
     for k in 0..n_shadows as u64 {
         let seed = train_cfg.seed ^ 0x5bad ^ k.wrapping_mul(0x9e37_79b9);
         let mut shadow = shadows::shadow_for(target.kind, split, setting.same_net, seed)?;
@@ -759,17 +816,16 @@ pub fn run_queryfree(
             seed: train_cfg.seed.wrapping_add(k),
             ..train_cfg.clone()
         };
-        let cached = match shadow_cache {
-            Some(dir) => Some(dir.join(shadow_cache_name(
+        let cached = match (shadow_cache, &cache_key) {
+            (Some(dir), Some(key)) => Some(dir.join(shadow_cache_name(
+                key,
                 target.kind,
                 split,
                 setting,
-                shadow_data.len(),
                 &cfg,
-                &f2,
                 k,
             )?)),
-            None => None,
+            _ => None,
         };
         match &cached {
             Some(file) if file.exists() => {
@@ -784,8 +840,7 @@ pub fn run_queryfree(
                 };
                 queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, &cfg)?;
                 if let Some(file) = &cached {
-                    std::fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))
-                        .map_err(|e| Error::io(file, e))?;
+                    // (An atomic write that creates the folder.)
                     crate::nn::weights::save(&shadow, file, None)?;
                     eprintln!("   query-free: shadow {k} saved to {}", file.display());
                 }

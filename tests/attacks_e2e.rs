@@ -116,14 +116,41 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
         )
         .unwrap()
     };
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
     let qf = run();
-    let saved: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    let saved = files();
     assert_eq!(saved.len(), 1, "one shadow file in the cache");
+    let bytes = std::fs::read(&saved[0]).unwrap();
     let again = run();
+    assert_eq!(files(), saved, "the second run must find the same file");
+    assert_eq!(
+        std::fs::read(&saved[0]).unwrap(),
+        bytes,
+        "and not rewrite it"
+    );
     assert_eq!(
         qf.recon.to_vec().unwrap(),
         again.recon.to_vec().unwrap(),
         "the cached shadow must reproduce the reconstruction exactly"
+    );
+    // Proof that the file is what the second run used: halve its weights,
+    // and the reconstruction changes.
+    let (tensors, meta) = splitinv::nn::weights::read_tensors(&saved[0]).unwrap();
+    let halved: Vec<_> = tensors
+        .into_iter()
+        .map(|(name, dims, v)| (name, dims, v.iter().map(|x| x * 0.5).collect()))
+        .collect();
+    splitinv::nn::weights::write_tensors(&saved[0], &halved, Some(meta)).unwrap();
+    let tampered = run();
+    assert_ne!(
+        qf.recon.to_vec().unwrap(),
+        tampered.recon.to_vec().unwrap(),
+        "a run with the cache must use the cached weights"
     );
     let _ = std::fs::remove_dir_all(&cache);
     let m = summarize(&qf.scores);

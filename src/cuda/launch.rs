@@ -263,6 +263,25 @@ pub fn launch<P: KernelParams + cudarc::driver::DeviceRepr>(
 mod tests {
     use super::*;
 
+    /// The host's tile edges are the kernels' (a mismatch would launch a
+    /// grid that leaves part of the output uncomputed).
+    #[test]
+    fn tile_edges_match_the_kernel_defines() {
+        let src = include_str!("../../kernels/common.cuh");
+        let define = |name: &str| -> usize {
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("no #define {name}"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("SI_TM"), TILE);
+        assert_eq!(define("SI_TN"), TILE);
+        assert_eq!(define("SI_BM"), TILE_BIG);
+        assert_eq!(define("SI_BN"), TILE_BIG);
+        assert_eq!(define("SI_TILE_THREADS") as u32, TILE_THREADS);
+    }
+
     #[test]
     fn params_are_checked_by_struct_not_just_size() {
         use crate::cuda::params::{BinaryParams, ConvParams, UnaryParams};
