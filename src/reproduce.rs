@@ -356,8 +356,7 @@ pub fn setup(
 /// same number of image presentations whatever the attacker's data size,
 /// so a 10k-image attacker set trains as long as the 60k one. CIFAR10CNN:
 /// 300k (black-box same-set ReLU22: 150k 19.59 dB / SSIM 0.709 in the GPU
-/// run, short of
-/// the paper's 19.81; 300k 19.84 / 0.715).
+/// run, short of the paper's 19.81; 300k 19.84 / 0.715 on the CPU).
 pub fn attack_train_config(kind: ModelKind, n: usize, seed: u64) -> TrainConfig {
     let passes: usize = match kind {
         ModelKind::Lenet => 180_000,
