@@ -68,6 +68,60 @@ struct ConvParams {
     int accumulate;     // 1: out += result, 0: out = result
 };
 
+// ---- output stores, shared by the 64 (R = 4) and 128 (R = 8) kernels ------
+//
+// Thread (tx, ty) holds rows ty + 16i and columns tx + 16j of the tile, i, j
+// < R; for fixed (i, j) neighbouring threads write neighbouring columns, so
+// the stores coalesce.
+
+// A GEMM whose rows are channels (M of them) and whose columns are (image,
+// pixel) pairs (`plane` pixels per image) into NCHW p.out, adding
+// p.bias[row] when given (forward, input gradient, transposed conv).
+template <int R>
+SI_DEV void conv_store_nchw(const ConvParams& p, const float (&acc)[R][R], int M, int N, int plane,
+                            int m0, int n0) {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+        const int n = n0 + tx + 16 * j;
+        if (n >= N) continue;
+        const int img = n / plane, pix = n - img * plane;
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int c = m0 + ty + 16 * i;
+            if (c >= M) continue;
+            float v = acc[i][j] + (p.bias ? p.bias[c] : 0.0f);
+            float* o = p.out + ((i64)img * M + c) * plane + pix;
+            *o = p.accumulate ? *o + v : v;
+        }
+    }
+}
+
+// The weight gradient's M×N tile: into p.out, or with split-K into slice
+// blockIdx.z of p.workspace. Every chunk writes its whole tile (zeros for
+// an empty chunk), so the reduce never reads stale memory.
+template <int R>
+SI_DEV void conv_store_dw(const ConvParams& p, const float (&acc)[R][R], int M, int N, int splits,
+                          int m0, int n0) {
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int co = m0 + ty + 16 * i;
+        if (co >= M) continue;
+#pragma unroll
+        for (int j = 0; j < R; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (n >= N) continue;
+            const i64 idx = (i64)co * N + n;
+            if (splits > 1) {
+                p.workspace[(i64)blockIdx.z * M * N + idx] = acc[i][j];
+            } else {
+                p.out[idx] = p.accumulate ? p.out[idx] + acc[i][j] : acc[i][j];
+            }
+        }
+    }
+}
+
 // ---- forward -------------------------------------------------------------
 
 struct ConvFwdLoader {
@@ -97,22 +151,7 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_fwd(ConvPar
     float acc[4][4] = {};
     __shared__ SiTiles tiles;
     si_gemm_tile(tiles, ConvFwdLoader{p}, M, N, 0, K, m0, n0, acc);
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    const int ohw = p.oh * p.ow;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int n = n0 + tx + 16 * j;
-        if (n >= N) continue;
-        const int img = n / ohw, pix = n - img * ohw;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int co = m0 + ty + 16 * i;
-            if (co >= M) continue;
-            float v = acc[i][j] + (p.bias ? p.bias[co] : 0.0f);
-            float* o = p.out + ((i64)img * p.cout + co) * ohw + pix;
-            *o = p.accumulate ? *o + v : v;
-        }
-    }
+    conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
 // ---- input gradient / transposed convolution ------------------------------
@@ -150,22 +189,7 @@ SI_DEV void conv_bwd_data_run(const ConvParams& p) {
     float acc[4][4] = {};
     __shared__ SiTiles tiles;
     si_gemm_tile(tiles, ConvBwdDataLoader{p}, M, N, 0, K, m0, n0, acc);
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    const int hw = p.h * p.w;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int n = n0 + tx + 16 * j;
-        if (n >= N) continue;
-        const int img = n / hw, pix = n - img * hw;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int ci = m0 + ty + 16 * i;
-            if (ci >= M) continue;
-            float v = acc[i][j] + (p.bias ? p.bias[ci] : 0.0f);
-            float* o = p.out + ((i64)img * p.cin + ci) * hw + pix;
-            *o = p.accumulate ? *o + v : v;
-        }
-    }
+    conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
 // dx = the transposed convolution of dy with w (bias must be null here).
@@ -212,25 +236,7 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_weight(
     float acc[4][4] = {};
     __shared__ SiTiles tiles;
     si_gemm_tile(tiles, ConvBwdWeightLoader{p}, M, N, k_begin, k_end, m0, n0, acc);
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int co = m0 + ty + 16 * i;
-        if (co >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int n = n0 + tx + 16 * j;
-            if (n >= N) continue;
-            const i64 idx = (i64)co * N + n;
-            if (splits > 1) {
-                // Every chunk writes its whole tile (zeros for an empty
-                // chunk), so the reduce never reads stale memory.
-                p.workspace[(i64)blockIdx.z * M * N + idx] = acc[i][j];
-            } else {
-                p.out[idx] = p.accumulate ? p.out[idx] + acc[i][j] : acc[i][j];
-            }
-        }
-    }
+    conv_store_dw(p, acc, M, N, splits, m0, n0);
 }
 
 // dw = Σ_z workspace[z] (in order z = 0, 1, ...). Grid-stride over
@@ -386,35 +392,13 @@ struct ConvBwdWeightHoisted {
     }
 };
 
-// Stores the 8×8 register block of a GEMM whose rows are channels (M of
-// them) and whose columns are (image, pixel) pairs (`plane` pixels per
-// image) into NCHW `p.out`, adding p.bias[row] when given.
-SI_DEV void conv_store_nchw128(const ConvParams& p, const float acc[8][8], int M, int N, int plane,
-                               int m0, int n0) {
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int n = n0 + tx + 16 * j;
-        if (n >= N) continue;
-        const int img = n / plane, pix = n - img * plane;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int c = m0 + ty + 16 * i;
-            if (c >= M) continue;
-            float v = acc[i][j] + (p.bias ? p.bias[c] : 0.0f);
-            float* o = p.out + ((i64)img * M + c) * plane + pix;
-            *o = p.accumulate ? *o + v : v;
-        }
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
     si_gemm_tile128(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    conv_store_nchw128(p, acc, M, N, p.oh * p.ow, m0, n0);
+    conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
 SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
@@ -423,7 +407,7 @@ SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
     si_gemm_tile128(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    conv_store_nchw128(p, acc, M, N, p.h * p.w, m0, n0);
+    conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
 // conv2d_bwd_data on 128×128 tiles (bias must be null here).
@@ -447,22 +431,5 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weig
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
     si_gemm_tile128(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin, k_end, m0, n0, acc);
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int co = m0 + ty + 16 * i;
-        if (co >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int n = n0 + tx + 16 * j;
-            if (n >= N) continue;
-            const i64 idx = (i64)co * N + n;
-            if (splits > 1) {
-                // Every chunk writes its whole tile (zeros for an empty one).
-                p.workspace[(i64)blockIdx.z * M * N + idx] = acc[i][j];
-            } else {
-                p.out[idx] = p.accumulate ? p.out[idx] + acc[i][j] : acc[i][j];
-            }
-        }
-    }
+    conv_store_dw(p, acc, M, N, splits, m0, n0);
 }

@@ -598,18 +598,26 @@ pub fn queryfree_matches_scale(kind: ModelKind, linear_shadow: bool) -> bool {
     kind == ModelKind::Cifar10Cnn && !linear_shadow
 }
 
-/// Root mean square of each channel of `[N, C, ...]` features.
+/// Root mean square of each channel of `[N, C, ...]` features (RMS² =
+/// mean² + spread²).
 fn channel_rms(t: &Tensor) -> Result<Vec<f64>> {
-    let dims = t.dims();
-    let (n, c) = (dims[0], dims.get(1).copied().unwrap_or(1));
-    let per = t.numel() / (n * c).max(1);
-    let v = t.to_vec()?;
-    let mut sums = vec![0f64; c];
-    for (i, x) in v.iter().enumerate() {
-        sums[(i / per) % c] += f64::from(*x) * f64::from(*x);
-    }
-    let count = (n * per).max(1) as f64;
-    Ok(sums.iter().map(|s| (s / count).sqrt()).collect())
+    Ok(crate::attacks::noise::channel_stats(t)?
+        .iter()
+        .map(|(m, s)| (m * m + s * s).sqrt())
+        .collect())
+}
+
+/// A shadow's features on the attacker's own images (the first 256), on
+/// `device`: what the attacker compares with the observed features.
+fn shadow_features_on_data(
+    shadow: &Sequential,
+    data: &Dataset,
+    norm: &Normalization,
+    device: crate::Device,
+) -> Result<Tensor> {
+    let idx: Vec<usize> = (0..data.len().min(256)).collect();
+    let (x, _) = prepare_batch(data, &idx, norm, None)?;
+    no_grad(|| shadow.forward(&x.to_device(device)?))
 }
 
 /// Per-channel factors that give the shadow's features on the attacker's
@@ -621,10 +629,12 @@ fn shadow_scale(
     norm: &Normalization,
     observed: &Tensor,
 ) -> Result<Vec<f32>> {
-    let idx: Vec<usize> = (0..data.len().min(256)).collect();
-    let (x, _) = prepare_batch(data, &idx, norm, None)?;
-    let x = x.to_device(observed.device())?;
-    let ours = channel_rms(&no_grad(|| shadow.forward(&x))?)?;
+    let ours = channel_rms(&shadow_features_on_data(
+        shadow,
+        data,
+        norm,
+        observed.device(),
+    )?)?;
     let want = channel_rms(observed)?;
     if ours.len() != want.len() {
         return Err(Error::invalid(
@@ -762,9 +772,7 @@ fn shadow_stats_distance(
     norm: &Normalization,
     observed: &Tensor,
 ) -> Result<f64> {
-    let idx: Vec<usize> = (0..data.len().min(256)).collect();
-    let (x, _) = prepare_batch(data, &idx, norm, None)?;
-    let f = no_grad(|| shadow.forward(&x.to_device(observed.device())?))?;
+    let f = shadow_features_on_data(shadow, data, norm, observed.device())?;
     crate::attacks::noise::feature_stats_distance(&f, observed)
 }
 

@@ -227,6 +227,37 @@ fn conv_ref(
     (y, oh, ow)
 }
 
+/// The shape fields of a square-kernel conv's launch parameters (no
+/// pointers, no split, no dilation).
+fn conv_geometry(
+    (n, ci, h, w): (usize, usize, usize, usize),
+    (co, k): (usize, usize),
+    (oh, ow): (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> ConvParams {
+    let i = |v: usize| v as i32;
+    ConvParams {
+        batch: i(n),
+        cin: i(ci),
+        h: i(h),
+        w: i(w),
+        cout: i(co),
+        kh: i(k),
+        kw: i(k),
+        oh: i(oh),
+        ow: i(ow),
+        stride_h: i(stride),
+        stride_w: i(stride),
+        pad_h: i(pad),
+        pad_w: i(pad),
+        dil_h: 1,
+        dil_w: 1,
+        split_k: 1,
+        ..Default::default()
+    }
+}
+
 fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
     // CIFAR conv21-like: 64 → 128 channels, 3×3, pad 1, on 16×16, batch 4.
     let (n, ci, h, w, co, k) = (4, 64, 16, 16, 128, 3);
@@ -239,23 +270,7 @@ fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
         x: dx.ptr(),
         weight: dw.ptr(),
         out: y.ptr(),
-        batch: n as i32,
-        cin: ci as i32,
-        h: h as i32,
-        w: w as i32,
-        cout: co as i32,
-        kh: k as i32,
-        kw: k as i32,
-        oh: oh as i32,
-        ow: ow as i32,
-        stride_h: 1,
-        stride_w: 1,
-        pad_h: 1,
-        pad_w: 1,
-        dil_h: 1,
-        dil_w: 1,
-        split_k: 1,
-        ..Default::default()
+        ..conv_geometry((n, ci, h, w), (co, k), (oh, ow), 1, 1)
     };
     launch(
         dev,
@@ -326,23 +341,7 @@ fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
     let base = ConvParams {
         x: dx.ptr(),
         weight: dw.ptr(),
-        batch: n as i32,
-        cin: ci as i32,
-        h: h as i32,
-        w: w as i32,
-        cout: co as i32,
-        kh: k as i32,
-        kw: k as i32,
-        oh: oh as i32,
-        ow: ow as i32,
-        stride_h: s as i32,
-        stride_w: s as i32,
-        pad_h: pad as i32,
-        pad_w: pad as i32,
-        dil_h: 1,
-        dil_w: 1,
-        split_k: 1,
-        ..Default::default()
+        ..conv_geometry((n, ci, h, w), (co, k), (oh, ow), s, pad)
     };
     let t128 = |rows, cols, split| Launch::conv_tiles(ConvTile::T128, rows, cols, split).unwrap();
     // Forward, without a bias: the host reference has none.

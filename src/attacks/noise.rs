@@ -139,7 +139,7 @@ fn stats_distance(got: &[(f64, f64)], target: &[(f64, f64)]) -> f64 {
 
 /// (mean, standard deviation) of each channel (dimension 1) of a feature
 /// batch, over the batch and any spatial positions.
-fn channel_stats(v: &Tensor) -> Result<Vec<(f64, f64)>> {
+pub(crate) fn channel_stats(v: &Tensor) -> Result<Vec<(f64, f64)>> {
     let dims = v.dims().to_vec();
     if dims.len() < 2 || dims[0] == 0 || dims[1] == 0 {
         return Err(Error::invalid(
