@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::optim::{Adam, Optimizer, StepLr};
 use crate::tensor::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -144,12 +144,19 @@ pub struct EpochStats {
     pub lr: f32,
 }
 
+/// Every bar of the process, so that bars shown at the same time (shadows
+/// training side by side) each keep a line of their own.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
 /// A progress bar with rate and ETA (hidden when `show` is false).
 pub fn progress_bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(len);
+    let pb = bars().add(ProgressBar::new(len));
     let style = ProgressStyle::with_template(
         "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
     )
@@ -157,6 +164,13 @@ pub fn progress_bar(len: u64, show: bool, prefix: &str) -> ProgressBar {
     pb.set_style(style.progress_chars("=> "));
     pb.set_prefix(prefix.to_string());
     pb
+}
+
+/// Clears a bar from [`progress_bar`] off the terminal and lets go of it.
+pub fn finish_bar(pb: &ProgressBar) {
+    pb.finish_and_clear();
+    // (A no-op for a hidden bar, which never joined.)
+    bars().remove(pb);
 }
 
 /// Runs `epochs` passes over `n` samples in shuffled mini-batches with a
@@ -239,7 +253,7 @@ pub fn fit_with(
             pb.inc(idx.len() as u64);
             pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
         }
-        pb.finish_and_clear();
+        finish_bar(&pb);
         let stats = EpochStats {
             epoch,
             loss: loss_sum / seen as f64,
