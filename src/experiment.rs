@@ -620,21 +620,11 @@ fn shadow_features_on_data(
     no_grad(|| shadow.forward(&x.to_device(device)?))
 }
 
-/// Per-channel factors that give the shadow's features on the attacker's
-/// data (up to 256 images) the RMS of the observed features: the attacker
-/// sees both, and nothing else about f1's scale.
-fn shadow_scale(
-    shadow: &Sequential,
-    data: &Dataset,
-    norm: &Normalization,
-    observed: &Tensor,
-) -> Result<Vec<f32>> {
-    let ours = channel_rms(&shadow_features_on_data(
-        shadow,
-        data,
-        norm,
-        observed.device(),
-    )?)?;
+/// Per-channel factors that give `ours` — the shadow's features on the
+/// attacker's data ([`shadow_features_on_data`]) — the RMS of the observed
+/// features: the attacker sees both, and nothing else about f1's scale.
+fn shadow_scale(ours: &Tensor, observed: &Tensor) -> Result<Vec<f32>> {
+    let ours = channel_rms(ours)?;
     let want = channel_rms(observed)?;
     if ours.len() != want.len() {
         return Err(Error::invalid(
@@ -761,23 +751,12 @@ impl Fnv64 {
     }
 }
 
-/// How unlike the observed features a shadow's features are on the
-/// attacker's own data (up to 256 images), in per-channel mean and spread
-/// ([`noise::feature_stats_distance`](crate::attacks::noise::feature_stats_distance)).
-/// Both are features of images from the same distribution, so a shadow
-/// faithful to f1 gives a small distance.
-fn shadow_stats_distance(
-    shadow: &Sequential,
-    data: &Dataset,
-    norm: &Normalization,
-    observed: &Tensor,
-) -> Result<f64> {
-    let f = shadow_features_on_data(shadow, data, norm, observed.device())?;
-    crate::attacks::noise::feature_stats_distance(&f, observed)
-}
-
 /// A shadow whose feature statistics are more than this many times as far
-/// from the observed ones as the closest shadow's is left out.
+/// from the observed ones as the closest shadow's is left out. The distance
+/// ([`noise::feature_stats_distance`](crate::attacks::noise::feature_stats_distance))
+/// compares per-channel means and spreads of the shadow's features on the
+/// attacker's own images with the observed features: both are features of
+/// images from the same distribution, so a shadow faithful to f1 is close.
 pub const SHADOW_OUTLIER_RATIO: f64 = 2.0;
 
 /// Drops the shadows that learnt features unlike f1's (see
@@ -961,14 +940,17 @@ pub fn run_queryfree(
         for (name, layer) in &relus {
             shadow.push(name.clone(), layer.clone())?;
         }
+        // The shadow's features on the attacker's own images, computed once:
+        // they set the scale, and (scaled) tell how far the shadow is from
+        // the observed features (`SHADOW_OUTLIER_RATIO`).
+        let mut features = shadow_features_on_data(&shadow, shadow_data, &norm, observed.device())?;
         if scale_features && observed.dims().len() == 4 {
-            let scale = shadow_scale(&shadow, shadow_data, &norm, &observed)?;
-            shadow.push(
-                "feature scale",
-                channel_scale_layer(&scale, observed.device())?,
-            )?;
+            let scale = shadow_scale(&features, &observed)?;
+            let layer = channel_scale_layer(&scale, observed.device())?;
+            features = no_grad(|| layer.forward(&features, None))?;
+            shadow.push("feature scale", layer)?;
         }
-        let d = shadow_stats_distance(&shadow, shadow_data, &norm, &observed)?;
+        let d = crate::attacks::noise::feature_stats_distance(&features, &observed)?;
         Ok((shadow, d))
     };
     let nets = for_each_shadow(n_shadows, target.net.device(), &prepare)?;
