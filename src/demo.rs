@@ -124,6 +124,7 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &qf_cfg,
             &wb,
             1,
+            0.0,
             None,
         )?;
         for (name, o) in [

@@ -672,6 +672,7 @@ fn shadow_cache_key(
     data: &Dataset,
     norm: &Normalization,
     f2: &Sequential,
+    moments: Option<&queryfree::FeatureMoments>,
 ) -> Result<Fnv64> {
     let mut h = Fnv64::default();
     h.write(format!("v{SHADOW_CACHE_VERSION}/{kind:?}/{split}/{setting}/").as_bytes());
@@ -690,6 +691,12 @@ fn shadow_cache_key(
     for (name, t) in f2.named_params() {
         h.write(name.as_bytes());
         h.write_f32s(&t.to_vec()?);
+    }
+    // A shadow trained towards observed statistics depends on them (and so
+    // on the attacked images); without, the key is what it always was.
+    if let Some(m) = moments {
+        h.write(b"moments/");
+        h.write_f32s(&m.fingerprint()?);
     }
     Ok(h)
 }
@@ -836,7 +843,9 @@ fn for_each_shadow<T: Send>(
 /// look unlike the observed ones (see `SHADOW_OUTLIER_RATIO`), then runs
 /// the white-box attack on the rest at once ([`whitebox::invert_ensemble`];
 /// one shadow is the paper's attack). With `shadow_cache`, trained shadows are kept in
-/// that folder and reused by later runs with the same settings.
+/// that folder and reused by later runs with the same settings. A
+/// `moment_weight` above 0 adds [`queryfree::FeatureMoments`] of the
+/// observed features to each shadow's training loss.
 #[allow(clippy::too_many_arguments)]
 pub fn run_queryfree(
     target: &Target,
@@ -847,6 +856,7 @@ pub fn run_queryfree(
     train_cfg: &TrainConfig,
     wb: &WhiteBoxConfig,
     n_shadows: usize,
+    moment_weight: f32,
     shadow_cache: Option<&Path>,
 ) -> Result<AttackOutcome> {
     if n_shadows == 0 {
@@ -874,6 +884,13 @@ pub fn run_queryfree(
     } else {
         Vec::new()
     };
+    // The shadow's own output is what f1's is compared with: before any
+    // ReLU added for matching.
+    let moments = if moment_weight != 0.0 {
+        Some(queryfree::FeatureMoments::new(&v, moment_weight)?)
+    } else {
+        None
+    };
     let mut observed = v;
     for (_, layer) in &relus {
         observed = layer.forward(&observed, None)?;
@@ -890,6 +907,7 @@ pub fn run_queryfree(
             shadow_data,
             &norm,
             &f2,
+            moments.as_ref(),
         )?),
         None => None,
     };
@@ -929,7 +947,14 @@ pub fn run_queryfree(
                 let mut batch = |idx: &[usize], rng: &mut TrainRng| {
                     prepare_batch(shadow_data, idx, &norm, Some((&aug, rng)))
                 };
-                queryfree::train_shadow(&mut shadow, &f2, shadow_data.len(), &mut batch, &cfg)?;
+                queryfree::train_shadow(
+                    &mut shadow,
+                    &f2,
+                    shadow_data.len(),
+                    &mut batch,
+                    &cfg,
+                    moments.as_ref(),
+                )?;
                 if let Some(file) = &cached {
                     // (An atomic write that creates the folder.)
                     crate::nn::weights::save(&shadow, file, None)?;
@@ -996,6 +1021,45 @@ pub fn run_queryfree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_cache_key_changes_with_the_moments_asked_for_and_only_then() {
+        use rand::SeedableRng;
+        let net = ModelKind::Lenet.build(1).unwrap();
+        let (_, f2) = net.split("conv1").unwrap();
+        let data = Dataset {
+            images: vec![0.25; 2 * 28 * 28],
+            labels: vec![0, 1],
+            n: 2,
+            channels: 1,
+            height: 28,
+            width: 28,
+            classes: vec!["a".into(), "b".into()],
+            source: "test".into(),
+        };
+        let norm = Normalization::new(&[0.5], &[0.5]);
+        let setting: ShadowSetting = "diff-set-same-net".parse().unwrap();
+        let key = |m: Option<&queryfree::FeatureMoments>| {
+            shadow_cache_key(ModelKind::Lenet, "conv1", setting, &data, &norm, &f2, m)
+                .unwrap()
+                .0
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let obs = Tensor::rand_uniform([2, 8, 24, 24], -1.0, 1.0, &mut rng);
+        let other = Tensor::rand_uniform([2, 8, 24, 24], -1.0, 1.0, &mut rng);
+        let m1 = queryfree::FeatureMoments::new(&obs, 1.0).unwrap();
+        let m2 = queryfree::FeatureMoments::new(&other, 1.0).unwrap();
+        let m3 = queryfree::FeatureMoments::new(&obs, 0.5).unwrap();
+        // No moments: the same key as ever, so existing caches stay valid.
+        assert_eq!(key(None), key(None));
+        let keys = [key(None), key(Some(&m1)), key(Some(&m2)), key(Some(&m3))];
+        for i in 0..keys.len() {
+            for j in i + 1..keys.len() {
+                assert_ne!(keys[i], keys[j], "keys {i} and {j}");
+            }
+        }
+        assert_eq!(key(Some(&m1)), keys[1]);
+    }
 
     #[test]
     fn channel_scaling_gives_the_wanted_rms() {

@@ -112,6 +112,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
             &cfg,
             &wb,
             1,
+            0.0,
             Some(&cache),
         )
         .unwrap()

@@ -69,6 +69,7 @@ pub fn train_shadow(
     n: usize,
     batch: &mut BatchFn,
     cfg: &TrainConfig,
+    moments: Option<&FeatureMoments>,
 ) -> Result<Vec<EpochStats>> {
     let mut f2 = f2.clone();
     f2.set_trainable(false);
@@ -77,15 +78,218 @@ pub fn train_shadow(
     let s = shadow.clone();
     let mut step = |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, f64)> {
         let (x, labels) = batch(idx, rng)?;
-        let logits = f2.forward(&s.forward_train(&x, rng)?)?;
+        let features = s.forward_train(&x, rng)?;
+        let logits = f2.forward(&features)?;
         let correct = argmax_rows(&logits)?
             .iter()
             .zip(&labels)
             .filter(|(a, b)| a == b)
             .count();
-        Ok((ops::cross_entropy(&logits, &labels)?, correct as f64))
+        let mut loss = ops::cross_entropy(&logits, &labels)?;
+        if let Some(m) = moments {
+            loss = ops::add(&loss, &m.loss(&features)?)?;
+        }
+        Ok((loss, correct as f64))
     };
     let stats = fit(&params, n, cfg, 0, "shadow", &mut step, &mut |_| Ok(()))?;
     shadow.set_trainable(false);
     Ok(stats)
+}
+
+/// Per-channel statistics of the observed features that a shadow is asked
+/// to reproduce on the attacker's images while it trains.
+///
+/// Cross-entropy through f2 constrains a shadow only in what f2 passes on
+/// to the logits; deep in the CIFAR CNN, f2 pools most of the spatial
+/// detail away and the shadow's features drift from f1's. The observed
+/// features are the one sample of f1's output the attacker holds: the
+/// per-channel mean μ_c and spread σ_c over images and positions (as a
+/// batch-norm layer keeps them) say how f1 uses each channel on natural
+/// images. The extra loss is λ · mean_c[(m_c − μ_c)² + (s_c − σ_c)²] / u²,
+/// where m_c, s_c are the shadow's statistics on the training batch and u
+/// is the mean observed spread (one unit for all channels, so rarely
+/// active channels do not dominate).
+pub struct FeatureMoments {
+    mean: Tensor,
+    spread: Tensor,
+    weight: f32,
+}
+
+impl FeatureMoments {
+    /// The statistics of `observed` ([n, c, …]), weighted by `weight`.
+    pub fn new(observed: &Tensor, weight: f32) -> Result<Self> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(Error::invalid(
+                "feature-moment weight",
+                format!("must be finite and ≥ 0, got {weight}"),
+            ));
+        }
+        let (mean, spread) = crate::autograd::no_grad(|| channel_moments(&observed.detach()))?;
+        let s = spread.to_vec()?;
+        // (Without the 1e-8 that keeps the square root differentiable.)
+        let unit = s
+            .iter()
+            .map(|v| ((*v as f64).powi(2) - 1e-8).max(0.0).sqrt())
+            .sum::<f64>()
+            / s.len().max(1) as f64;
+        if !(unit.is_finite() && unit > 0.0) {
+            return Err(Error::invalid(
+                "observed features",
+                format!("no channel varies (mean spread {unit}); nothing to match"),
+            ));
+        }
+        Ok(FeatureMoments {
+            mean,
+            spread,
+            weight: weight / (unit * unit) as f32,
+        })
+    }
+
+    /// The weight and the observed statistics, for a cache key.
+    pub fn fingerprint(&self) -> Result<Vec<f32>> {
+        let mut v = vec![self.weight];
+        v.extend(self.mean.to_vec()?);
+        v.extend(self.spread.to_vec()?);
+        Ok(v)
+    }
+
+    /// The weighted distance of `features`' statistics from the observed
+    /// ones, differentiable in `features`.
+    pub fn loss(&self, features: &Tensor) -> Result<Tensor> {
+        let (m, s) = channel_moments(features)?;
+        let mean = self.mean.to_device(features.device())?;
+        let spread = self.spread.to_device(features.device())?;
+        let d = ops::add(
+            &ops::mean(&ops::square(&ops::sub(&m, &mean)?)?)?,
+            &ops::mean(&ops::square(&ops::sub(&s, &spread)?)?)?,
+        )?;
+        ops::scale(&d, self.weight)
+    }
+}
+
+/// (mean, spread) of each channel (dimension 1) of `f` over the batch and
+/// any spatial positions, as two [1, c] tensors. Built from differentiable
+/// ops: an average pool over the whole plane, then a [1, n] row of 1/n
+/// times the [n, c] plane means; spread = √(E[f²] − E[f]² + 1e-8).
+fn channel_moments(f: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dims = f.dims().to_vec();
+    if dims.len() < 2 || dims[0] == 0 || dims[1] == 0 {
+        return Err(Error::invalid(
+            "feature moments",
+            format!("features of shape {dims:?} have no channels"),
+        ));
+    }
+    let (n, c) = (dims[0], dims[1]);
+    let plane_means = |t: &Tensor| -> Result<Tensor> {
+        match dims.len() {
+            2 => Ok(t.clone()),
+            4 => {
+                let (h, w) = (dims[2], dims[3]);
+                let p = ops::Pool2dParams {
+                    kernel: [h, w],
+                    stride: [h, w],
+                    padding: [0, 0],
+                };
+                ops::avg_pool2d(t, p)?.reshape([n, c])
+            }
+            _ => t
+                .reshape([n, c, dims[2..].iter().product()])?
+                .reshape([n, c]),
+        }
+    };
+    let avg = Tensor::full_on([1, n], 1.0 / n as f32, f.device())?;
+    let m = ops::matmul(&avg, &plane_means(f)?)?;
+    let m2 = ops::matmul(&avg, &plane_means(&ops::square(f)?)?)?;
+    let var = ops::relu(&ops::sub(&m2, &ops::square(&m)?)?)?;
+    let spread = ops::sqrt(&ops::add_scalar(&var, 1e-8)?)?;
+    Ok((m, spread))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::gradcheck::gradcheck;
+    use rand::SeedableRng;
+
+    #[test]
+    fn training_with_the_moment_loss_brings_the_shadow_statistics_to_the_observed() {
+        use crate::attacks::noise::feature_stats_distance;
+        use crate::attacks::whitebox::Normalization;
+        use crate::experiment::prepare_batch;
+        use crate::models::{shadows, ModelKind};
+        // Observed: an untrained LeNet's ReLU2 features of a few digits.
+        // The shadow trains through that LeNet's f2 on other digits, with
+        // and without the moment loss, from the same start.
+        let target = ModelKind::Lenet.build(3).unwrap();
+        let (f1, f2) = target.split("ReLU2").unwrap();
+        let norm = Normalization::new(&[0.5], &[0.5]);
+        let data = crate::data::synthetic::synthetic_digits(256, 11);
+        let seen = crate::data::synthetic::synthetic_digits(16, 12);
+        let (x, _) = prepare_batch(&seen, &(0..16).collect::<Vec<_>>(), &norm, None).unwrap();
+        let observed = crate::autograd::no_grad(|| f1.forward(&x)).unwrap();
+        let (all, _) = prepare_batch(&data, &(0..256).collect::<Vec<_>>(), &norm, None).unwrap();
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch: 32,
+            lr: 1e-2,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let moments = FeatureMoments::new(&observed, 1.0).unwrap();
+        let distance = |m: Option<&FeatureMoments>| {
+            let mut shadow = shadows::shadow_for(ModelKind::Lenet, "ReLU2", true, 5).unwrap();
+            let mut batch = |idx: &[usize], _: &mut rand_chacha::ChaCha8Rng| {
+                prepare_batch(&data, idx, &norm, None)
+            };
+            train_shadow(&mut shadow, &f2, data.len(), &mut batch, &cfg, m).unwrap();
+            let f = crate::autograd::no_grad(|| shadow.forward(&all)).unwrap();
+            feature_stats_distance(&f, &observed).unwrap()
+        };
+        let (plain, matched) = (distance(None), distance(Some(&moments)));
+        assert!(
+            matched < 0.5 * plain,
+            "distance with the moment loss {matched}, without {plain}"
+        );
+    }
+
+    #[test]
+    fn moments_are_the_per_channel_mean_and_spread() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let f = Tensor::rand_uniform([3, 2, 4, 5], -1.0, 2.0, &mut rng);
+        let (m, s) = channel_moments(&f).unwrap();
+        let v = f.to_vec().unwrap();
+        for ch in 0..2 {
+            let xs: Vec<f64> = (0..3)
+                .flat_map(|i| v[(i * 2 + ch) * 20..(i * 2 + ch + 1) * 20].iter())
+                .map(|&x| x as f64)
+                .collect();
+            let mu = xs.iter().sum::<f64>() / 60.0;
+            let sd = (xs.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / 60.0).sqrt();
+            let (gm, gs) = (
+                m.to_vec().unwrap()[ch] as f64,
+                s.to_vec().unwrap()[ch] as f64,
+            );
+            assert!(
+                (gm - mu).abs() < 1e-5 && (gs - sd).abs() < 1e-4,
+                "{gm} {mu} {gs} {sd}"
+            );
+        }
+    }
+
+    #[test]
+    fn moment_loss_is_zero_on_the_observation_and_has_the_right_gradient() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let obs = Tensor::rand_uniform([4, 3, 3, 3], 0.0, 1.0, &mut rng);
+        let m = FeatureMoments::new(&obs, 2.0).unwrap();
+        let l = m.loss(&obs).unwrap().to_vec().unwrap()[0];
+        assert!(l.abs() < 1e-6, "{l}");
+        // Other features cost something, with the gradient that central
+        // differences give.
+        let other = Tensor::rand_uniform([2, 3, 3, 3], -1.0, 1.0, &mut rng);
+        assert!(m.loss(&other).unwrap().to_vec().unwrap()[0] > 0.01);
+        let r = gradcheck(|x| m.loss(&x[0]), &[other], 1e-3, 1e-3, 2e-2, 100).unwrap();
+        assert!(r.ok(), "{r}");
+        assert!(FeatureMoments::new(&obs, f32::NAN).is_err());
+        assert!(FeatureMoments::new(&Tensor::zeros([2, 3, 2, 2]), 1.0).is_err());
+    }
 }

@@ -157,6 +157,9 @@ enum Cmd {
         /// Black-box / query-free: learning rate of that training.
         #[arg(long)]
         train_lr: Option<f32>,
+        /// Query-free: weight of a loss that asks each shadow, while it trains, for the per-channel mean and spread of the observed features (0 = off, the paper's shadow training).
+        #[arg(long)]
+        moment_weight: Option<f32>,
         /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
         #[arg(long)]
         shadow_cache: Option<std::path::PathBuf>,
@@ -312,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             shadows,
             train_epochs,
             train_lr,
+            moment_weight,
             shadow_cache,
             out,
             gif,
@@ -393,6 +397,7 @@ fn run(cli: Cli) -> Result<()> {
                 let over = reproduce::TrainOverride {
                     epochs: train_epochs,
                     lr: train_lr,
+                    moment_weight,
                 };
                 reproduce::run_cell(
                     &s,
