@@ -1050,7 +1050,8 @@ mod tests {
         let m1 = queryfree::FeatureMoments::new(&obs, 1.0).unwrap();
         let m2 = queryfree::FeatureMoments::new(&other, 1.0).unwrap();
         let m3 = queryfree::FeatureMoments::new(&obs, 0.5).unwrap();
-        // No moments: the same key as ever, so existing caches stay valid.
+        // Without moments nothing is added to the key, so caches written
+        // before the moment loss existed still load.
         assert_eq!(key(None), key(None));
         let keys = [key(None), key(Some(&m1)), key(Some(&m2)), key(Some(&m3))];
         for i in 0..keys.len() {

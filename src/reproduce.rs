@@ -464,7 +464,13 @@ pub fn queryfree_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
 /// ReLU22, 200k presentations, same inversion (TV 0.3): without the loss
 /// 10.81 dB / SSIM 0.0641 (feature-statistics distance 0.955, nearly flat
 /// reconstructions), with it 13.36 / 0.2811 (distance 0.081; the paper has
-/// 12.74 / 0.1752). Off (0) elsewhere: LeNet's cells beat the paper
+/// 12.74 / 0.1752). Also measured with it (without → with [paper]):
+/// diff-set-same-net ReLU22 10.98 / 0.0151 → 13.11 / 0.2458 [11.51 /
+/// 0.1723]; same-set-diff-net ReLU22 12.29 / 0.0916 → 13.38 / 0.3294
+/// [12.46 / 0.2714]; same-set-same-net ReLU32 12.07 / 0.0343 → 11.22 /
+/// 0.0559 [11.09 / 0.0419]; diff-set-diff-net ReLU32 11.61 / 0.0538 →
+/// 10.97 / 0.0464 [11.47 / 0.0793], the one cell it made worse (short
+/// either way). Off (0) elsewhere: LeNet's cells beat the paper
 /// without it. At conv11 it helps the diff-set-same-net shadow (20.55 /
 /// 0.8344 → 21.77 / 0.8859, distance 0.011; paper 21.45 / 0.9145) but the
 /// SSIM stays short either way, and the other three conv11 cells, which
