@@ -468,7 +468,8 @@ pub fn queryfree_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
 /// diff-set-same-net ReLU22 10.98 / 0.0151 → 13.11 / 0.2458 [11.51 /
 /// 0.1723]; same-set-diff-net ReLU22 12.29 / 0.0916 → 13.38 / 0.3294
 /// [12.46 / 0.2714]; same-set-same-net ReLU32 12.07 / 0.0343 → 11.22 /
-/// 0.0559 [11.09 / 0.0419]; diff-set-diff-net ReLU32 11.61 / 0.0538 →
+/// 0.0559 [11.09 / 0.0419]; same-set-diff-net ReLU32 12.20 / 0.0450 →
+/// 10.89 / 0.0760 [10.68 / 0.0247]; diff-set-diff-net ReLU32 11.61 / 0.0538 →
 /// 10.97 / 0.0464 [11.47 / 0.0793], the one cell it made worse (short
 /// either way). Off (0) elsewhere: LeNet's cells beat the paper
 /// without it. At conv11 it helps the diff-set-same-net shadow (20.55 /
