@@ -180,22 +180,19 @@ fn channel_moments(f: &Tensor) -> Result<(Tensor, Tensor)> {
         ));
     }
     let (n, c) = (dims[0], dims[1]);
+    // Any trailing dimensions are flattened into one tall "plane" and
+    // averaged by one pooling window covering it.
+    let inner: usize = dims[2..].iter().product();
     let plane_means = |t: &Tensor| -> Result<Tensor> {
-        match dims.len() {
-            2 => Ok(t.clone()),
-            4 => {
-                let (h, w) = (dims[2], dims[3]);
-                let p = ops::Pool2dParams {
-                    kernel: [h, w],
-                    stride: [h, w],
-                    padding: [0, 0],
-                };
-                ops::avg_pool2d(t, p)?.reshape([n, c])
-            }
-            _ => t
-                .reshape([n, c, dims[2..].iter().product()])?
-                .reshape([n, c]),
+        if inner == 1 {
+            return t.reshape([n, c]);
         }
+        let p = ops::Pool2dParams {
+            kernel: [inner, 1],
+            stride: [inner, 1],
+            padding: [0, 0],
+        };
+        ops::avg_pool2d(&t.reshape([n, c, inner, 1])?, p)?.reshape([n, c])
     };
     let avg = Tensor::full_on([1, n], 1.0 / n as f32, f.device())?;
     let m = ops::matmul(&avg, &plane_means(f)?)?;
@@ -256,7 +253,14 @@ mod tests {
     fn moments_are_the_per_channel_mean_and_spread() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let f = Tensor::rand_uniform([3, 2, 4, 5], -1.0, 2.0, &mut rng);
+        // The same values as [n, c, h·w] and as [n, c] rows of a
+        // flattened [n·…] batch give the same statistics per layout.
+        let flat = channel_moments(&f.reshape([3, 2, 20]).unwrap()).unwrap();
+        let rows = channel_moments(&f.reshape([3, 40]).unwrap()).unwrap();
+        assert_eq!(rows.0.dims(), &[1, 40]);
         let (m, s) = channel_moments(&f).unwrap();
+        assert_eq!(m.to_vec().unwrap(), flat.0.to_vec().unwrap());
+        assert_eq!(s.to_vec().unwrap(), flat.1.to_vec().unwrap());
         let v = f.to_vec().unwrap();
         for ch in 0..2 {
             let xs: Vec<f64> = (0..3)
