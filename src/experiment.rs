@@ -1060,6 +1060,12 @@ mod tests {
             }
         }
         assert_eq!(key(Some(&m1)), keys[1]);
+        // The last bits of the statistics (summation order: threads, GPU
+        // blocks) do not change the key: the same observation scaled by
+        // 1 + 1e-7 (a rounding-level change) keeps it.
+        let nudged = crate::ops::scale(&obs, 1.0 + 1e-7).unwrap();
+        let m1b = queryfree::FeatureMoments::new(&nudged, 1.0).unwrap();
+        assert_eq!(key(Some(&m1b)), keys[1]);
     }
 
     #[test]

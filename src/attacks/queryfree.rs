@@ -145,12 +145,15 @@ impl FeatureMoments {
         })
     }
 
-    /// The weight and the observed statistics, for a cache key.
+    /// The weight and the observed statistics, for a cache key, each
+    /// rounded to four significant digits: the statistics are sums whose
+    /// last bits depend on the summation order (CPU threads, GPU blocks, a
+    /// change of kernel), and a shadow trained towards them does not.
     pub fn fingerprint(&self) -> Result<Vec<f32>> {
         let mut v = vec![self.weight];
         v.extend(self.mean.to_vec()?);
         v.extend(self.spread.to_vec()?);
-        Ok(v)
+        Ok(v.into_iter().map(four_significant_digits).collect())
     }
 
     /// The weighted distance of `features`' statistics from the observed
@@ -165,6 +168,12 @@ impl FeatureMoments {
         )?;
         ops::scale(&d, self.weight)
     }
+}
+
+/// `v` rounded to four significant digits (through its decimal form, so
+/// that the result does not depend on how `v` is computed downstream).
+fn four_significant_digits(v: f32) -> f32 {
+    format!("{v:.3e}").parse().unwrap_or(v)
 }
 
 /// (mean, spread) of each channel (dimension 1) of `f` over the batch and
@@ -247,6 +256,25 @@ mod tests {
             matched < 0.5 * plain,
             "distance with the moment loss {matched}, without {plain}"
         );
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_rounding_level_changes_of_the_statistics() {
+        assert_eq!(four_significant_digits(1.234_56e-3), 1.235e-3);
+        assert_eq!(four_significant_digits(-98_765.4), -98_770.0);
+        assert_eq!(four_significant_digits(0.0), 0.0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let obs = Tensor::rand_uniform([3, 5, 4, 4], -1.0, 2.0, &mut rng);
+        let nudged = ops::scale(&obs, 1.0 + 1e-7).unwrap();
+        let a = FeatureMoments::new(&obs, 1.0).unwrap();
+        let b = FeatureMoments::new(&nudged, 1.0).unwrap();
+        // The raw statistics differ in their last bits …
+        assert_ne!(a.mean.to_vec().unwrap(), b.mean.to_vec().unwrap());
+        // … the fingerprint does not; a real change does show.
+        assert_eq!(a.fingerprint().unwrap(), b.fingerprint().unwrap());
+        let moved = ops::add_scalar(&obs, 1e-2).unwrap();
+        let c = FeatureMoments::new(&moved, 1.0).unwrap();
+        assert_ne!(a.fingerprint().unwrap(), c.fingerprint().unwrap());
     }
 
     #[test]
