@@ -4,7 +4,7 @@
 
 use crate::attacks::blackbox::DataSetting;
 use crate::attacks::metrics::{summarize, Summary};
-use crate::attacks::queryfree::ShadowSetting;
+use crate::attacks::queryfree::{self, ShadowSetting};
 use crate::attacks::whitebox::{AttackOptimizer, Init, WhiteBoxConfig};
 use crate::data::synthetic::{synthetic_digits, TEST_SEED, TRAIN_SEED};
 use crate::error::{Error, Result};
@@ -124,7 +124,7 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &qf_cfg,
             &wb,
             1,
-            0.0,
+            queryfree::MomentMatching::OFF,
             None,
         )?;
         for (name, o) in [

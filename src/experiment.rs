@@ -844,8 +844,8 @@ fn for_each_shadow<T: Send>(
 /// the white-box attack on the rest at once ([`whitebox::invert_ensemble`];
 /// one shadow is the paper's attack). With `shadow_cache`, trained shadows are kept in
 /// that folder and reused by later runs with the same settings. A
-/// `moment_weight` above 0 adds [`queryfree::FeatureMoments`] of the
-/// observed features to each shadow's training loss.
+/// `matching` with a weight above 0 adds [`queryfree::FeatureMoments`] of
+/// the observed features to each shadow's training loss.
 #[allow(clippy::too_many_arguments)]
 pub fn run_queryfree(
     target: &Target,
@@ -856,7 +856,7 @@ pub fn run_queryfree(
     train_cfg: &TrainConfig,
     wb: &WhiteBoxConfig,
     n_shadows: usize,
-    moment_weight: f32,
+    matching: queryfree::MomentMatching,
     shadow_cache: Option<&Path>,
 ) -> Result<AttackOutcome> {
     if n_shadows == 0 {
@@ -886,11 +886,7 @@ pub fn run_queryfree(
     };
     // The shadow's own output is what f1's is compared with: before any
     // ReLU added for matching.
-    let moments = if moment_weight != 0.0 {
-        Some(queryfree::FeatureMoments::new(&v, moment_weight)?)
-    } else {
-        None
-    };
+    let moments = matching.moments(&v)?;
     let mut observed = v;
     for (_, layer) in &relus {
         observed = layer.forward(&observed, None)?;

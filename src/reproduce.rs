@@ -4,7 +4,7 @@
 
 use crate::attacks::blackbox::DataSetting;
 use crate::attacks::metrics::{summarize, Summary};
-use crate::attacks::queryfree::ShadowSetting;
+use crate::attacks::queryfree::{MomentMatching, ShadowSetting};
 use crate::attacks::whitebox::{AttackOptimizer, Init, WhiteBoxConfig};
 use crate::data::{self, Dataset, DatasetName, Split};
 use crate::error::{Error, Result};
@@ -476,11 +476,14 @@ pub fn queryfree_defaults(kind: ModelKind, split: &str) -> WhiteBoxConfig {
 /// 0.8344 → 21.77 / 0.8859, distance 0.011; paper 21.45 / 0.9145) but the
 /// SSIM stays short either way, and the other three conv11 cells, which
 /// beat the paper without it, were not measured with it.
-pub fn queryfree_moment_weight(kind: ModelKind, split: &str) -> f32 {
+pub fn queryfree_moment_matching(kind: ModelKind, split: &str) -> MomentMatching {
     if kind == ModelKind::Cifar10Cnn && !kind.is_first_conv(split) {
-        1.0
+        MomentMatching {
+            weight: 1.0,
+            projections: Some(0),
+        }
     } else {
-        0.0
+        MomentMatching::OFF
     }
 }
 
@@ -522,8 +525,11 @@ pub struct TrainOverride {
     /// Initial learning rate instead of the default.
     pub lr: Option<f32>,
     /// Query-free: weight of the feature-moment loss in shadow training
-    /// instead of the default ([`queryfree_moment_weight`]).
+    /// instead of the default ([`queryfree_moment_matching`]).
     pub moment_weight: Option<f32>,
+    /// Query-free: how many random channel mixtures the moment loss
+    /// matches too, instead of the default ([`queryfree_moment_matching`]).
+    pub moment_projections: Option<usize>,
 }
 
 impl TrainOverride {
@@ -594,9 +600,15 @@ pub fn run_cell(
             let wb = wb_override
                 .cloned()
                 .unwrap_or_else(|| queryfree_defaults(kind, split));
-            let moment_weight = train_override
-                .and_then(|o| o.moment_weight)
-                .unwrap_or_else(|| queryfree_moment_weight(kind, split));
+            let mut matching = queryfree_moment_matching(kind, split);
+            if let Some(o) = train_override {
+                if let Some(w) = o.moment_weight {
+                    matching.weight = w;
+                }
+                if let Some(k) = o.moment_projections {
+                    matching.projections = Some(k);
+                }
+            }
             experiment::run_queryfree(
                 &s.target,
                 split,
@@ -606,7 +618,7 @@ pub fn run_cell(
                 &tc,
                 &wb,
                 n_shadows,
-                moment_weight,
+                matching,
                 s.shadow_cache.as_deref(),
             )?
         }

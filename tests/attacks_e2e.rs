@@ -6,7 +6,7 @@
 
 use splitinv::attacks::blackbox::DataSetting;
 use splitinv::attacks::metrics::{psnr, summarize};
-use splitinv::attacks::queryfree::ShadowSetting;
+use splitinv::attacks::queryfree::{self, ShadowSetting};
 use splitinv::experiment;
 use splitinv::reproduce::{self, queryfree_defaults, whitebox_defaults};
 use splitinv::train::TrainConfig;
@@ -112,7 +112,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
             &cfg,
             &wb,
             1,
-            0.0,
+            queryfree::MomentMatching::OFF,
             Some(&cache),
         )
         .unwrap()

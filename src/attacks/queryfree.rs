@@ -96,6 +96,42 @@ pub fn train_shadow(
     Ok(stats)
 }
 
+/// What a shadow is asked to reproduce of the observed features' statistics
+/// while it trains ([`FeatureMoments`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct MomentMatching {
+    /// λ: the weight of the moment loss next to the cross-entropy (0: off,
+    /// the paper's shadow training).
+    pub weight: f32,
+    /// How many random channel mixtures are matched too
+    /// ([`FeatureMoments::with_projections`]); `None`: two per channel of
+    /// the observed features; `Some(0)`: none.
+    pub projections: Option<usize>,
+}
+
+impl MomentMatching {
+    /// No moment loss: the paper's shadow training.
+    pub const OFF: MomentMatching = MomentMatching {
+        weight: 0.0,
+        projections: Some(0),
+    };
+
+    /// The loss for `observed`, or `None` when the weight is 0.
+    pub fn moments(&self, observed: &Tensor) -> Result<Option<FeatureMoments>> {
+        if self.weight == 0.0 {
+            return Ok(None);
+        }
+        let channels = observed.dims().get(1).copied().unwrap_or(0);
+        let k = self.projections.unwrap_or(2 * channels);
+        let m = FeatureMoments::new(observed, self.weight)?;
+        Ok(Some(m.with_projections(observed, k, PROJECTION_SEED)?))
+    }
+}
+
+/// Seed of the random channel mixtures: fixed, so the same observation
+/// always asks for the same statistics (and finds its cached shadow).
+const PROJECTION_SEED: u64 = 0x51ced;
+
 /// Per-channel statistics of the observed features that a shadow is asked
 /// to reproduce on the attacker's images while it trains.
 ///
@@ -109,7 +145,23 @@ pub fn train_shadow(
 /// where m_c, s_c are the shadow's statistics on the training batch and u
 /// is the mean observed spread (one unit for all channels, so rarely
 /// active channels do not dominate).
+///
+/// Per-channel statistics leave the correlations between channels free.
+/// [`FeatureMoments::with_projections`] adds the same statistics of `k`
+/// fixed random mixtures of the channels (a 1×1 convolution), which pin
+/// the channel covariance along those directions as well.
 pub struct FeatureMoments {
+    mean: Tensor,
+    spread: Tensor,
+    weight: f32,
+    projected: Option<ProjectedMoments>,
+}
+
+/// The statistics of the observed features along fixed random directions
+/// in channel space.
+struct ProjectedMoments {
+    /// [k, c, 1, 1]: each row a unit vector over the channels.
+    directions: Tensor,
     mean: Tensor,
     spread: Tensor,
     weight: f32,
@@ -124,25 +176,57 @@ impl FeatureMoments {
                 format!("must be finite and ≥ 0, got {weight}"),
             ));
         }
-        let (mean, spread) = crate::autograd::no_grad(|| channel_moments(&observed.detach()))?;
-        let s = spread.to_vec()?;
-        // (Without the 1e-8 that keeps the square root differentiable.)
-        let unit = s
-            .iter()
-            .map(|v| ((*v as f64).powi(2) - 1e-8).max(0.0).sqrt())
-            .sum::<f64>()
-            / s.len().max(1) as f64;
-        if !(unit.is_finite() && unit > 0.0) {
-            return Err(Error::invalid(
-                "observed features",
-                format!("no channel varies (mean spread {unit}); nothing to match"),
-            ));
-        }
+        let (mean, spread, unit) = observed_moments(observed)?;
         Ok(FeatureMoments {
             mean,
             spread,
             weight: weight / (unit * unit) as f32,
+            projected: None,
         })
+    }
+
+    /// Also matches the statistics of `k` random mixtures of the channels
+    /// (unit vectors drawn from `seed`), weighted like the per-channel ones
+    /// but in units of the mixtures' own mean spread. `k` = 0 removes them.
+    pub fn with_projections(mut self, observed: &Tensor, k: usize, seed: u64) -> Result<Self> {
+        if k == 0 {
+            self.projected = None;
+            return Ok(self);
+        }
+        let c = observed.dims().get(1).copied().unwrap_or(0);
+        if c == 0 {
+            return Err(Error::invalid(
+                "feature moments",
+                format!("features of shape {:?} have no channels", observed.dims()),
+            ));
+        }
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let raw = Tensor::rand_normal([k, c], 0.0, 1.0, &mut rng).to_vec()?;
+        let mut unit_rows = Vec::with_capacity(k * c);
+        for row in raw.chunks(c) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            unit_rows.extend(row.iter().map(|v| v / norm));
+        }
+        let directions = Tensor::from_vec(unit_rows, [k, c, 1, 1])?.to_device(observed.device())?;
+        let projected = crate::autograd::no_grad(|| project(&observed.detach(), &directions))?;
+        let (mean, spread, unit) = observed_moments(&projected)?;
+        // The per-channel weight without its unit: the mixtures get the
+        // same λ in their own unit.
+        let lambda = self.weight * self.unit_squared()?;
+        self.projected = Some(ProjectedMoments {
+            directions,
+            mean,
+            spread,
+            weight: lambda / (unit * unit) as f32,
+        });
+        Ok(self)
+    }
+
+    /// u², the square of the mean observed per-channel spread.
+    fn unit_squared(&self) -> Result<f32> {
+        let s = self.spread.to_vec()?;
+        Ok((spread_unit(&s) as f32).powi(2))
     }
 
     /// The weight and the observed statistics, for a cache key, each
@@ -153,21 +237,86 @@ impl FeatureMoments {
         let mut v = vec![self.weight];
         v.extend(self.mean.to_vec()?);
         v.extend(self.spread.to_vec()?);
+        // Without mixtures the fingerprint is what it always was, so
+        // caches written before they existed still load.
+        if let Some(p) = &self.projected {
+            v.push(p.weight);
+            v.extend(p.mean.to_vec()?);
+            v.extend(p.spread.to_vec()?);
+        }
         Ok(v.into_iter().map(four_significant_digits).collect())
     }
 
     /// The weighted distance of `features`' statistics from the observed
     /// ones, differentiable in `features`.
     pub fn loss(&self, features: &Tensor) -> Result<Tensor> {
-        let (m, s) = channel_moments(features)?;
-        let mean = self.mean.to_device(features.device())?;
-        let spread = self.spread.to_device(features.device())?;
-        let d = ops::add(
-            &ops::mean(&ops::square(&ops::sub(&m, &mean)?)?)?,
-            &ops::mean(&ops::square(&ops::sub(&s, &spread)?)?)?,
-        )?;
-        ops::scale(&d, self.weight)
+        let d = moment_distance(features, &self.mean, &self.spread, self.weight)?;
+        match &self.projected {
+            None => Ok(d),
+            Some(p) => {
+                let directions = p.directions.to_device(features.device())?;
+                let mixed = project(features, &directions)?;
+                ops::add(&d, &moment_distance(&mixed, &p.mean, &p.spread, p.weight)?)
+            }
+        }
     }
+}
+
+/// weight · (mean_c (m_c − mean_c)² + mean_c (s_c − spread_c)²) for the
+/// statistics m, s of `features`.
+fn moment_distance(
+    features: &Tensor,
+    mean: &Tensor,
+    spread: &Tensor,
+    weight: f32,
+) -> Result<Tensor> {
+    let (m, s) = channel_moments(features)?;
+    let mean = mean.to_device(features.device())?;
+    let spread = spread.to_device(features.device())?;
+    let d = ops::add(
+        &ops::mean(&ops::square(&ops::sub(&m, &mean)?)?)?,
+        &ops::mean(&ops::square(&ops::sub(&s, &spread)?)?)?,
+    )?;
+    ops::scale(&d, weight)
+}
+
+/// The per-channel (mean, spread) of observed features and the mean spread
+/// u they are measured in; an observation where nothing varies is refused.
+fn observed_moments(observed: &Tensor) -> Result<(Tensor, Tensor, f64)> {
+    let (mean, spread) = crate::autograd::no_grad(|| channel_moments(&observed.detach()))?;
+    let unit = spread_unit(&spread.to_vec()?);
+    if !(unit.is_finite() && unit > 0.0) {
+        return Err(Error::invalid(
+            "observed features",
+            format!("no channel varies (mean spread {unit}); nothing to match"),
+        ));
+    }
+    Ok((mean, spread, unit))
+}
+
+/// The mean of the spreads `s`, without the 1e-8 that keeps
+/// [`channel_moments`]' square root differentiable.
+fn spread_unit(s: &[f32]) -> f64 {
+    s.iter()
+        .map(|v| ((*v as f64).powi(2) - 1e-8).max(0.0).sqrt())
+        .sum::<f64>()
+        / s.len().max(1) as f64
+}
+
+/// The features mixed along `directions` ([k, c, 1, 1]): a 1×1 convolution
+/// of [n, c, …] features, whose trailing dimensions are flattened into one
+/// column; [n, k, …] out (flattened).
+fn project(f: &Tensor, directions: &Tensor) -> Result<Tensor> {
+    let dims = f.dims().to_vec();
+    if dims.len() < 2 {
+        return Err(Error::invalid(
+            "feature moments",
+            format!("features of shape {dims:?} have no channels"),
+        ));
+    }
+    let inner: usize = dims[2..].iter().product();
+    let x = f.reshape([dims[0], dims[1], inner, 1])?;
+    ops::conv2d(&x, directions, None, ops::Conv2dParams::new(1, 0))
 }
 
 /// `v` rounded to four significant digits (through its decimal form, so
@@ -256,6 +405,89 @@ mod tests {
             matched < 0.5 * plain,
             "distance with the moment loss {matched}, without {plain}"
         );
+    }
+
+    #[test]
+    fn channel_mixtures_see_the_correlations_that_per_channel_moments_miss() {
+        // Two channels that are equal in the observation, and in `other`
+        // hold the same values with channel 1 reversed in space: the same
+        // per-channel mean and spread, but uncorrelated instead of equal.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let plane = Tensor::rand_uniform([16], -1.0, 2.0, &mut rng)
+            .to_vec()
+            .unwrap();
+        let reversed: Vec<f32> = plane.iter().rev().copied().collect();
+        let obs = Tensor::from_vec([plane.clone(), plane.clone()].concat(), [1, 2, 4, 4]).unwrap();
+        let other = Tensor::from_vec([plane, reversed].concat(), [1, 2, 4, 4]).unwrap();
+        let plain = FeatureMoments::new(&obs, 1.0).unwrap();
+        let mixed = FeatureMoments::new(&obs, 1.0)
+            .unwrap()
+            .with_projections(&obs, 8, 3)
+            .unwrap();
+        let value = |m: &FeatureMoments, x: &Tensor| m.loss(x).unwrap().to_vec().unwrap()[0];
+        assert!(
+            value(&plain, &other).abs() < 1e-6,
+            "{}",
+            value(&plain, &other)
+        );
+        assert!(value(&mixed, &obs).abs() < 1e-6, "{}", value(&mixed, &obs));
+        assert!(value(&mixed, &other) > 1e-2, "{}", value(&mixed, &other));
+        // The mixtures' gradient is the one central differences give, and
+        // k = 0 is the plain loss again.
+        let x = Tensor::rand_uniform([2, 2, 4, 4], -1.0, 1.0, &mut rng);
+        let r = gradcheck(
+            |t| mixed.loss(&t[0]),
+            std::slice::from_ref(&x),
+            1e-3,
+            1e-3,
+            2e-2,
+            100,
+        )
+        .unwrap();
+        assert!(r.ok(), "{r}");
+        let none = FeatureMoments::new(&obs, 1.0)
+            .unwrap()
+            .with_projections(&obs, 0, 3)
+            .unwrap();
+        assert_eq!(value(&none, &x), value(&plain, &x));
+        assert_eq!(none.fingerprint().unwrap(), plain.fingerprint().unwrap());
+        assert_ne!(mixed.fingerprint().unwrap(), plain.fingerprint().unwrap());
+        // [n, c] features (after a linear layer) mix the same way.
+        let flat = Tensor::rand_uniform([5, 3], 0.0, 1.0, &mut rng);
+        let m = FeatureMoments::new(&flat, 1.0)
+            .unwrap()
+            .with_projections(&flat, 4, 1)
+            .unwrap();
+        assert!(value(&m, &flat).abs() < 1e-6);
+    }
+
+    #[test]
+    fn moment_matching_defaults_to_two_mixtures_per_channel() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let obs = Tensor::rand_uniform([2, 3, 4, 4], 0.0, 1.0, &mut rng);
+        assert!(MomentMatching::OFF.moments(&obs).unwrap().is_none());
+        let len = |projections| {
+            let m = MomentMatching {
+                weight: 1.0,
+                projections,
+            };
+            m.moments(&obs)
+                .unwrap()
+                .unwrap()
+                .fingerprint()
+                .unwrap()
+                .len()
+        };
+        // weight, 3 means, 3 spreads; then the mixtures' weight, means and
+        // spreads.
+        assert_eq!(len(Some(0)), 7);
+        assert_eq!(len(Some(5)), 7 + 1 + 10);
+        assert_eq!(len(None), 7 + 1 + 12);
+        let bad = MomentMatching {
+            weight: -1.0,
+            projections: None,
+        };
+        assert!(bad.moments(&obs).is_err());
     }
 
     #[test]

@@ -160,6 +160,9 @@ enum Cmd {
         /// Query-free: weight of a loss that asks each shadow, while it trains, for the per-channel mean and spread of the observed features (0 = off, the paper's shadow training).
         #[arg(long)]
         moment_weight: Option<f32>,
+        /// Query-free: how many random mixtures of the feature channels the moment loss matches as well, which pins the correlations between channels (0 = per-channel statistics only; default: two per channel where the loss is on).
+        #[arg(long)]
+        moment_projections: Option<usize>,
         /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
         #[arg(long)]
         shadow_cache: Option<std::path::PathBuf>,
@@ -316,6 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             train_epochs,
             train_lr,
             moment_weight,
+            moment_projections,
             shadow_cache,
             out,
             gif,
@@ -398,6 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                     epochs: train_epochs,
                     lr: train_lr,
                     moment_weight,
+                    moment_projections,
                 };
                 reproduce::run_cell(
                     &s,
