@@ -128,6 +128,10 @@ impl MomentMatching {
     }
 }
 
+/// The most channel mixtures [`FeatureMoments::with_projections`] takes
+/// (each costs a 1×1 convolution channel on every training batch).
+pub const MAX_PROJECTIONS: usize = 4096;
+
 /// Seed of the random channel mixtures: fixed, so the same observation
 /// always asks for the same statistics (and finds its cached shadow).
 const PROJECTION_SEED: u64 = 0x51ced;
@@ -192,6 +196,12 @@ impl FeatureMoments {
         if k == 0 {
             self.projected = None;
             return Ok(self);
+        }
+        if k > MAX_PROJECTIONS {
+            return Err(Error::invalid(
+                "feature-moment projections",
+                format!("at most {MAX_PROJECTIONS} channel mixtures, got {k}"),
+            ));
         }
         let c = observed.dims().get(1).copied().unwrap_or(0);
         if c == 0 {
@@ -488,6 +498,15 @@ mod tests {
             projections: None,
         };
         assert!(bad.moments(&obs).is_err());
+        let too_many = MomentMatching {
+            weight: 1.0,
+            projections: Some(MAX_PROJECTIONS + 1),
+        };
+        let err = too_many.moments(&obs).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("4097")),
+            "{err:?}"
+        );
     }
 
     #[test]

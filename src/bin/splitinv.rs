@@ -160,7 +160,7 @@ enum Cmd {
         /// Query-free: weight of a loss that asks each shadow, while it trains, for the per-channel mean and spread of the observed features (0 = off, the paper's shadow training).
         #[arg(long)]
         moment_weight: Option<f32>,
-        /// Query-free: how many random mixtures of the feature channels the moment loss matches as well, which pins the correlations between channels (0 = per-channel statistics only; default: two per channel where the loss is on).
+        /// Query-free: how many random mixtures of the feature channels the moment loss matches as well, which pins the correlations between channels (0 = per-channel statistics only; default: two per channel at the CIFAR CNN's conv11, 0 elsewhere; at most 4096).
         #[arg(long)]
         moment_projections: Option<usize>,
         /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
