@@ -157,6 +157,8 @@ const PROJECTION_SEED: u64 = 0x51ced;
 pub struct FeatureMoments {
     mean: Tensor,
     spread: Tensor,
+    /// λ as asked for; `weight` is λ/u².
+    lambda: f32,
     weight: f32,
     projected: Option<ProjectedMoments>,
 }
@@ -184,6 +186,7 @@ impl FeatureMoments {
         Ok(FeatureMoments {
             mean,
             spread,
+            lambda: weight,
             weight: weight / (unit * unit) as f32,
             projected: None,
         })
@@ -221,22 +224,14 @@ impl FeatureMoments {
         let directions = Tensor::from_vec(unit_rows, [k, c, 1, 1])?.to_device(observed.device())?;
         let projected = crate::autograd::no_grad(|| project(&observed.detach(), &directions))?;
         let (mean, spread, unit) = observed_moments(&projected)?;
-        // The per-channel weight without its unit: the mixtures get the
-        // same λ in their own unit.
-        let lambda = self.weight * self.unit_squared()?;
+        // The mixtures get the same λ, in their own unit.
         self.projected = Some(ProjectedMoments {
             directions,
             mean,
             spread,
-            weight: lambda / (unit * unit) as f32,
+            weight: self.lambda / (unit * unit) as f32,
         });
         Ok(self)
-    }
-
-    /// u², the square of the mean observed per-channel spread.
-    fn unit_squared(&self) -> Result<f32> {
-        let s = self.spread.to_vec()?;
-        Ok((spread_unit(&s) as f32).powi(2))
     }
 
     /// The weight and the observed statistics, for a cache key, each
