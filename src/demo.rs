@@ -104,6 +104,7 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &originals,
             &bb_cfg,
             0,
+            None,
         )?;
         let qf_cfg = TrainConfig {
             epochs: 2,

@@ -465,7 +465,9 @@ pub fn run_whitebox(
 
 /// Black-box attack: trains an inverse network on `attacker` images
 /// (pixels; ignored for the random setting, which draws Gaussian noise in
-/// normalised space) through the query-only oracle, then inverts.
+/// normalised space) through the query-only oracle, then inverts. `noise`,
+/// when given, replaces the calibrated noise of the random setting.
+#[allow(clippy::too_many_arguments)]
 pub fn run_blackbox(
     target: &Target,
     split: &str,
@@ -474,6 +476,7 @@ pub fn run_blackbox(
     originals: &Tensor,
     cfg: &TrainConfig,
     random_n: usize,
+    noise: Option<NoiseModel>,
 ) -> Result<AttackOutcome> {
     let t0 = std::time::Instant::now();
     let (f1, _) = target.net.split(split)?;
@@ -491,14 +494,23 @@ pub fn run_blackbox(
         attacker.len()
     };
     let v = target.observe(split, originals)?;
-    let noise = match setting {
-        DataSetting::Random => {
+    let noise = match (setting, noise) {
+        (DataSetting::Random, Some(m)) => {
+            eprintln!("   black-box random: noise given: {m}");
+            m
+        }
+        (DataSetting::Random, None) => {
             let mut rng = <TrainRng as rand::SeedableRng>::seed_from_u64(cfg.seed ^ 0x0153);
-            let (m, d) = NoiseModel::calibrate(&oracle, &v, [c, h, w], &norm, 64, &mut rng)?;
-            eprintln!(
-                "   black-box random: noise calibrated to the observed features: pixel mean {:.1}, spread {}, blur {} px (distance {d:.3})",
-                m.mean, m.spread, m.blur
-            );
+            let (m, d) = NoiseModel::for_random_setting(&oracle, &v, [c, h, w], &norm, &mut rng)?;
+            match d {
+                Some(d) => eprintln!(
+                    "   black-box random: noise calibrated to the observed features: pixel mean {:.1}, spread {}, texture {} (distance {d:.3})",
+                    m.mean, m.spread, m.texture
+                ),
+                None => eprintln!(
+                    "   black-box random: noise with the statistics of natural colour photos: {m} (mean, spread, texture, shared colour variance)"
+                ),
+            }
             m
         }
         _ => NoiseModel::paper(&norm),

@@ -578,6 +578,8 @@ pub struct TrainOverride {
     /// Query-free: how many random channel mixtures the moment loss
     /// matches too, instead of the default ([`queryfree_moment_matching`]).
     pub moment_projections: Option<usize>,
+    /// Black-box random: this noise instead of the calibrated one.
+    pub noise: Option<crate::attacks::noise::NoiseModel>,
 }
 
 impl TrainOverride {
@@ -640,7 +642,17 @@ pub fn run_cell(
             } else {
                 &s.disjoint
             };
-            experiment::run_blackbox(&s.target, split, st, data, &s.originals, &tc, random_n)?
+            let noise = train_override.and_then(|o| o.noise);
+            experiment::run_blackbox(
+                &s.target,
+                split,
+                st,
+                data,
+                &s.originals,
+                &tc,
+                random_n,
+                noise,
+            )?
         }
         "query-free" => {
             let st: ShadowSetting = setting.parse()?;

@@ -84,6 +84,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
         &s.originals,
         &cfg,
         0,
+        None,
     )
     .unwrap();
     let m = summarize(&bb.scores);

@@ -54,8 +54,9 @@ pub enum DataSetting {
     SameSet,
     /// A disjoint set from the same distribution.
     SameDist,
-    /// Gaussian noise images whose mean, spread and smoothness the
-    /// attacker matches to the observed features (see [`super::noise`]).
+    /// Gaussian noise shaped like images: with the statistics of natural
+    /// photographs for colour images, calibrated to the observed features
+    /// for grey-level ones (see [`super::noise`]).
     Random,
     /// The paper's noise: white, standard normal in normalised space.
     RandomWhite,

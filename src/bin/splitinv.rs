@@ -133,7 +133,7 @@ enum Cmd {
         /// Attack the first N test images (default: the first of each class).
         #[arg(long)]
         images: Option<usize>,
-        /// blackbox: same-set | same-dist | random (noise matched to the observed features) | random-white (the paper's white noise); queryfree: {same,diff}-set-{same,diff}-net.
+        /// blackbox: same-set | same-dist | random (Gaussian noise shaped like images: natural-photo statistics for colour, calibrated to the observed features for grey levels) | random-white (the paper's white noise); queryfree: {same,diff}-set-{same,diff}-net.
         #[arg(long)]
         setting: Option<String>,
         /// White-box (and query-free inversion) iterations (default: per-split tuned).
@@ -163,6 +163,9 @@ enum Cmd {
         /// Query-free: how many random mixtures of the feature channels the moment loss matches as well, which pins the correlations between channels (0 = per-channel statistics only; default: two per channel at the CIFAR CNN's conv11, 0 elsewhere; at most 4096).
         #[arg(long)]
         moment_projections: Option<usize>,
+        /// Black-box random: train on this noise instead of calibrating it, as MEAN,SPREAD,TEXTURE (pixel scale; TEXTURE white, blur:SIGMA or powerlaw:ALPHA), e.g. 0.45,0.25,powerlaw:2.
+        #[arg(long)]
+        noise: Option<splitinv::attacks::noise::NoiseModel>,
         /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
         #[arg(long)]
         shadow_cache: Option<std::path::PathBuf>,
@@ -320,6 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             train_lr,
             moment_weight,
             moment_projections,
+            noise,
             shadow_cache,
             out,
             gif,
@@ -403,6 +407,7 @@ fn run(cli: Cli) -> Result<()> {
                     lr: train_lr,
                     moment_weight,
                     moment_projections,
+                    noise,
                 };
                 reproduce::run_cell(
                     &s,

@@ -1,0 +1,47 @@
+//! Bad attack options are refused before any work starts, with an error
+//! that names the value and what was expected, and a non-zero exit.
+
+use std::process::Command;
+
+fn splitinv(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_malformed_noise_model_is_refused_naming_the_value() {
+    for (spec, why) in [
+        ("0.5,0.2,pink", "unknown texture `pink`"),
+        ("0.5,0.2", "three or four comma-separated fields"),
+        (
+            "0.5,0.2,powerlaw:2,1.5",
+            "shared fraction must lie in [0, 1]",
+        ),
+    ] {
+        let (ok, stderr) = splitinv(&[
+            "--device",
+            "cpu",
+            "attack",
+            "blackbox",
+            "--dataset",
+            "cifar10",
+            "--split",
+            "ReLU32",
+            "--setting",
+            "random",
+            "--noise",
+            spec,
+        ]);
+        assert!(!ok, "{spec} was accepted");
+        assert!(
+            stderr.contains(spec) && stderr.contains(why) && stderr.contains("MEAN,SPREAD,TEXTURE"),
+            "{spec}: {stderr}"
+        );
+    }
+}
