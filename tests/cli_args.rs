@@ -45,3 +45,29 @@ fn a_malformed_noise_model_is_refused_naming_the_value() {
         );
     }
 }
+
+#[test]
+fn a_noise_model_outside_the_black_box_random_setting_is_refused() {
+    for (attack, setting) in [("blackbox", "same-set"), ("queryfree", "diff-set-same-net")] {
+        let (ok, stderr) = splitinv(&[
+            "--device",
+            "cpu",
+            "attack",
+            attack,
+            "--dataset",
+            "cifar10",
+            "--split",
+            "ReLU32",
+            "--setting",
+            setting,
+            "--noise",
+            "0.47,0.2,powerlaw:3,0.9",
+        ]);
+        assert!(!ok, "{attack} {setting} accepted --noise");
+        assert!(
+            stderr.contains("only applies to `attack blackbox --setting random`")
+                && stderr.contains(setting),
+            "{stderr}"
+        );
+    }
+}

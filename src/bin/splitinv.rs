@@ -163,7 +163,7 @@ enum Cmd {
         /// Query-free: how many random mixtures of the feature channels the moment loss matches as well, which pins the correlations between channels (0 = per-channel statistics only; default: two per channel at the CIFAR CNN's conv11, 0 elsewhere; at most 4096).
         #[arg(long)]
         moment_projections: Option<usize>,
-        /// Black-box random: train on this noise instead of calibrating it, as MEAN,SPREAD,TEXTURE (pixel scale; TEXTURE white, blur:SIGMA or powerlaw:ALPHA), e.g. 0.45,0.25,powerlaw:2.
+        /// Black-box random only: train on this noise instead of the default one, as MEAN,SPREAD,TEXTURE[,SHARED] (pixel scale; TEXTURE white, blur:SIGMA or powerlaw:ALPHA; SHARED the fraction of variance the colour channels share, default 0), e.g. 0.47,0.2,powerlaw:3,0.9.
         #[arg(long)]
         noise: Option<splitinv::attacks::noise::NoiseModel>,
         /// Query-free: keep trained shadows in this folder and reuse them when the same settings come again.
@@ -330,6 +330,17 @@ fn run(cli: Cli) -> Result<()> {
             json,
             seed,
         } => {
+            let black_box_random = matches!(attack.as_str(), "blackbox" | "black-box")
+                && setting.as_deref() == Some("random");
+            if let Some(m) = noise.filter(|_| !black_box_random) {
+                return Err(Error::invalid(
+                    "--noise",
+                    format!(
+                        "`{m}` only applies to `attack blackbox --setting random`, not `attack {attack}` with setting {}",
+                        setting.as_deref().unwrap_or("(default)")
+                    ),
+                ));
+            }
             let mut s = reproduce::setup(
                 &dataset,
                 weights.as_deref(),
@@ -356,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 }
             };
+
             s.target.net.index_of(&split)?;
             // The white-box flags tune the white-box attack and the query-free
             // attack's inversion of its shadow alike.
