@@ -466,7 +466,8 @@ pub fn run_whitebox(
 /// Black-box attack: trains an inverse network on `attacker` images
 /// (pixels; ignored for the random setting, which draws Gaussian noise in
 /// normalised space) through the query-only oracle, then inverts. `noise`,
-/// when given, replaces the calibrated noise of the random setting.
+/// when given, replaces the random setting's default noise
+/// ([`NoiseModel::for_random_setting`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_blackbox(
     target: &Target,

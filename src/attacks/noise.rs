@@ -196,11 +196,8 @@ impl NoiseModel {
         }
         match self.texture {
             Texture::PowerLaw(alpha) => {
-                let field = PowerLawField::new(h, w, alpha);
                 let mut data = vec![0f32; count * plane];
-                for z in data.chunks_mut(plane) {
-                    field.draw(z, rng);
-                }
+                PowerLawField::new(h, w, alpha).draw_planes(&mut data, rng);
                 data
             }
             Texture::Blurred(sigma) if sigma > 0.0 => {
@@ -453,12 +450,32 @@ impl PowerLawField {
         }
     }
 
-    /// Writes one plane (h·w values) of the field into `z`.
-    fn draw(&self, z: &mut [f32], rng: &mut impl Rng) {
+    /// Fills `data` (whole h·w planes) with independent draws of the
+    /// field. The coefficients of all planes are drawn in one go and the
+    /// scratch rows allocated once, not per plane.
+    fn draw_planes(&self, data: &mut [f32], rng: &mut impl Rng) {
+        let plane = self.h * self.w;
+        if plane == 0 {
+            return;
+        }
+        let coeff = crate::tensor::normal_vec(2 * data.len(), 0.0, 1.0, rng);
+        let (mut t_re, mut t_im) = (vec![0f32; plane], vec![0f32; plane]);
+        for (z, c) in data
+            .chunks_exact_mut(plane)
+            .zip(coeff.chunks_exact(2 * plane))
+        {
+            t_re.fill(0.0);
+            t_im.fill(0.0);
+            self.draw(z, c, &mut t_re, &mut t_im);
+        }
+    }
+
+    /// Writes one plane (h·w values) of the field into `z` from `coeff`
+    /// (2·h·w standard normals: re, im per frequency); `t_re` and `t_im`
+    /// are zeroed scratch of h·w values.
+    fn draw(&self, z: &mut [f32], coeff: &[f32], t_re: &mut [f32], t_im: &mut [f32]) {
         let (h, w) = (self.h, self.w);
-        let coeff = crate::tensor::normal_vec(2 * h * w, 0.0, 1.0, rng);
         // Along the rows: t[ky][x] = Σ_kx C[ky][kx] · e^{2πi·kx·x/w}.
-        let (mut t_re, mut t_im) = (vec![0f32; h * w], vec![0f32; h * w]);
         for ky in 0..h {
             for kx in 0..w {
                 let a = self.amp[ky * w + kx];

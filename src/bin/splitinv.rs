@@ -367,7 +367,6 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 }
             };
-
             s.target.net.index_of(&split)?;
             // The white-box flags tune the white-box attack and the query-free
             // attack's inversion of its shadow alike.
