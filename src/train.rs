@@ -80,6 +80,12 @@ impl TrainConfig {
                 format!("--lr must be a positive number, got {}", self.lr),
             ));
         }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::invalid(
+                "train",
+                format!("Adam's eps must be a positive number, got {}", self.eps),
+            ));
+        }
         if self.lr_step == 0 {
             return Err(Error::invalid("train", "lr_step must be at least 1"));
         }
@@ -359,5 +365,51 @@ impl SwaAverage {
             p.assign(&t)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_impossible_settings_and_names_them() {
+        assert!(TrainConfig::default().validate().is_ok());
+        for (cfg, says) in [
+            (
+                TrainConfig {
+                    eps: 0.0,
+                    ..TrainConfig::default()
+                },
+                "eps",
+            ),
+            (
+                TrainConfig {
+                    eps: f32::NAN,
+                    ..TrainConfig::default()
+                },
+                "eps",
+            ),
+            (
+                TrainConfig {
+                    lr: -1e-3,
+                    ..TrainConfig::default()
+                },
+                "--lr",
+            ),
+            (
+                TrainConfig {
+                    batch: 0,
+                    ..TrainConfig::default()
+                },
+                "--batch",
+            ),
+        ] {
+            let err = cfg
+                .validate()
+                .expect_err("an impossible setting was accepted")
+                .to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

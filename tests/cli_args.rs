@@ -71,3 +71,33 @@ fn a_noise_model_outside_the_black_box_random_setting_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
+    for (flag, value) in [
+        ("--train-eps", "0"),
+        ("--train-eps", "-1e-8"),
+        ("--train-lr", "NaN"),
+        ("--train-lr", "0"),
+    ] {
+        let (ok, stderr) = splitinv(&[
+            "--device",
+            "cpu",
+            "attack",
+            "blackbox",
+            "--dataset",
+            "cifar10",
+            "--split",
+            "ReLU32",
+            "--setting",
+            "same-set",
+            flag,
+            value,
+        ]);
+        assert!(!ok, "{flag} {value} was accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains("must be a positive number"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}

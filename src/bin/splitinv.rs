@@ -157,6 +157,9 @@ enum Cmd {
         /// Black-box / query-free: learning rate of that training.
         #[arg(long)]
         train_lr: Option<f32>,
+        /// Black-box / query-free: Adam's epsilon in that training (default: 1e-8 for the CIFAR CNN's inverse networks, the authors' 1e-3 elsewhere).
+        #[arg(long)]
+        train_eps: Option<f32>,
         /// Query-free: weight of a loss that asks each shadow, while it trains, for the per-channel mean and spread of the observed features (0 = off, the paper's shadow training).
         #[arg(long)]
         moment_weight: Option<f32>,
@@ -321,6 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             shadows,
             train_epochs,
             train_lr,
+            train_eps,
             moment_weight,
             moment_projections,
             noise,
@@ -340,6 +344,14 @@ fn run(cli: Cli) -> Result<()> {
                         setting.as_deref().unwrap_or("(default)")
                     ),
                 ));
+            }
+            for (flag, v) in [("--train-lr", train_lr), ("--train-eps", train_eps)] {
+                if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                    return Err(Error::invalid(
+                        flag,
+                        format!("must be a positive number, got {v}"),
+                    ));
+                }
             }
             let mut s = reproduce::setup(
                 &dataset,
@@ -416,6 +428,7 @@ fn run(cli: Cli) -> Result<()> {
                 let over = reproduce::TrainOverride {
                     epochs: train_epochs,
                     lr: train_lr,
+                    eps: train_eps,
                     moment_weight,
                     moment_projections,
                     noise,
