@@ -80,6 +80,7 @@ fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
         ("--train-lr", "NaN"),
         ("--train-lr", "0"),
     ] {
+        // `--flag=value`: clap would read a separate `-1e-8` as a flag.
         let (ok, stderr) = splitinv(&[
             "--device",
             "cpu",
@@ -91,8 +92,7 @@ fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
             "ReLU32",
             "--setting",
             "same-set",
-            flag,
-            value,
+            &format!("{flag}={value}"),
         ]);
         assert!(!ok, "{flag} {value} was accepted");
         assert!(
