@@ -3,9 +3,20 @@
 
 use std::process::Command;
 
-fn splitinv(args: &[&str]) -> (bool, String) {
+/// Runs `splitinv --device cpu attack ATTACK --dataset cifar10 --split
+/// ReLU32 --setting SETTING EXTRA...`: whether it succeeded, and its stderr.
+fn attack(attack: &str, setting: &str, extra: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .args(args)
+        .args(["--device", "cpu", "attack", attack])
+        .args([
+            "--dataset",
+            "cifar10",
+            "--split",
+            "ReLU32",
+            "--setting",
+            setting,
+        ])
+        .args(extra)
         .output()
         .expect("the binary runs");
     (
@@ -24,20 +35,7 @@ fn a_malformed_noise_model_is_refused_naming_the_value() {
             "shared fraction must lie in [0, 1]",
         ),
     ] {
-        let (ok, stderr) = splitinv(&[
-            "--device",
-            "cpu",
-            "attack",
-            "blackbox",
-            "--dataset",
-            "cifar10",
-            "--split",
-            "ReLU32",
-            "--setting",
-            "random",
-            "--noise",
-            spec,
-        ]);
+        let (ok, stderr) = attack("blackbox", "random", &["--noise", spec]);
         assert!(!ok, "{spec} was accepted");
         assert!(
             stderr.contains(spec) && stderr.contains(why) && stderr.contains("MEAN,SPREAD,TEXTURE"),
@@ -48,22 +46,9 @@ fn a_malformed_noise_model_is_refused_naming_the_value() {
 
 #[test]
 fn a_noise_model_outside_the_black_box_random_setting_is_refused() {
-    for (attack, setting) in [("blackbox", "same-set"), ("queryfree", "diff-set-same-net")] {
-        let (ok, stderr) = splitinv(&[
-            "--device",
-            "cpu",
-            "attack",
-            attack,
-            "--dataset",
-            "cifar10",
-            "--split",
-            "ReLU32",
-            "--setting",
-            setting,
-            "--noise",
-            "0.47,0.2,powerlaw:3,0.9",
-        ]);
-        assert!(!ok, "{attack} {setting} accepted --noise");
+    for (name, setting) in [("blackbox", "same-set"), ("queryfree", "diff-set-same-net")] {
+        let (ok, stderr) = attack(name, setting, &["--noise", "0.47,0.2,powerlaw:3,0.9"]);
+        assert!(!ok, "{name} {setting} accepted --noise");
         assert!(
             stderr.contains("only applies to `attack blackbox --setting random`")
                 && stderr.contains(setting),
@@ -81,19 +66,7 @@ fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
         ("--train-lr", "0"),
     ] {
         // `--flag=value`: clap would read a separate `-1e-8` as a flag.
-        let (ok, stderr) = splitinv(&[
-            "--device",
-            "cpu",
-            "attack",
-            "blackbox",
-            "--dataset",
-            "cifar10",
-            "--split",
-            "ReLU32",
-            "--setting",
-            "same-set",
-            &format!("{flag}={value}"),
-        ]);
+        let (ok, stderr) = attack("blackbox", "same-set", &[&format!("{flag}={value}")]);
         assert!(!ok, "{flag} {value} was accepted");
         assert!(
             stderr.contains(flag) && stderr.contains("must be a positive number"),
