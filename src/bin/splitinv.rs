@@ -154,10 +154,10 @@ enum Cmd {
         /// Black-box / query-free: epochs of inverse-network / shadow training (default: tuned).
         #[arg(long)]
         train_epochs: Option<usize>,
-        /// Black-box / query-free: learning rate of that training.
+        /// Black-box / query-free: learning rate of that training (default: tuned, with the epsilon).
         #[arg(long)]
         train_lr: Option<f32>,
-        /// Black-box / query-free: Adam's epsilon in that training (default: 1e-8 for the CIFAR CNN's inverse networks, the authors' 1e-3 elsewhere).
+        /// Black-box / query-free: Adam's epsilon in that training (default: 1e-8 for the CIFAR CNN's inverse networks and its shadows from the third block on, the authors' 1e-3 elsewhere).
         #[arg(long)]
         train_eps: Option<f32>,
         /// Query-free: weight of a loss that asks each shadow, while it trains, for the per-channel mean and spread of the observed features (0 = off, the paper's shadow training).
