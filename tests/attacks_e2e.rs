@@ -12,6 +12,9 @@ use splitinv::reproduce::{self, queryfree_defaults, whitebox_defaults};
 use splitinv::train::TrainConfig;
 use std::path::Path;
 
+mod common;
+use common::ScratchDir;
+
 fn setup() -> Option<reproduce::Setup> {
     let Some(root) = std::env::var_os("SPLITINV_DATA") else {
         println!("skipped: SPLITINV_DATA not set");
@@ -98,8 +101,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
     wb.iterations = 500;
     // Run twice through a shadow cache: the first run trains and saves the
     // shadow, the second must load it and give the same reconstruction.
-    let cache = std::env::temp_dir().join(format!("splitinv-shadows-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache);
+    let cache = ScratchDir::new("shadows");
     let run = || {
         experiment::run_queryfree(
             &s.target,
@@ -114,7 +116,7 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
             &wb,
             1,
             queryfree::MomentMatching::OFF,
-            Some(&cache),
+            Some(&*cache),
         )
         .unwrap()
     };
@@ -154,7 +156,6 @@ fn blackbox_and_queryfree_recover_digits_at_conv1() {
         tampered.recon.to_vec().unwrap(),
         "a run with the cache must use the cached weights"
     );
-    let _ = std::fs::remove_dir_all(&cache);
     let m = summarize(&qf.scores);
     println!(
         "query-free conv1 diff-set same-net: PSNR {:.2}, SSIM paper {:.4}",

@@ -12,15 +12,11 @@ use splitinv::nn::{weights, Sequential};
 use splitinv::optim::{Adam, Optimizer};
 use splitinv::tensor::Tensor;
 use splitinv::train::{SwaAverage, TrainConfig};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("splitinv-resume-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::ScratchDir;
 
 fn values(net: &Sequential) -> Vec<Vec<f32>> {
     net.params().iter().map(|p| p.to_vec().unwrap()).collect()
@@ -90,7 +86,8 @@ fn resumed_training_matches_uninterrupted_training_exactly() {
     for swa_from in [None, Some(1)] {
         let (full, _) = run(4, swa_from, None, TrainState::default());
         // Stop after epoch 2 with a checkpoint, load it into a fresh net, go on.
-        let path = temp("lib").join("ckpt.safetensors");
+        let dir = ScratchDir::new("resume-lib");
+        let path = dir.join("ckpt.safetensors");
         let (_, states) = run_saving(2, swa_from, None, TrainState::default(), Some(&path));
         let mut fresh = ModelKind::Lenet.build(99).unwrap();
         let state = checkpoint::load(&mut fresh, &path).unwrap();
@@ -188,7 +185,7 @@ fn adam_state_round_trip_continues_identically() {
 
 #[test]
 fn checkpoint_with_incomplete_optimizer_state_is_rejected() {
-    let dir = temp("incomplete");
+    let dir = ScratchDir::new("resume-incomplete");
     let net = ModelKind::Lenet.build(0).unwrap();
     let path = dir.join("ok.ckpt");
     let (_, states) = run(1, None, None, TrainState::default());
@@ -254,7 +251,7 @@ fn train_cmd(out: &std::path::Path, resume: bool) -> Command {
 
 #[test]
 fn sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights() {
-    let dir = temp("sigkill");
+    let dir = ScratchDir::new("resume-sigkill");
     let full = dir.join("full.safetensors");
     assert!(train_cmd(&full, false).status().unwrap().success());
 

@@ -5,13 +5,9 @@ use splitinv::models::ModelKind;
 use splitinv::nn::weights::{self, NamedValues};
 use splitinv::nn::Sequential;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("splitinv-weights-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+mod common;
+use common::ScratchDir;
 
 fn values(net: &Sequential) -> Vec<Vec<f32>> {
     net.params().iter().map(|p| p.to_vec().unwrap()).collect()
@@ -19,9 +15,10 @@ fn values(net: &Sequential) -> Vec<Vec<f32>> {
 
 #[test]
 fn save_load_round_trip_is_exact_for_both_models() {
+    let dir = ScratchDir::new("weights-round-trip");
     for kind in [ModelKind::Lenet, ModelKind::Cifar10Cnn] {
         let a = kind.build(1).unwrap();
-        let path = temp(&format!("{kind:?}.safetensors"));
+        let path = dir.join(format!("{kind:?}.safetensors"));
         let meta = HashMap::from([("note".to_string(), "round trip".to_string())]);
         weights::save(&a, &path, Some(meta)).unwrap();
         let mut b = kind.build(2).unwrap();
@@ -44,8 +41,9 @@ fn save_load_round_trip_is_exact_for_both_models() {
 
 #[test]
 fn loading_into_the_other_architecture_lists_every_mismatch() {
+    let dir = ScratchDir::new("weights-other-arch");
     let lenet = ModelKind::Lenet.build(0).unwrap();
-    let path = temp("lenet_for_cifar.safetensors");
+    let path = dir.join("lenet_for_cifar.safetensors");
     weights::save(&lenet, &path, None).unwrap();
     let mut cifar = ModelKind::Cifar10Cnn.build(0).unwrap();
     let before = values(&cifar);
@@ -59,6 +57,7 @@ fn loading_into_the_other_architecture_lists_every_mismatch() {
 
 #[test]
 fn unexpected_missing_and_reshaped_tensors_are_named() {
+    let dir = ScratchDir::new("weights-named");
     let net = ModelKind::Lenet.build(0).unwrap();
     let mut tensors: Vec<NamedValues> = weights::param_values(&net).unwrap();
     tensors.retain(|(n, _, _)| n != "fc1.bias");
@@ -66,7 +65,7 @@ fn unexpected_missing_and_reshaped_tensors_are_named() {
     if let Some(t) = tensors.iter_mut().find(|(n, _, _)| n == "conv2.bias") {
         t.1 = vec![t.2.len() / 2, 2];
     }
-    let path = temp("odd.safetensors");
+    let path = dir.join("odd.safetensors");
     weights::write_tensors(&path, &tensors, None).unwrap();
     let mut m = ModelKind::Lenet.build(0).unwrap();
     let err = weights::load(&mut m, &path).unwrap_err().to_string();
@@ -81,6 +80,7 @@ fn unexpected_missing_and_reshaped_tensors_are_named() {
 
 #[test]
 fn half_precision_files_load_and_bad_files_are_refused() {
+    let dir = ScratchDir::new("weights-bad-files");
     let net = ModelKind::Lenet.build(4).unwrap();
     // Rewrite the same tensors as f16 by hand (what `model.half()` then
     // `save_file` gives in PyTorch).
@@ -104,7 +104,7 @@ fn half_precision_files_load_and_bad_files_are_refused() {
             )
         })
         .collect();
-    let path = temp("half.safetensors");
+    let path = dir.join("half.safetensors");
     std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
     let mut m = ModelKind::Lenet.build(0).unwrap();
     weights::load(&mut m, &path).unwrap();
@@ -117,7 +117,7 @@ fn half_precision_files_load_and_bad_files_are_refused() {
     // NaN inside a tensor.
     let mut nan = weights::param_values(&net).unwrap();
     nan[0].2[3] = f32::NAN;
-    let p = temp("nan.safetensors");
+    let p = dir.join("nan.safetensors");
     weights::write_tensors(&p, &nan, None).unwrap();
     let err = weights::load(&mut m, &p).unwrap_err().to_string();
     assert!(
@@ -127,17 +127,17 @@ fn half_precision_files_load_and_bad_files_are_refused() {
 
     // Truncated file.
     let full = std::fs::read(&path).unwrap();
-    let p = temp("truncated.safetensors");
+    let p = dir.join("truncated.safetensors");
     std::fs::write(&p, &full[..full.len() / 2]).unwrap();
     let err = weights::load(&mut m, &p).unwrap_err().to_string();
     assert!(err.contains("truncated.safetensors"), "{err}");
 
     // Not a safetensors file at all, and a missing file.
-    let p = temp("garbage.safetensors");
+    let p = dir.join("garbage.safetensors");
     std::fs::write(&p, b"this is not a weights file").unwrap();
     let err = weights::load(&mut m, &p).unwrap_err().to_string();
     assert!(err.contains("garbage.safetensors"), "{err}");
-    let err = weights::load(&mut m, &temp("absent.safetensors"))
+    let err = weights::load(&mut m, &dir.join("absent.safetensors"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("absent.safetensors"), "{err}");

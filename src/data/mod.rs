@@ -740,11 +740,35 @@ fn load_folder(p: &Path, split: Split, limit: Option<usize>) -> Result<Dataset> 
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh, empty directory under the system temp dir.
-    pub fn temp_dir(name: &str) -> PathBuf {
+    /// A fresh, empty directory under the system temp dir, removed with
+    /// everything in it when the guard drops (also when the test fails),
+    /// so test runs do not pile up directories in /tmp.
+    pub struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Creates a [`TempDir`] whose name starts with `name`.
+    pub fn temp_dir(name: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let d = std::env::temp_dir().join(format!(
             "splitinv-test-{name}-{}-{}",
@@ -753,7 +777,7 @@ pub(crate) mod test_util {
         ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TempDir(d)
     }
 }
 
@@ -919,7 +943,7 @@ mod tests {
                 }
             }
         }
-        let name = DatasetName::Folder(root.clone());
+        let name = DatasetName::Folder(root.to_path_buf());
         let tr = load(&name, Split::Train, None, None).unwrap();
         let te = load(&name, Split::Test, None, None).unwrap();
         assert_eq!((tr.len(), te.len()), (6, 2));

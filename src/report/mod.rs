@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn grid_png_round_trips_pixels() {
-        let dir = std::env::temp_dir().join(format!("splitinv-grid-{}", std::process::id()));
+        let dir = crate::data::test_util::temp_dir("grid");
         let p = dir.join("g.png");
         let a = Tensor::full([2, 1, 3, 3], 1.0);
         let b = Tensor::zeros([2, 1, 3, 3]);
@@ -212,6 +212,5 @@ mod tests {
         assert_eq!(img.get_pixel(2, 2).0, [255, 255, 255]);
         assert_eq!(img.get_pixel(2, 7).0, [0, 0, 0]);
         assert!(save_grid(&p, &[], 1).is_err());
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
