@@ -3,7 +3,8 @@
 //! params structs, checked against host references. Without a GPU it says
 //! "skipped: no CUDA device" (SPLITINV_REQUIRE_CUDA=1 makes that a failure).
 //! Everything runs in one test so the global memory budget it changes
-//! cannot disturb a concurrently running test.
+//! cannot disturb a concurrently running test; each part runs even when an
+//! earlier one failed.
 
 use splitinv::cuda::launch::{launch, split_k_for, split_k_for_tile, ConvTile, Launch};
 use splitinv::cuda::params::*;
@@ -60,19 +61,36 @@ fn gpu() -> Option<Arc<GpuDevice>> {
     Some(cuda::device(0).expect("open cuda:0"))
 }
 
+/// One named part of the end-to-end test.
+type Part = fn(&Arc<GpuDevice>);
+
 #[test]
 fn cuda_backend_on_a_real_gpu() {
     let Some(dev) = gpu() else { return };
     dev.load_all_kernels().expect("every module loads");
-    roundtrip_and_reuse(&dev);
-    elementwise(&dev);
-    reduce(&dev);
-    sgemm(&dev);
-    conv_forward_and_weight_grad(&dev);
-    conv_t128_kernels(&dev);
-    budget_and_peaks(&dev);
+    // Every part runs even when an earlier one fails, so one run on a GPU
+    // machine reports every broken kernel, not just the first.
+    let parts: [(&str, Part); 7] = [
+        ("roundtrip_and_reuse", roundtrip_and_reuse),
+        ("elementwise", elementwise),
+        ("reduce", reduce),
+        ("sgemm", sgemm),
+        ("conv_forward_and_weight_grad", conv_forward_and_weight_grad),
+        ("conv_t128_kernels", conv_t128_kernels),
+        ("budget_and_peaks", budget_and_peaks),
+    ];
+    let mut failed = Vec::new();
+    for (name, part) in parts {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(&dev))).is_ok();
+        cuda::set_memory_budget(None);
+        println!("part {name}: {}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            failed.push(name);
+        }
+    }
     dev.synchronize().unwrap();
     println!("{}", dev.memory_stats());
+    assert!(failed.is_empty(), "failed parts: {failed:?}");
 }
 
 fn roundtrip_and_reuse(dev: &Arc<GpuDevice>) {

@@ -12,12 +12,17 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 rm -rf .gpu && mkdir -p .gpu/data
 cargo build --release
 strip -o .gpu/splitinv target/release/splitinv
-for t in cuda_device ops_device cli_device memory optim_no_alloc; do
+# The CUDA tests (memory.rs and optim_no_alloc.rs are CPU-only: CI runs them).
+for t in cuda_device ops_device cli_device; do
   exe=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
-        python3 -c 'import sys, json
+        T="$t" python3 -c 'import os, sys, json
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1)
+    tg = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and tg.get("name") == os.environ["T"] and "test" in tg.get("kind", []):
+        print(m["executable"])' | tail -1)
+  [ -n "$exe" ] || { echo "no test binary for $t" >&2; exit 1; }
   strip -o ".gpu/$t" "$exe"
 done
 cp -r "$data/mnist" "$data/cifar10" .gpu/data/

@@ -530,8 +530,18 @@ fn run(cli: Cli) -> Result<()> {
                     "workload", "ms/step", "images/s", "steps", "GPU peak", "act+grad"
                 );
             }
+            // A workload that fails is reported and the rest still run, so
+            // one broken kernel does not hide every other measurement.
+            let mut failed = Vec::new();
             for w in &workloads {
-                let r = bench::run(w, quick)?;
+                let r = match bench::run(w, quick) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("bench {}: {e}", w.name);
+                        failed.push(w.name.clone());
+                        continue;
+                    }
+                };
                 if json {
                     println!(
                         "{}",
@@ -550,7 +560,16 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            Ok(())
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Msg(format!(
+                    "{} of {} workloads failed: {}",
+                    failed.len(),
+                    workloads.len(),
+                    failed.join(", ")
+                )))
+            }
         }
     }
 }
