@@ -309,9 +309,101 @@ SI_DEV void si_tile128_mac(const SiTiles128& t, int tx, int ty, float acc[8][8])
     }
 }
 
-// acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j).
-// Requires m0 < M and n0 < N (the grid covers the output exactly).
-template <class L>
+// ---------------------------------------------------------------------------
+// Tensor cores: the same 128×128×8 step on TF32 mma.sync with three products
+// per operand pair, as accurate as FP32 FFMA (conv.cu's *_tc kernels).
+//
+// TF32 keeps 10 of FP32's 23 mantissa bits. Split each operand into its TF32
+// rounding and the TF32 rounding of what is left, x ≈ x_hi + x_lo (x_lo is
+// about 2^-11·|x|; together they carry ~21 bits). Then
+//     a·b = a_hi·b_hi + a_hi·b_lo + a_lo·b_hi + a_lo·b_lo,
+// and the last term, ~2^-22·|a·b|, is below FP32's own rounding: dropped.
+// Products of TF32 numbers are exact in the FP32 accumulator, so the three
+// mma per step give FFMA's accuracy (summed in another order) at three times
+// the tensor work, which tensor cores still do several times faster than
+// FFMA (the "3xTF32" of CUTLASS).
+//
+// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32: a warp adds a 16×8 A times an
+// 8×8 B into a 16×8 C. Lane l = 4g + t (g = l >> 2, t = l & 3) holds
+//   A: a[0] = A(g, t),  a[1] = A(g+8, t),  a[2] = A(g, t+4),  a[3] = A(g+8, t+4)
+//   B: b[0] = B(t, g),  b[1] = B(t+4, g)
+//   C: c[0] = C(g, 2t), c[1] = C(g, 2t+1), c[2] = C(g+8, 2t), c[3] = C(g+8, 2t+1)
+// (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32).
+// ---------------------------------------------------------------------------
+
+// x rounded to TF32 (nearest, ties away from zero), kept in an FP32 register
+// with the 13 dropped mantissa bits zero. Inf and NaN pass unchanged.
+SI_DEV float si_tf32(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return __uint_as_float(u);
+}
+
+// c += A·B for one warp's m16n8k8 fragments (operands already TF32).
+SI_DEV void si_mma_tf32(float c[4], const float a[4], const float b[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+          "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+#elif defined(SI_CUDA_EMULATION)
+    // The CPU emulation of tests/cuda_emu implements the instruction from
+    // the PTX fragment tables, so it checks the bookkeeping above.
+    si_emu_mma_tf32(c, a, b);
+#else
+    // Before sm_80 there are no TF32 tensor cores; the host never launches
+    // the *_tc kernels there (src/cuda/launch.rs), so this is unreachable.
+    __trap();
+#endif
+}
+
+// One staged K step (SI_BK = 8 = the mma's k) on tensor cores. Warp (wm, wn)
+// (wm < 2, wn < 4) owns tile rows 64·wm .. +63 and columns 32·wn .. +31: 4 × 4
+// mma tiles of 16 × 8. Its lanes keep
+//     acc[2·mi + h][2·ni + e] = C(64·wm + 16·mi + 8·h + g, 32·wn + 8·ni + 2·t + e),
+// the layout conv.cu's SiMmaLayout stores from.
+SI_DEV void si_tile128_mma(const SiTiles128& s, int wm, int wn, int g, int t, float acc[8][8]) {
+    float b_hi[4][2], b_lo[4][2];
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+            const float v = s.b[t + 4 * q][32 * wn + 8 * ni + g];
+            b_hi[ni][q] = si_tf32(v);
+            b_lo[ni][q] = si_tf32(v - b_hi[ni][q]);
+        }
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+        float a_hi[4], a_lo[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const float v = s.a[t + 4 * (q >> 1)][64 * wm + 16 * mi + 8 * (q & 1) + g];
+            a_hi[q] = si_tf32(v);
+            a_lo[q] = si_tf32(v - a_hi[q]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            float c[4] = {acc[2 * mi][2 * ni], acc[2 * mi][2 * ni + 1], acc[2 * mi + 1][2 * ni],
+                          acc[2 * mi + 1][2 * ni + 1]};
+            // Small terms first, so they are not lost next to the big one.
+            si_mma_tf32(c, a_lo, b_hi[ni]);
+            si_mma_tf32(c, a_hi, b_lo[ni]);
+            si_mma_tf32(c, a_hi, b_hi[ni]);
+            acc[2 * mi][2 * ni] = c[0];
+            acc[2 * mi][2 * ni + 1] = c[1];
+            acc[2 * mi + 1][2 * ni] = c[2];
+            acc[2 * mi + 1][2 * ni + 1] = c[3];
+        }
+    }
+}
+
+// acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j)
+// (TC = false), or the same sums on tensor cores with the accumulator layout
+// of si_tile128_mma (TC = true). Requires m0 < M and n0 < N (the grid covers
+// the output exactly).
+template <class L, bool TC = false>
 SI_DEV void si_gemm_tile128(SiTiles128& tiles, const L& ld, int M, int N, int k_begin, int k_end,
                             int m0, int n0, float acc[8][8]) {
     using Pos = SiTile128Pos<L>;
@@ -367,8 +459,16 @@ SI_DEV void si_gemm_tile128(SiTiles128& tiles, const L& ld, int M, int N, int k_
         stage();
         __syncthreads();
         if (k0 + SI_BK < k_end) fetch(k0 + SI_BK);  // in flight while we compute
-        if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
-        else si_tile128_mac<8>(tiles, tx, ty, acc);
+        if constexpr (TC) {
+            // Warps 4..7 own rows 64..127: nothing to do there in a low-half
+            // tile (the same for the whole warp, as mma.sync requires).
+            const int warp = tid >> 5, lane = tid & 31;
+            if (!(low_half && warp >= 4))
+                si_tile128_mma(tiles, warp >> 2, warp & 3, lane >> 2, lane & 3, acc);
+        } else {
+            if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
+            else si_tile128_mac<8>(tiles, tx, ty, acc);
+        }
         __syncthreads();  // everyone is done reading before the next stage()
     }
 }

@@ -70,25 +70,45 @@ struct ConvParams {
 
 // ---- output stores, shared by the 64 (R = 4) and 128 (R = 8) kernels ------
 //
-// Thread (tx, ty) holds rows ty + 16i and columns tx + 16j of the tile, i, j
-// < R; for fixed (i, j) neighbouring threads write neighbouring columns, so
-// the stores coalesce.
+// A layout says which tile row and column acc[i][j] of this thread holds.
+// FFMA kernels (SiFfmaLayout): thread (tx, ty) holds rows ty + 16i and
+// columns tx + 16j, i, j < R; for fixed (i, j) neighbouring threads write
+// neighbouring columns, so the stores coalesce. Tensor-core kernels
+// (SiMmaLayout): the mma fragment layout of si_tile128_mma, where a lane
+// holds pairs of neighbouring columns.
+
+struct SiFfmaLayout {
+    int tx, ty;
+    static SI_DEV SiFfmaLayout here() { return SiFfmaLayout{(int)threadIdx.x & 15, (int)threadIdx.x >> 4}; }
+    SI_DEV int row(int i) const { return ty + 16 * i; }
+    SI_DEV int col(int j) const { return tx + 16 * j; }
+};
+
+struct SiMmaLayout {
+    int r0, c0;  // 64·wm + g and 32·wn + 2t
+    static SI_DEV SiMmaLayout here() {
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        return SiMmaLayout{64 * (warp >> 2) + (lane >> 2), 32 * (warp & 3) + 2 * (lane & 3)};
+    }
+    SI_DEV int row(int i) const { return r0 + 16 * (i >> 1) + 8 * (i & 1); }
+    SI_DEV int col(int j) const { return c0 + 8 * (j >> 1) + (j & 1); }
+};
 
 // A GEMM whose rows are channels (M of them) and whose columns are (image,
 // pixel) pairs (`plane` pixels per image) into NCHW p.out, adding
 // p.bias[row] when given (forward, input gradient, transposed conv).
-template <int R>
+template <int R, class Lay = SiFfmaLayout>
 SI_DEV void conv_store_nchw(const ConvParams& p, const float (&acc)[R][R], int M, int N, int plane,
                             int m0, int n0) {
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const Lay lay = Lay::here();
 #pragma unroll
     for (int j = 0; j < R; ++j) {
-        const int n = n0 + tx + 16 * j;
+        const int n = n0 + lay.col(j);
         if (n >= N) continue;
         const int img = n / plane, pix = n - img * plane;
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-            const int c = m0 + ty + 16 * i;
+            const int c = m0 + lay.row(i);
             if (c >= M) continue;
             float v = acc[i][j] + (p.bias ? p.bias[c] : 0.0f);
             float* o = p.out + ((i64)img * M + c) * plane + pix;
@@ -100,17 +120,17 @@ SI_DEV void conv_store_nchw(const ConvParams& p, const float (&acc)[R][R], int M
 // The weight gradient's M×N tile: into p.out, or with split-K into slice
 // blockIdx.z of p.workspace. Every chunk writes its whole tile (zeros for
 // an empty chunk), so the reduce never reads stale memory.
-template <int R>
+template <int R, class Lay = SiFfmaLayout>
 SI_DEV void conv_store_dw(const ConvParams& p, const float (&acc)[R][R], int M, int N, int splits,
                           int m0, int n0) {
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const Lay lay = Lay::here();
 #pragma unroll
     for (int i = 0; i < R; ++i) {
-        const int co = m0 + ty + 16 * i;
+        const int co = m0 + lay.row(i);
         if (co >= M) continue;
 #pragma unroll
         for (int j = 0; j < R; ++j) {
-            const int n = n0 + tx + 16 * j;
+            const int n = n0 + lay.col(j);
             if (n >= N) continue;
             const i64 idx = (i64)co * N + n;
             if (splits > 1) {
@@ -392,37 +412,34 @@ struct ConvBwdWeightHoisted {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
+// The 128×128 bodies, on FFMA (TC = false: the *_t128 kernels) or on
+// tensor cores (TC = true: the *_tc kernels).
+template <bool TC>
+SI_DEV void conv_fwd_run128(const ConvParams& p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
-    si_gemm_tile128(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
+    si_gemm_tile128<ConvFwdHoisted, TC>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.oh * p.ow, m0, n0);
+    else conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
+template <bool TC>
 SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
-    si_gemm_tile128(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
+    si_gemm_tile128<ConvBwdDataHoisted, TC>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.h * p.w, m0, n0);
+    else conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
-// conv2d_bwd_data on 128×128 tiles (bias must be null here).
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_t128(ConvParams p) {
-    conv_bwd_data_run128(p);
-}
-
-// conv_transpose2d_fwd on 128×128 tiles.
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_t128(ConvParams p) {
-    conv_bwd_data_run128(p);
-}
-
-// conv2d_bwd_weight on 128×128 tiles; with split_k > 1 it writes the same
-// workspace layout, reduced by conv2d_bwd_weight_reduce.
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_t128(ConvParams p) {
+// With split_k > 1 it writes the same workspace layout as conv2d_bwd_weight,
+// reduced by conv2d_bwd_weight_reduce.
+template <bool TC>
+SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     const int splits = p.split_k > 1 ? p.split_k : 1;
@@ -430,6 +447,51 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weig
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
-    si_gemm_tile128(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin, k_end, m0, n0, acc);
-    conv_store_dw(p, acc, M, N, splits, m0, n0);
+    si_gemm_tile128<ConvBwdWeightHoisted, TC>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
+                                              k_end, m0, n0, acc);
+    if constexpr (TC) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
+    else conv_store_dw(p, acc, M, N, splits, m0, n0);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
+    conv_fwd_run128<false>(p);
+}
+
+// conv2d_bwd_data on 128×128 tiles (bias must be null here).
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_t128(ConvParams p) {
+    conv_bwd_data_run128<false>(p);
+}
+
+// conv_transpose2d_fwd on 128×128 tiles.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_t128(ConvParams p) {
+    conv_bwd_data_run128<false>(p);
+}
+
+// conv2d_bwd_weight on 128×128 tiles (split-K as conv2d_bwd_weight).
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_t128(ConvParams p) {
+    conv_bwd_weight_run128<false>(p);
+}
+
+// ---- the *_tc kernels: the *_t128 ones on tensor cores ---------------------
+//
+// Same ConvParams, grid, block, results and split-K workspace as the *_t128
+// kernels; the K step runs on TF32 mma.sync with FP32 accuracy (3xTF32, see
+// si_tile128_mma in common.cuh). Need sm_80 or later. Opt-in
+// (SPLITINV_CONV_TILE=tc) until a GPU run has measured them against the
+// FFMA kernels; the emulation in tests/cuda_emu checks their results.
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tc(ConvParams p) {
+    conv_fwd_run128<true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_tc(ConvParams p) {
+    conv_bwd_data_run128<true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_tc(ConvParams p) {
+    conv_bwd_data_run128<true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_tc(ConvParams p) {
+    conv_bwd_weight_run128<true>(p);
 }

@@ -70,13 +70,18 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 8] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
         ("sgemm", sgemm),
         ("conv_forward_and_weight_grad", conv_forward_and_weight_grad),
-        ("conv_t128_kernels", conv_t128_kernels),
+        ("conv_t128_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::T128)
+        }),
+        ("conv_tc_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::Tc)
+        }),
         ("budget_and_peaks", budget_and_peaks),
     ];
     let mut failed = Vec::new();
@@ -341,12 +346,15 @@ fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
     assert_close("conv2d_bwd_weight split-K = no split", &b, &a, 1e-3, 1e-4);
 }
 
-/// The `*_t128` kernels launched directly (whatever the size rule would
-/// pick): against the host reference for the forward, against the 64×64
-/// kernels (themselves checked above and in the emulator) for the input
-/// gradient, the transposed conv with bias and the weight gradient with and
-/// without split-K. Stride 2 and odd sizes: partial 128×128 tiles in M and N.
-fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
+/// The 128×128 kernels of `tile` (`*_t128` on FFMA, `*_tc` on tensor
+/// cores) launched directly (whatever the size rule would pick): against
+/// the host reference for the forward, against the 64×64 kernels
+/// (themselves checked above and in the emulator) for the input gradient,
+/// the transposed conv with bias and the weight gradient with and without
+/// split-K, at the same tolerances for both (the `_tc` kernels' 3xTF32 is
+/// meant to be as accurate as FP32). Stride 2 and odd sizes: partial
+/// 128×128 tiles in M and N.
+fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     let (n, ci, h, w, co, k, s, pad) = (3, 19, 23, 21, 150, 3, 2, 1);
     let x = rand_vec(n * ci * h * w, 17);
     let wt = rand_vec(co * ci * k * k, 18);
@@ -361,25 +369,20 @@ fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
         weight: dw.ptr(),
         ..conv_geometry((n, ci, h, w), (co, k), (oh, ow), s, pad)
     };
-    let t128 = |rows, cols, split| Launch::conv_tiles(ConvTile::T128, rows, cols, split).unwrap();
+    let big = |rows, cols, split| Launch::conv_tiles(tile, rows, cols, split).unwrap();
     // Forward, without a bias: the host reference has none.
     let y = dev.alloc(want.len()).unwrap();
     let p = ConvParams {
         out: y.ptr(),
         ..base
     };
-    launch(dev, "conv2d_fwd_t128", t128(co, n * oh * ow, 1), &p).unwrap();
-    let name = "conv2d_fwd_t128 19→150 k3 s2 p1";
-    assert_close(name, &y.to_host().unwrap(), &want, 1e-3, 1e-3);
+    let fwd = tile.kernel("conv2d_fwd");
+    launch(dev, &fwd, big(co, n * oh * ow, 1), &p).unwrap();
+    let name = format!("{fwd} 19→150 k3 s2 p1");
+    assert_close(&name, &y.to_host().unwrap(), &want, 1e-3, 1e-3);
     // Input gradient and transposed conv (with bias over Cin): 64 vs 128.
-    for (k64, k128, b) in [
-        ("conv2d_bwd_data", "conv2d_bwd_data_t128", 0),
-        (
-            "conv_transpose2d_fwd",
-            "conv_transpose2d_fwd_t128",
-            bias.ptr(),
-        ),
-    ] {
+    for (k64, b) in [("conv2d_bwd_data", 0), ("conv_transpose2d_fwd", bias.ptr())] {
+        let k128 = tile.kernel(k64);
         let (g64, g128) = (dev.alloc(x.len()).unwrap(), dev.alloc(x.len()).unwrap());
         let mut p = ConvParams {
             dy: dy.ptr(),
@@ -389,7 +392,7 @@ fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
         };
         launch(dev, k64, Launch::tiles(ci, n * h * w, 1).unwrap(), &p).unwrap();
         p.out = g128.ptr();
-        launch(dev, k128, t128(ci, n * h * w, 1), &p).unwrap();
+        launch(dev, &k128, big(ci, n * h * w, 1), &p).unwrap();
         let (a, b) = (g64.to_host().unwrap(), g128.to_host().unwrap());
         assert_close(&format!("{k128} = {k64}"), &b, &a, 1e-3, 1e-3);
     }
@@ -420,12 +423,13 @@ fn conv_t128_kernels(dev: &Arc<GpuDevice>) {
             split_k: split as i32,
             ..base
         };
-        launch(dev, "conv2d_bwd_weight_t128", t128(co, gn, split), &p).unwrap();
+        let bwd_w = tile.kernel("conv2d_bwd_weight");
+        launch(dev, &bwd_w, big(co, gn, split), &p).unwrap();
         if split > 1 {
             let reduce = Launch::elementwise(co * gn);
             launch(dev, "conv2d_bwd_weight_reduce", reduce, &p).unwrap();
         }
-        let name = format!("conv2d_bwd_weight_t128 split_k={split} = conv2d_bwd_weight");
+        let name = format!("{bwd_w} split_k={split} = conv2d_bwd_weight");
         assert_close(&name, &g.to_host().unwrap(), &want_dw, 1e-3, 1e-3);
     }
 }

@@ -1,10 +1,12 @@
-//! Compiles every kernel source with NVRTC to PTX for sm_80 and sm_90. No
-//! GPU is needed, only the NVRTC library (see `splitinv::cuda::kernels` for
+//! Compiles every kernel source with NVRTC to PTX for sm_80 and sm_90, and
+//! on to machine code (CUBIN), which runs the PTX assembler over inline PTX
+//! such as the tensor-core `mma.sync`. No GPU is needed, only the NVRTC library (see `splitinv::cuda::kernels` for
 //! how it is found). Without it the test says "skipped: NVRTC not found",
 //! unless SPLITINV_REQUIRE_NVRTC=1 (CI), where it fails.
 
 use splitinv::cuda::kernels::{
-    compile_ptx, compile_source, kernel_names, nvrtc_available, nvrtc_version, KERNEL_SOURCES,
+    compile_cubin_size, compile_ptx, compile_source, compile_source_cubin_size, kernel_names,
+    nvrtc_available, nvrtc_version, KERNEL_SOURCES,
 };
 use splitinv::cuda::params::KERNEL_PARAMS;
 
@@ -41,6 +43,14 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             );
             let target = format!(".target {arch}");
             assert!(ptx.text.contains(&target), "{file}: PTX is not for {arch}");
+            if *file == "conv.cu" {
+                // The *_tc kernels took the tensor-core branch, not the trap.
+                assert!(
+                    ptx.text
+                        .contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"),
+                    "conv.cu for {arch}: no TF32 mma.sync in the PTX"
+                );
+            }
             for k in &names {
                 assert!(
                     ptx.has_entry(k),
@@ -61,6 +71,31 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         }
     }
     assert_eq!(entries, 2 * KERNEL_PARAMS.len());
+}
+
+#[test]
+fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for (file, _) in KERNEL_SOURCES {
+        for arch in ["sm_80", "sm_90"] {
+            let size = compile_cubin_size(file, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(size > 0, "{file} for {arch}: empty CUBIN");
+        }
+    }
+    // The assembler checks inline PTX, which the PTX path copies unchecked.
+    let bad = "extern \"C\" __global__ void k(float* x) { \
+               asm volatile(\"not.an.instruction %0;\" : \"+f\"(x[0])); }";
+    assert!(compile_source("bad_asm.cu", bad, "80").is_ok());
+    let e = compile_source_cubin_size("bad_asm.cu", bad, "80")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad_asm.cu") && e.contains("CUBIN"), "{e}");
+    let e = compile_cubin_size("conv.cu", "compute_80")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("compute_80"), "{e}");
 }
 
 #[test]

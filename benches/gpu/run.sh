@@ -5,13 +5,15 @@
 # time limit and the steps are chosen on the command line, most important
 # first:
 #
-#   bash benches/gpu/run.sh                 # tests bench compare demo
+#   bash benches/gpu/run.sh                 # tests tc bench compare demo
 #   bash benches/gpu/run.sh tests bench t64 fp32 reproduce
 #
-# Steps: tests (the three CUDA test binaries, side by side), bench (splitinv
-# bench --device cuda), compare (PyTorch CUDA eager on the same workloads),
-# t64 (bench with every conv on the 64×64 tiles), fp32 (PyTorch without
-# TF32), demo, reproduce (CIFAR-10, limit $REPRODUCE_LIMIT s, default 400).
+# Steps: tests (the three CUDA test binaries, side by side), tc (the op
+# tests and the benchmark with the tensor-core conv kernels,
+# SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
+# (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
+# the 64×64 tiles), fp32 (PyTorch without TF32), demo, reproduce (CIFAR-10,
+# limit $REPRODUCE_LIMIT s, default 400).
 # Logs and results go to $OUT (or /tmp/out).
 set -u
 G=$PWD/.gpu
@@ -49,9 +51,11 @@ tests() {
   done
 }
 
-for s in "${@:-tests bench compare demo}"; do for s in $s; do case $s in
+for s in "${@:-tests tc bench compare demo}"; do for s in $s; do case $s in
   tests) echo; echo "===== tests $(el)"; tests; echo "===== tests done $(el)" ;;
   bench) step bench 140 sh -c "$S --device cuda bench --json > $O/bench_cuda.json"; head -c 3000 "$O/bench_cuda.json"; echo ;;
+  tc) step ops_tc 120 sh -c "SPLITINV_CONV_TILE=tc $G/ops_device cuda > $O/t_ops_tc.txt 2>&1"; grep -E "^test result|FAILED|panicked" "$O/t_ops_tc.txt" | head -20
+      step bench_tc 140 sh -c "SPLITINV_CONV_TILE=tc $S --device cuda bench --json > $O/bench_cuda_tc.json"; cat "$O/bench_cuda_tc.json" | cut -c1-110 ;;
   t64) step bench_t64 140 sh -c "SPLITINV_CONV_TILE=64 $S --device cuda bench --json > $O/bench_cuda_t64.json" ;;
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;

@@ -279,6 +279,70 @@ pub fn compile_source(file: &str, full: &str, arch_number: &str) -> Result<Ptx> 
     })
 }
 
+/// Compiles one kernel file to machine code (CUBIN) for a real architecture
+/// (`"sm_80"`, `"sm_90"`) and returns its size in bytes.
+///
+/// The GPU path loads PTX ([`compile_ptx`]), which NVRTC writes without
+/// assembling it: inline PTX (`asm`, as the tensor-core `mma.sync` in
+/// common.cuh) is copied through unchecked, and the driver would only
+/// reject a bad instruction when it loads the module on a GPU. Going on to
+/// CUBIN runs NVRTC's PTX assembler, so CI catches such mistakes without a
+/// GPU.
+pub fn compile_cubin_size(file: &str, arch: &str) -> Result<usize> {
+    let number = arch
+        .strip_prefix("sm_")
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric()))
+        .ok_or_else(|| {
+            Error::invalid(
+                "compile_cubin_size",
+                format!("architecture '{arch}' is not of the form sm_XY"),
+            )
+        })?;
+    let full = full_source(file)?;
+    compile_source_cubin_size(file, &full, number)
+}
+
+/// [`compile_cubin_size`] of CUDA source text (`arch_number` is `"80"` for
+/// sm_80), as [`compile_source`] is [`compile_ptx`]'s.
+pub fn compile_source_cubin_size(file: &str, full: &str, arch_number: &str) -> Result<usize> {
+    let number = arch_number;
+    ensure_nvrtc()?;
+    let src = CString::new(full)
+        .map_err(|_| Error::Cuda(format!("{file}: kernel source contains a NUL byte")))?;
+    let name = CString::new(file)
+        .map_err(|_| Error::Cuda(format!("{file}: file name contains a NUL byte")))?;
+    let options = [
+        format!("--gpu-architecture=sm_{number}"),
+        "--std=c++17".to_string(),
+    ];
+    guard(file, || {
+        use cudarc::nvrtc::{result as nvrtc, sys};
+        let prog = nvrtc::create_program(&src, Some(&name))
+            .map_err(|e| Error::Cuda(format!("{file}: nvrtcCreateProgram failed: {e:?}")))?;
+        // SAFETY: prog is valid until destroy_program below; src/name outlive it.
+        let compiled = unsafe { nvrtc::compile_program(prog, &options) };
+        let log = unsafe { nvrtc::get_program_log(prog) }
+            .map(|raw| c_chars_to_string(&raw))
+            .unwrap_or_default();
+        let size = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                // SAFETY: prog compiled successfully; size is a valid out-pointer.
+                unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+                    .result()
+                    .map(|()| size)
+                    .map_err(|e| Error::Cuda(format!("{file}: nvrtcGetCUBINSize failed: {e:?}")))
+            }
+            Err(e) => Err(Error::Cuda(format!(
+                "{file}: NVRTC compile to CUBIN for sm_{number} failed ({e:?}):\n{log}"
+            ))),
+        };
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { nvrtc::destroy_program(prog) };
+        size
+    })
+}
+
 fn c_chars_to_string(raw: &[c_char]) -> String {
     // SAFETY: c_char and u8 have the same size and layout.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len()) };

@@ -132,6 +132,10 @@ pub enum ConvTile {
     /// 128×128 output tiles, 8×8 per thread: the same kernels with a `_t128`
     /// suffix. More work per block and per shared-memory read.
     T128,
+    /// The 128×128 kernels with the K step on TF32 tensor cores, three
+    /// products per operand pair for FP32 accuracy (`_tc` suffix; sm_80 and
+    /// later). Opt-in (`SPLITINV_CONV_TILE=tc`) until measured on a GPU.
+    Tc,
 }
 
 impl ConvTile {
@@ -139,15 +143,17 @@ impl ConvTile {
     pub fn edge(self) -> usize {
         match self {
             ConvTile::T64 => TILE,
-            ConvTile::T128 => TILE_BIG,
+            ConvTile::T128 | ConvTile::Tc => TILE_BIG,
         }
     }
 
-    /// `t64` or `t128`, whichever is this tile's (kernel names).
-    pub fn pick(self, t64: &'static str, t128: &'static str) -> &'static str {
+    /// This tile's kernel of the family `base` (`"conv2d_fwd"` →
+    /// `conv2d_fwd`, `conv2d_fwd_t128` or `conv2d_fwd_tc`).
+    pub fn kernel(self, base: &str) -> String {
         match self {
-            ConvTile::T64 => t64,
-            ConvTile::T128 => t128,
+            ConvTile::T64 => base.to_string(),
+            ConvTile::T128 => format!("{base}_t128"),
+            ConvTile::Tc => format!("{base}_tc"),
         }
     }
 }
@@ -156,7 +162,8 @@ impl ConvTile {
 /// chunks of K: [`ConvTile::T128`] when the 128×128 grid still has at least
 /// [`MIN_T128_BLOCKS`] blocks, `ceil(m/128)·ceil(n/128)·split_k ≥ 2·132`,
 /// else [`ConvTile::T64`]. `forced` (from `SPLITINV_CONV_TILE`, see
-/// [`conv_tile`]) wins over the rule.
+/// [`conv_tile`]) wins over the rule, except [`ConvTile::Tc`], which
+/// keeps the rule and runs its 128×128 choices on tensor cores.
 ///
 /// Why: the 128 core does more work per shared-memory read and per index
 /// computation, which is expected to pay off on large problems (CIFAR
@@ -166,20 +173,24 @@ impl ConvTile {
 /// Measured on a GPU, not here: `SPLITINV_CONV_TILE` lets a benchmark
 /// compare both.
 pub fn conv_tile_for(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) -> ConvTile {
-    if let Some(t) = forced {
-        return t;
-    }
     let blocks = m.div_ceil(TILE_BIG).max(1) * n.div_ceil(TILE_BIG).max(1) * split_k.max(1);
-    if blocks >= MIN_T128_BLOCKS {
+    let by_size = if blocks >= MIN_T128_BLOCKS {
         ConvTile::T128
     } else {
         ConvTile::T64
+    };
+    match (forced, by_size) {
+        (Some(ConvTile::Tc), ConvTile::T128) => ConvTile::Tc,
+        (Some(ConvTile::Tc), t) => t,
+        (Some(t), _) => t,
+        (None, t) => t,
     }
 }
 
 /// [`conv_tile_for`] with the override from the environment variable
 /// `SPLITINV_CONV_TILE`: `64` or `128` forces that tile for every conv
-/// kernel (for benchmarks comparing the two); unset or empty chooses by
+/// kernel (for benchmarks comparing the two); `tc` chooses by size and runs
+/// the large problems on the tensor-core kernels; unset or empty chooses by
 /// size. The variable is read once per process; any other value is an
 /// error on every conv launch on a GPU (not a panic).
 pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
@@ -204,8 +215,10 @@ fn parse_conv_tile(v: Option<&str>) -> std::result::Result<Option<ConvTile>, Str
         None | Some("") => Ok(None),
         Some("64") => Ok(Some(ConvTile::T64)),
         Some("128") => Ok(Some(ConvTile::T128)),
+        Some("tc") => Ok(Some(ConvTile::Tc)),
         Some(other) => Err(format!(
-            "'{other}' is not a conv tile size: use 64 or 128, or unset it to choose by problem size"
+            "'{other}' is not a conv tile choice: use 64 or 128 (that tile everywhere), tc (tensor cores \
+             for the large problems), or unset it to choose by problem size"
         )),
     }
 }
@@ -318,8 +331,11 @@ mod tests {
         assert_eq!(l.block, (TILE_THREADS, 1, 1));
         let l = Launch::conv_tiles(ConvTile::T64, 129, 128 * 3 + 1, 1).unwrap();
         assert_eq!(l.grid, Launch::tiles(129, 128 * 3 + 1, 1).unwrap().grid);
-        assert_eq!(ConvTile::T128.pick("a", "a_t128"), "a_t128");
-        assert_eq!(ConvTile::T64.pick("a", "a_t128"), "a");
+        assert_eq!(ConvTile::T128.kernel("a"), "a_t128");
+        assert_eq!(ConvTile::T64.kernel("a"), "a");
+        assert_eq!(ConvTile::Tc.kernel("a"), "a_tc");
+        let l = Launch::conv_tiles(ConvTile::Tc, 129, 128 * 3 + 1, 5).unwrap();
+        assert_eq!(l.grid, (4, 2, 5));
     }
 
     #[test]
@@ -347,6 +363,15 @@ mod tests {
             conv_tile_for(1 << 12, 1 << 20, 1, Some(ConvTile::T64)),
             ConvTile::T64
         );
+        // `tc` keeps the rule, on tensor cores where it picks 128.
+        assert_eq!(
+            conv_tile_for(128, 256 * 256, 1, Some(ConvTile::Tc)),
+            ConvTile::Tc
+        );
+        assert_eq!(
+            conv_tile_for(128, 1024, 1, Some(ConvTile::Tc)),
+            ConvTile::T64
+        );
     }
 
     #[test]
@@ -355,9 +380,13 @@ mod tests {
         assert_eq!(parse_conv_tile(Some("")), Ok(None));
         assert_eq!(parse_conv_tile(Some("64")), Ok(Some(ConvTile::T64)));
         assert_eq!(parse_conv_tile(Some(" 128\n")), Ok(Some(ConvTile::T128)));
-        for bad in ["256", "t128", "big", "64x64"] {
+        assert_eq!(parse_conv_tile(Some("tc")), Ok(Some(ConvTile::Tc)));
+        for bad in ["256", "t128", "big", "64x64", "TC"] {
             let e = parse_conv_tile(Some(bad)).unwrap_err();
-            assert!(e.contains(bad) && e.contains("64 or 128"), "{e}");
+            assert!(
+                e.contains(bad) && e.contains("64 or 128") && e.contains("tc"),
+                "{e}"
+            );
         }
         // Whatever the environment of this test run says, reading it is not a panic.
         let _ = conv_tile_override();

@@ -294,6 +294,9 @@ struct ConvKernels {
 static const ConvKernels CONV64{conv2d_fwd, conv2d_bwd_data, conv2d_bwd_weight, conv_transpose2d_fwd, 64, ""};
 static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_bwd_weight_t128,
                                  conv_transpose2d_fwd_t128, 128, "_t128"};
+// The *_tc kernels: the *_t128 ones with the K step on tensor cores (3xTF32).
+static const ConvKernels CONVTC{conv2d_fwd_tc, conv2d_bwd_data_tc, conv2d_bwd_weight_tc,
+                                conv_transpose2d_fwd_tc, 128, "_tc"};
 static unsigned tiles_of(int n, int tile) { return (unsigned)((n + tile - 1) / tile); }
 
 static void test_conv(const ConvShape& s, const std::string& tag, const ConvKernels& ks = CONV64) {
@@ -396,6 +399,28 @@ static void test_conv_transpose(const ConvKernels& ks = CONV64) {
     p.split_k = 1;
     emu::launch(ks.transpose, dim3{tiles_of(N * OH * OW, ks.tile), 1}, 256, p);
     check("conv_transpose2d_fwd" + ks.suffix + " (s2 p1 op1)", yt, want, 1e-4, 1e-4);
+}
+
+// si_tf32 (common.cuh) keeps the top 10 mantissa bits, rounding to nearest
+// (ties away from zero), and x − si_tf32(x) rounded again restores x to
+// within 2^-21 relative — the premise of the 3xTF32 split.
+static void test_tf32_rounding() {
+    long bad = 0;
+    double worst_split = 0;
+    for (int i = 0; i < 200000; ++i) {
+        const float x = urand(-1.0f, 1.0f) * std::ldexp(1.0f, (int)(urand(-20.0f, 20.0f)));
+        const float hi = si_tf32(x), lo = si_tf32(x - hi);
+        const unsigned u = __float_as_uint(hi);
+        if (u & 0x1fffu) ++bad;                                  // low 13 bits not zero
+        if (std::fabs((double)hi - x) > std::ldexp(std::fabs((double)x), -11)) ++bad;  // not within half a TF32 ulp
+        if (x != 0) worst_split = std::max(worst_split, std::fabs(((double)hi + lo - x) / x));
+    }
+    // A tie rounds away from zero: 1 + 2^-11 (half a TF32 ulp above 1) → 1 + 2^-10.
+    if (si_tf32(1.0f + std::ldexp(1.0f, -11)) != 1.0f + std::ldexp(1.0f, -10)) ++bad;
+    if (si_tf32(-(1.0f + std::ldexp(1.0f, -11))) != -(1.0f + std::ldexp(1.0f, -10))) ++bad;
+    if (!std::isinf(si_tf32(INFINITY)) || !std::isnan(si_tf32(NAN))) ++bad;
+    check1("si_tf32 rounding (" + std::to_string(bad) + " bad)", (float)bad, 0.0, 0.0, 0.0);
+    check1("si_tf32 hi + lo restores x (worst relative error)", (float)worst_split, 0.0, std::ldexp(1.0, -21), 0.0);
 }
 
 // SiDivisor (common.cuh): multiply-and-shift division, used by the *_t128
@@ -734,6 +759,22 @@ int main(int argc, char** argv) {
         test_conv(ConvShape{2, 130, 9, 10, 200, 3, 3, 1, 1, 1, 1, 1, 1}, "(130->200 k3 p1, M,N > 128)", CONV128);
         // Stride 2 with dilation on the big tiles, M ≤ 64 (the low-half path).
         test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONV128);
+    }
+    if (want("conv") || want("convtc")) {
+        // The tensor-core twins, at the same tolerances: 3xTF32 must be as
+        // accurate as FP32. They share the *_t128 loaders (checked above on
+        // the long-K shapes), so these shapes aim at what is new, the mma
+        // fragments and the store layout, with short K (the emulated mma
+        // meets its warp twice per call, which is slow): partial tiles, M
+        // and N above 128 in every GEMM (1×1 130 → 200: fwd 200×180×130,
+        // bwd_data 130×180×200, bwd_weight 200×130×180, every warp's rows
+        // and columns), and the low-half tile where warps 4..7 sit idle.
+        test_tf32_rounding();
+        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONVTC);
+        test_conv(ConvShape{2, 5, 10, 9, 70, 3, 3, 1, 1, 1, 1, 1, 1}, "(Cout 70, k3 p1)", CONVTC);
+        test_conv_transpose(CONVTC);
+        test_conv(ConvShape{2, 130, 9, 10, 200, 1, 1, 1, 1, 0, 0, 1, 1}, "(1x1 130->200, M,N > 128)", CONVTC);
+        test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONVTC);
     }
     if (want("pool")) test_pool();
     if (want("loss")) test_losses();

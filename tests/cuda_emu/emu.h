@@ -54,9 +54,53 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return r;
 }
 
+// Value of v in lane src_lane of this thread's warp.
+inline float __shfl_sync(unsigned, float v, int src_lane) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    emu::shfl_buf[t] = v;
+    emu::warp_barriers[w]->arrive_and_wait();
+    const float r = emu::shfl_buf[w * 32 + ((unsigned)src_lane & 31u)];
+    emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+
 inline float atomicAdd(float* addr, float v) { return std::atomic_ref<float>(*addr).fetch_add(v); }
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
+inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
+inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 for the calling warp,
+// written from the PTX ISA's fragment tables ("Matrix Fragments for
+// mma.m16n8k8", .tf32), independently of how common.cuh fills them:
+//   A (16×8, row-major): element (r, k) is in lane 4·(r % 8) + k % 4,
+//                        register (r ≥ 8) + 2·(k ≥ 4);
+//   B (8×8, column):     element (k, n) is in lane 4·n + k % 4, register (k ≥ 4);
+//   C/D (16×8):          element (r, n) is in lane 4·(r % 8) + n / 2,
+//                        register 2·(r ≥ 8) + n % 2.
+// Every lane publishes its fragments, the warp meets, each lane computes the
+// whole product from them and keeps its own four outputs. The inputs are
+// TF32 values in FP32 registers; the products are formed in FP32 (exact for
+// TF32 operands) and summed in k order.
+#define SI_CUDA_EMULATION 1
+namespace emu {
+inline float mma_a[1024][4], mma_b[1024][2];
+}
+inline void si_emu_mma_tf32(float c[4], const float a[4], const float b[2]) {
+    const unsigned t = threadIdx.x, w = t / 32, base = w * 32, lane = t % 32;
+    for (int q = 0; q < 4; ++q) emu::mma_a[t][q] = a[q];
+    for (int q = 0; q < 2; ++q) emu::mma_b[t][q] = b[q];
+    emu::warp_barriers[w]->arrive_and_wait();
+    auto A = [&](int r, int k) { return emu::mma_a[base + 4 * (r % 8) + k % 4][(r >= 8) + 2 * (k >= 4)]; };
+    auto B = [&](int k, int n) { return emu::mma_b[base + 4 * n + k % 4][k >= 4]; };
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {
+            if ((unsigned)(4 * (r % 8) + n / 2) != lane) continue;
+            float& d = c[2 * (r >= 8) + n % 2];
+            for (int k = 0; k < 8; ++k) d = std::fma(A(r, k), B(k, n), d);
+        }
+    emu::warp_barriers[w]->arrive_and_wait();
+}
 
 namespace emu {
 // Runs kernel k over grid × block (1-D blocks, a multiple of 32 threads).

@@ -9,9 +9,10 @@
 //! | `conv2d_bwd_weight` | Cout | Cin·kh·kw | batch·OH·OW (split over z) |
 //!
 //! Each has a twin with a `_t128` suffix on 128×128 tiles (grid in units of
-//! 128), expected to be faster on large problems; which one runs is decided
-//! per launch by [`conv_tile`] (the rule: [`crate::cuda::launch::conv_tile_for`];
-//! `SPLITINV_CONV_TILE=64|128` forces one).
+//! 128), faster on large problems, and a `_tc` one that runs the 128×128
+//! tiles on tensor cores; which one runs is decided per launch by
+//! [`tile_for`] (the rule: [`crate::cuda::launch::conv_tile_for`];
+//! `SPLITINV_CONV_TILE=64|128` forces one, `tc` opts into tensor cores).
 //!
 //! Every function takes the *conv2d* geometry `g` (for a transposed conv,
 //! the conv2d whose input-gradient it is, as in `mod.rs`).
@@ -24,7 +25,7 @@ use crate::cuda::launch::{
 };
 use crate::cuda::params::{ConvParams, DevPtr};
 use crate::cuda::CudaBuffer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Blocks that keep a large GPU busy (about four per SM on a 132-SM H100 /
@@ -54,6 +55,30 @@ fn params(g: &ConvGeom) -> Result<ConvParams> {
     })
 }
 
+/// [`conv_tile`] for a launch on GPU `ordinal`: the `_tc` kernels need TF32
+/// tensor cores (compute capability 8.0 or later); asking for them on an
+/// older GPU is an error, not a wrong result.
+fn tile_for(ordinal: usize, m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
+    let tile = conv_tile(m, n, split_k)?;
+    if tile == ConvTile::Tc {
+        check_tensor_cores(ordinal)?;
+    }
+    Ok(tile)
+}
+
+fn check_tensor_cores(ordinal: usize) -> Result<()> {
+    let (major, minor) = crate::cuda::device(ordinal)?.compute_capability();
+    if major < 8 {
+        return Err(Error::invalid(
+            "SPLITINV_CONV_TILE",
+            format!(
+                "tc needs TF32 tensor cores (compute capability 8.0 or later); cuda:{ordinal} is {major}.{minor}: use 64, 128 or unset it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The GEMM's N (a pixel count over the batch) must fit the kernels' int.
 fn gemm_n(batch: usize, plane: usize) -> Result<usize> {
     let n = batch * plane;
@@ -78,9 +103,9 @@ pub(crate) fn forward(
         ..params(g)?
     };
     let n = gemm_n(g.n, g.out_plane())?;
-    let tile = conv_tile(g.cout, n, 1)?;
+    let tile = tile_for(ordinal, g.cout, n, 1)?;
     let cfg = Launch::conv_tiles(tile, g.cout, n, 1)?;
-    run(ordinal, tile.pick("conv2d_fwd", "conv2d_fwd_t128"), cfg, &p)?;
+    run(ordinal, &tile.kernel("conv2d_fwd"), cfg, &p)?;
     Ok(y)
 }
 
@@ -102,15 +127,15 @@ pub(crate) fn input_grad(
         ..params(g)?
     };
     let n = gemm_n(g.n, g.in_plane())?;
-    let tile = conv_tile(g.cin, n, 1)?;
+    let tile = tile_for(ordinal, g.cin, n, 1)?;
     let cfg = Launch::conv_tiles(tile, g.cin, n, 1)?;
     // Same code; the name says which role it plays in a profile.
     let kernel = if bias.is_some() {
-        tile.pick("conv_transpose2d_fwd", "conv_transpose2d_fwd_t128")
+        tile.kernel("conv_transpose2d_fwd")
     } else {
-        tile.pick("conv2d_bwd_data", "conv2d_bwd_data_t128")
+        tile.kernel("conv2d_bwd_data")
     };
-    run(ordinal, kernel, cfg, &p)?;
+    run(ordinal, &kernel, cfg, &p)?;
     Ok(dx)
 }
 
@@ -130,7 +155,10 @@ pub(crate) fn weight_grad(
     let dw = out(ordinal, m * n)?;
     let x_image = g.cin * g.in_plane();
     let (tile, split) = weight_grad_plan(m, n, big_k, x_image, conv_tile_override()?);
-    let kernel = tile.pick("conv2d_bwd_weight", "conv2d_bwd_weight_t128");
+    if tile == ConvTile::Tc {
+        check_tensor_cores(ordinal)?;
+    }
+    let kernel = tile.kernel("conv2d_bwd_weight");
     let mut p = ConvParams {
         x: ptr(x)?,
         dy: ptr(gy)?,
@@ -138,13 +166,13 @@ pub(crate) fn weight_grad(
         ..params(g)?
     };
     if split <= 1 {
-        run(ordinal, kernel, Launch::conv_tiles(tile, m, n, 1)?, &p)?;
+        run(ordinal, &kernel, Launch::conv_tiles(tile, m, n, 1)?, &p)?;
         return Ok(dw);
     }
     let ws = out(ordinal, split * m * n)?;
     p.workspace = ws.ptr();
     p.split_k = i32_of(split, "split_k")?;
-    run(ordinal, kernel, Launch::conv_tiles(tile, m, n, split)?, &p)?;
+    run(ordinal, &kernel, Launch::conv_tiles(tile, m, n, split)?, &p)?;
     run(
         ordinal,
         "conv2d_bwd_weight_reduce",
@@ -173,11 +201,11 @@ fn weight_grad_plan(
 ) -> (ConvTile, usize) {
     let split_big = split_k_for_tile(m, n, k, MIN_T128_BLOCKS, TILE_BIG);
     let tile = match crate::cuda::launch::conv_tile_for(m, n, split_big, forced) {
-        ConvTile::T128 if i32::try_from(x_image).is_ok() => ConvTile::T128,
+        t @ (ConvTile::T128 | ConvTile::Tc) if i32::try_from(x_image).is_ok() => t,
         _ => ConvTile::T64,
     };
     match tile {
-        ConvTile::T128 => (tile, split_big),
+        ConvTile::T128 | ConvTile::Tc => (tile, split_big),
         ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
     }
 }
@@ -210,6 +238,13 @@ mod tests {
         assert_eq!((t, s), (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)));
         // An input image too large for the t128 kernel's int offsets.
         let (t, _) = weight_grad_plan(m, n, k, 1 << 31, Some(ConvTile::T128));
+        assert_eq!(t, ConvTile::T64);
+        // Tensor cores where the rule picks 128, with the 128 split.
+        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, Some(ConvTile::Tc));
+        assert_eq!((t, s), (ConvTile::Tc, MIN_T128_BLOCKS.div_ceil(9)));
+        let (t, _) = weight_grad_plan(m, n, 4 * 256, 128 * 256, Some(ConvTile::Tc));
+        assert_eq!(t, ConvTile::T64);
+        let (t, _) = weight_grad_plan(m, n, k, 1 << 31, Some(ConvTile::Tc));
         assert_eq!(t, ConvTile::T64);
     }
 }
