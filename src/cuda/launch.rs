@@ -209,7 +209,8 @@ pub fn conv_tile_override() -> Result<Option<ConvTile>> {
         .map_err(|msg| Error::invalid("SPLITINV_CONV_TILE", msg))
 }
 
-/// `None`/empty → no override; `64` / `128` → that tile; else a message.
+/// `None`/empty → no override; `64` / `128` → that tile; `tc` → the rule on
+/// tensor cores; else a message.
 fn parse_conv_tile(v: Option<&str>) -> std::result::Result<Option<ConvTile>, String> {
     match v.map(str::trim) {
         None | Some("") => Ok(None),

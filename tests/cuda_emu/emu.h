@@ -54,16 +54,6 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return r;
 }
 
-// Value of v in lane src_lane of this thread's warp.
-inline float __shfl_sync(unsigned, float v, int src_lane) {
-    const unsigned t = threadIdx.x, w = t / 32;
-    emu::shfl_buf[t] = v;
-    emu::warp_barriers[w]->arrive_and_wait();
-    const float r = emu::shfl_buf[w * 32 + ((unsigned)src_lane & 31u)];
-    emu::warp_barriers[w]->arrive_and_wait();
-    return r;
-}
-
 inline float atomicAdd(float* addr, float v) { return std::atomic_ref<float>(*addr).fetch_add(v); }
 inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
 inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
@@ -79,9 +69,10 @@ inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)
 //   C/D (16×8):          element (r, n) is in lane 4·(r % 8) + n / 2,
 //                        register 2·(r ≥ 8) + n % 2.
 // Every lane publishes its fragments, the warp meets, each lane computes the
-// whole product from them and keeps its own four outputs. The inputs are
-// TF32 values in FP32 registers; the products are formed in FP32 (exact for
-// TF32 operands) and summed in k order.
+// whole product from them and keeps its own four outputs. Like the
+// hardware, it reads only the top 19 bits (TF32) of each operand register,
+// so a kernel that forgot to round would lose accuracy here too; the
+// products are formed in FP32 (exact for TF32 operands), summed in k order.
 #define SI_CUDA_EMULATION 1
 namespace emu {
 inline float mma_a[1024][4], mma_b[1024][2];
@@ -91,8 +82,9 @@ inline void si_emu_mma_tf32(float c[4], const float a[4], const float b[2]) {
     for (int q = 0; q < 4; ++q) emu::mma_a[t][q] = a[q];
     for (int q = 0; q < 2; ++q) emu::mma_b[t][q] = b[q];
     emu::warp_barriers[w]->arrive_and_wait();
-    auto A = [&](int r, int k) { return emu::mma_a[base + 4 * (r % 8) + k % 4][(r >= 8) + 2 * (k >= 4)]; };
-    auto B = [&](int k, int n) { return emu::mma_b[base + 4 * n + k % 4][k >= 4]; };
+    auto tf32 = [](float v) { return std::bit_cast<float>(std::bit_cast<unsigned>(v) & 0xffffe000u); };
+    auto A = [&](int r, int k) { return tf32(emu::mma_a[base + 4 * (r % 8) + k % 4][(r >= 8) + 2 * (k >= 4)]); };
+    auto B = [&](int k, int n) { return tf32(emu::mma_b[base + 4 * n + k % 4][k >= 4]); };
     for (int r = 0; r < 16; ++r)
         for (int n = 0; n < 8; ++n) {
             if ((unsigned)(4 * (r % 8) + n / 2) != lane) continue;
