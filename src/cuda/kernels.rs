@@ -237,45 +237,19 @@ pub fn compile_ptx(file: &str, arch: &str) -> Result<Ptx> {
 /// Compiles CUDA source text (`name` labels errors; `arch_number` is `"80"`
 /// for sm_80) to PTX. [`compile_ptx`] is this plus the common header.
 pub fn compile_source(file: &str, full: &str, arch_number: &str) -> Result<Ptx> {
-    let number = arch_number;
-    let arch = format!("sm_{number}");
-    ensure_nvrtc()?;
-    let src = CString::new(full)
-        .map_err(|_| Error::Cuda(format!("{file}: kernel source contains a NUL byte")))?;
-    let name = CString::new(file)
-        .map_err(|_| Error::Cuda(format!("{file}: file name contains a NUL byte")))?;
-    // NVRTC's defaults are kept on purpose: IEEE division and square root,
-    // no flush-to-zero, because the GPU path is checked against the CPU
-    // references and finite differences.
-    let options = [
-        format!("--gpu-architecture=compute_{number}"),
-        "--std=c++17".to_string(),
-    ];
-    guard(file, || {
-        use cudarc::nvrtc::result as nvrtc;
-        let prog = nvrtc::create_program(&src, Some(&name))
-            .map_err(|e| Error::Cuda(format!("{file}: nvrtcCreateProgram failed: {e:?}")))?;
-        // SAFETY: prog is valid until destroy_program below; src/name outlive it.
-        let compiled = unsafe { nvrtc::compile_program(prog, &options) };
-        let log = unsafe { nvrtc::get_program_log(prog) }
+    let arch = format!("sm_{arch_number}");
+    let target = format!("compute_{arch_number}");
+    let (text, log) = nvrtc_compile(file, full, &target, |prog| {
+        // SAFETY: prog compiled successfully and is still alive.
+        unsafe { cudarc::nvrtc::result::get_ptx(prog) }
             .map(|raw| c_chars_to_string(&raw))
-            .unwrap_or_default();
-        let ptx = match compiled {
-            Ok(()) => unsafe { nvrtc::get_ptx(prog) }
-                .map(|raw| c_chars_to_string(&raw))
-                .map_err(|e| Error::Cuda(format!("{file}: nvrtcGetPTX failed: {e:?}"))),
-            Err(e) => Err(Error::Cuda(format!(
-                "{file}: NVRTC compile for {arch} failed ({e:?}):\n{log}"
-            ))),
-        };
-        // SAFETY: created above, destroyed once.
-        let _ = unsafe { nvrtc::destroy_program(prog) };
-        Ok(Ptx {
-            file: file.to_string(),
-            arch: arch.clone(),
-            text: ptx?,
-            log: log.trim().to_string(),
-        })
+            .map_err(|e| Error::Cuda(format!("{file}: nvrtcGetPTX failed: {e:?}")))
+    })?;
+    Ok(Ptx {
+        file: file.to_string(),
+        arch,
+        text,
+        log,
     })
 }
 
@@ -305,18 +279,43 @@ pub fn compile_cubin_size(file: &str, arch: &str) -> Result<usize> {
 /// [`compile_cubin_size`] of CUDA source text (`arch_number` is `"80"` for
 /// sm_80), as [`compile_source`] is [`compile_ptx`]'s.
 pub fn compile_source_cubin_size(file: &str, full: &str, arch_number: &str) -> Result<usize> {
-    let number = arch_number;
+    let target = format!("sm_{arch_number}");
+    let (size, _log) = nvrtc_compile(file, full, &target, |prog| {
+        let mut size = 0usize;
+        // SAFETY: prog compiled successfully; size is a valid out-pointer.
+        unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size) }
+            .result()
+            .map(|()| size)
+            .map_err(|e| Error::Cuda(format!("{file}: nvrtcGetCUBINSize failed: {e:?}")))
+    })?;
+    Ok(size)
+}
+
+/// One NVRTC compile of `full` for `--gpu-architecture=target`
+/// (`compute_80` gives PTX only, `sm_80` also assembles CUBIN); `output`
+/// reads the result out of the compiled program. Returns it with NVRTC's
+/// (trimmed) log; a failed compile is an error naming the file and
+/// carrying the log.
+fn nvrtc_compile<T>(
+    file: &str,
+    full: &str,
+    target: &str,
+    output: impl FnOnce(cudarc::nvrtc::sys::nvrtcProgram) -> Result<T>,
+) -> Result<(T, String)> {
     ensure_nvrtc()?;
     let src = CString::new(full)
         .map_err(|_| Error::Cuda(format!("{file}: kernel source contains a NUL byte")))?;
     let name = CString::new(file)
         .map_err(|_| Error::Cuda(format!("{file}: file name contains a NUL byte")))?;
+    // NVRTC's defaults are kept on purpose: IEEE division and square root,
+    // no flush-to-zero, because the GPU path is checked against the CPU
+    // references and finite differences.
     let options = [
-        format!("--gpu-architecture=sm_{number}"),
+        format!("--gpu-architecture={target}"),
         "--std=c++17".to_string(),
     ];
     guard(file, || {
-        use cudarc::nvrtc::{result as nvrtc, sys};
+        use cudarc::nvrtc::result as nvrtc;
         let prog = nvrtc::create_program(&src, Some(&name))
             .map_err(|e| Error::Cuda(format!("{file}: nvrtcCreateProgram failed: {e:?}")))?;
         // SAFETY: prog is valid until destroy_program below; src/name outlive it.
@@ -324,22 +323,22 @@ pub fn compile_source_cubin_size(file: &str, full: &str, arch_number: &str) -> R
         let log = unsafe { nvrtc::get_program_log(prog) }
             .map(|raw| c_chars_to_string(&raw))
             .unwrap_or_default();
-        let size = match compiled {
-            Ok(()) => {
-                let mut size = 0usize;
-                // SAFETY: prog compiled successfully; size is a valid out-pointer.
-                unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
-                    .result()
-                    .map(|()| size)
-                    .map_err(|e| Error::Cuda(format!("{file}: nvrtcGetCUBINSize failed: {e:?}")))
+        let out = match compiled {
+            Ok(()) => output(prog),
+            Err(e) => {
+                let what = if target.starts_with("sm_") {
+                    "CUBIN"
+                } else {
+                    "PTX"
+                };
+                Err(Error::Cuda(format!(
+                    "{file}: NVRTC compile to {what} for {target} failed ({e:?}):\n{log}"
+                )))
             }
-            Err(e) => Err(Error::Cuda(format!(
-                "{file}: NVRTC compile to CUBIN for sm_{number} failed ({e:?}):\n{log}"
-            ))),
         };
         // SAFETY: created above, destroyed once.
         let _ = unsafe { nvrtc::destroy_program(prog) };
-        size
+        Ok((out?, log.trim().to_string()))
     })
 }
 
