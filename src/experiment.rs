@@ -55,9 +55,7 @@ pub fn prepare_batch(
         Some((aug, rng)) => {
             let (c, h, w) = (ds.channels, ds.height, ds.width);
             let mut v = x.to_vec()?;
-            for img in v.chunks_mut(c * h * w) {
-                aug.apply(img, c, h, w, rng)?;
-            }
+            aug.apply_batch(&mut v, c, h, w, rng)?;
             Tensor::from_vec(v, x.shape().clone())?
         }
         None => x,

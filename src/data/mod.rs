@@ -24,8 +24,8 @@ pub use cifar::CIFAR10_CLASSES;
 pub use image_folder::{load_image_folder, load_image_tar_gz};
 pub use synthetic::synthetic_digits;
 pub use transforms::{
-    default_normalization, shuffled_indices, Augment, BatchIter, CIFAR_MEAN, CIFAR_STD, MNIST_MEAN,
-    MNIST_STD,
+    default_normalization, shuffled_indices, Augment, AugmentDraw, BatchIter, CIFAR_MEAN,
+    CIFAR_STD, MNIST_MEAN, MNIST_STD,
 };
 
 use crate::error::{Error, Result};
