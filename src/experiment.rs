@@ -19,6 +19,7 @@ use crate::ops;
 use crate::optim::Adam;
 use crate::tensor::Tensor;
 use crate::train::{argmax_rows, fit_with, EpochStats, SwaAverage, TrainConfig, TrainRng};
+use crate::util::Fnv64;
 use std::path::Path;
 
 /// The augmentation an attacker applies to its own training images: flips
@@ -741,32 +742,6 @@ fn shadow_cache_name(
         "shadow_{kind:?}_{split}_{setting}_{k}_{:016x}.safetensors",
         h.0
     ))
-}
-
-/// FNV-1a, 64 bits: a stable hash for cache keys (std's hasher may change
-/// between Rust versions).
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
-        }
-    }
-    /// Whole 32-bit words at a time (a whole dataset's pixels go through
-    /// here; byte by byte would take seconds).
-    fn write_f32s(&mut self, values: &[f32]) {
-        for v in values {
-            self.0 = (self.0 ^ u64::from(v.to_bits())).wrapping_mul(Self::PRIME);
-        }
-    }
 }
 
 /// A shadow whose feature statistics are more than this many times as far

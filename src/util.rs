@@ -27,3 +27,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// FNV-1a, 64 bits: a stable hash for cache keys (std's hasher may change
+/// between Rust versions).
+pub struct Fnv64(pub u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    /// Hashes bytes in.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+    /// Whole 32-bit words at a time (a whole dataset's pixels go through
+    /// here; byte by byte would take seconds).
+    pub fn write_f32s(&mut self, values: &[f32]) {
+        for v in values {
+            self.0 = (self.0 ^ u64::from(v.to_bits())).wrapping_mul(Self::PRIME);
+        }
+    }
+}

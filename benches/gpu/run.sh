@@ -12,8 +12,13 @@
 # tests and the benchmark with the tensor-core conv kernels,
 # SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
 # (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
-# the 64×64 tiles), fp32 (PyTorch without TF32), demo, reproduce (CIFAR-10,
-# limit $REPRODUCE_LIMIT s, default 400).
+# the 64×64 tiles), fp32 (PyTorch without TF32), demo, reproduce (CIFAR-10
+# with the zoo's weights, limit $REPRODUCE_LIMIT s, default 400),
+# reproduce_train (the same after training a fresh target with the zoo's
+# recipe: the "training included" run). Both reproduce steps write under
+# target/gpu-rc/ with --resume, so a step cut short by its limit goes on
+# where it stopped when run again on the same (still warm) machine; the
+# cells' own seconds add up to the whole run's time.
 # Logs and results go to $OUT (or /tmp/out).
 set -u
 G=$PWD/.gpu
@@ -35,6 +40,7 @@ built=$(strings "$G/cli_device" | grep -o -m1 '/[[:alnum:]_./-]*/target/release/
 [ -n "$built" ] && mkdir -p "$(dirname "$built")" && cp "$G/splitinv" "$built"
 export SPLITINV_DATA=$G/data SPLITINV_REQUIRE_CUDA=1
 S=$G/splitinv
+RC=$PWD/target/gpu-rc
 step info 20 $S info
 
 tests() {
@@ -60,7 +66,10 @@ for s in "${@:-tests tc bench compare demo}"; do for s in $s; do case $s in
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;
   demo) step demo 60 $S --device cuda demo --out /tmp/demo ;;
-  reproduce) step reproduce_cifar10 ${REPRODUCE_LIMIT:-400} $S --device cuda reproduce --dataset cifar10 --json --out /tmp/rc ;;
+  reproduce) step reproduce_cifar10 ${REPRODUCE_LIMIT:-400} $S --device cuda reproduce --dataset cifar10 --json --resume --out "$RC/zoo"
+      cp "$RC/zoo/results.json" "$O/reproduce_zoo.json" 2>/dev/null; ls "$RC/zoo/cells" 2>/dev/null | wc -l ;;
+  reproduce_train) step reproduce_train ${REPRODUCE_LIMIT:-400} $S --device cuda reproduce --dataset cifar10 --json --resume --weights "$RC/trained/cifar10cnn.safetensors" --out "$RC/trained"
+      cp "$RC/trained/results.json" "$O/reproduce_trained.json" 2>/dev/null ;;
   *) echo "unknown step $s" ;;
 esac; done; done
 echo "done $(el)"

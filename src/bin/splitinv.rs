@@ -208,6 +208,9 @@ enum Cmd {
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Go on where an interrupted run stopped: reuse the finished cells it left in OUT/cells/ (only those of the same code, target, images, data and seed).
+        #[arg(long)]
+        resume: bool,
     },
     /// Print the CPU's SIMD level, the thread count and the CUDA status.
     Info,
@@ -466,6 +469,7 @@ fn run(cli: Cli) -> Result<()> {
             shadow_cache,
             json,
             seed,
+            resume,
         } => {
             let mut s = reproduce::setup(
                 &dataset,
@@ -476,7 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             s.shadow_cache = shadow_cache;
             let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{dataset}")));
-            let cells = reproduce::reproduce(&s, &out, json, seed)?;
+            let cells = reproduce::reproduce(&s, &out, json, seed, resume)?;
             if !json {
                 let beaten = cells
                     .iter()

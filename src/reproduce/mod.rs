@@ -15,6 +15,9 @@ use crate::tensor::Tensor;
 use crate::train::TrainConfig;
 use std::path::{Path, PathBuf};
 
+pub mod stored_cells;
+use stored_cells::CellStore;
+
 /// The paper's (PSNR, SSIM) for (dataset, attack, setting, split).
 pub fn paper_value(dataset: &str, attack: &str, setting: &str, split: &str) -> Option<(f64, f64)> {
     let col = match (dataset, split) {
@@ -773,11 +776,16 @@ pub const ROWS: [(&str, &str); 8] = [
     ("query-free", "diff-set-diff-net"),
 ];
 
-/// Runs the whole reproduction and writes `out/`.
-pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cell>> {
+/// Runs the whole reproduction and writes `out/`. Every finished cell is
+/// kept in `out/cells/`; with `resume`, the cells a previous run with the
+/// same key left there are read back instead of run again
+/// ([`stored_cells`]).
+pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64, resume: bool) -> Result<Vec<Cell>> {
     let t0 = std::time::Instant::now();
+    let store = CellStore::new(out, s, seed, resume)?;
     let kind = s.target.kind;
     let mut cells = Vec::new();
+    let mut tally = Tally::default();
     // The white-box row's reconstructions, reused by the per-layer figure
     // (the same attack with the same settings: running it again would only
     // cost time, 3 of the figure's 18 CIFAR layers).
@@ -785,25 +793,34 @@ pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cel
     for (attack, setting) in ROWS {
         let mut recons = Vec::new();
         for split in paper_splits(kind) {
-            let (cell, o) = run_cell(
-                s,
-                attack,
-                setting,
-                split,
-                seed,
-                s.train.len(),
-                None,
-                None,
-                None,
-            )?;
+            let (cell, o, stored_on) = stored_or_run(&store, s, attack, setting, split, || {
+                run_cell(
+                    s,
+                    attack,
+                    setting,
+                    split,
+                    seed,
+                    s.train.len(),
+                    None,
+                    None,
+                    None,
+                )
+            })?;
+            tally.add(cell.seconds, stored_on.is_some());
             if json {
                 // With the cell's time, so a run cut short still says where
                 // its time went.
                 let mut line = cell.json_line();
                 line["seconds"] = serde_json::json!(cell.seconds);
+                if let Some(d) = &stored_on {
+                    line["stored_from"] = serde_json::json!(d);
+                }
                 println!("{line}");
             } else {
-                println!("{attack:<10} {setting:<18} {split:<7} PSNR {:6.2} (paper {:6.2})  SSIM paper-protocol {:.4} (paper {:.4})  standard {:.4}  [{:.0} s]", cell.psnr, cell.paper_psnr.unwrap_or(f64::NAN), cell.ssim_paper, cell.paper_ssim.unwrap_or(f64::NAN), cell.ssim_standard, cell.seconds);
+                let from = stored_on
+                    .map(|d| format!(", stored by an earlier run on {d}"))
+                    .unwrap_or_default();
+                println!("{attack:<10} {setting:<18} {split:<7} PSNR {:6.2} (paper {:6.2})  SSIM paper-protocol {:.4} (paper {:.4})  standard {:.4}  [{:.0} s{from}]", cell.psnr, cell.paper_psnr.unwrap_or(f64::NAN), cell.ssim_paper, cell.paper_ssim.unwrap_or(f64::NAN), cell.ssim_standard, cell.seconds);
             }
             if attack == "white-box" {
                 whitebox_recons.push((split, o.recon.clone()));
@@ -827,14 +844,20 @@ pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cel
             layer_rows.push(recon.clone());
             continue;
         }
-        let o = experiment::run_whitebox(
-            &s.target,
-            split,
-            &s.originals,
-            &whitebox_defaults(kind, split),
-            None,
-        )?;
-        let cell = Cell::from_outcome(&s.dataset, "white-box", "-", split, &o);
+        let (cell, o, stored_on) = stored_or_run(&store, s, "white-box", "-", split, || {
+            let o = experiment::run_whitebox(
+                &s.target,
+                split,
+                &s.originals,
+                &whitebox_defaults(kind, split),
+                None,
+            )?;
+            Ok((
+                Cell::from_outcome(&s.dataset, "white-box", "-", split, &o),
+                o,
+            ))
+        })?;
+        tally.add(cell.seconds, stored_on.is_some());
         if !json {
             println!("white-box per-layer {split:<7} PSNR {:6.2}  SSIM paper-protocol {:.4}  standard {:.4}", cell.psnr, cell.ssim_paper, cell.ssim_standard);
         }
@@ -845,8 +868,64 @@ pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64) -> Result<Vec<Cel
     }
     let refs: Vec<&Tensor> = layer_rows.iter().collect();
     save_grid(&out.join("whitebox_per_layer.png"), &refs, 3)?;
-    write_tables(&cells, out, t0.elapsed().as_secs_f64())?;
+    let wall = t0.elapsed().as_secs_f64();
+    write_tables(&cells, out, wall)?;
+    eprintln!("{}", tally.summary(wall, &out.join("cells")));
     Ok(cells)
+}
+
+/// The stored cell when there is one of this run ([`CellStore::load`]),
+/// else `run()`'s, stored. Also says which device a stored cell ran on.
+fn stored_or_run(
+    store: &CellStore,
+    s: &Setup,
+    attack: &str,
+    setting: &str,
+    split: &str,
+    run: impl FnOnce() -> Result<(Cell, AttackOutcome)>,
+) -> Result<(Cell, AttackOutcome, Option<String>)> {
+    if let Some(st) = store.load(s, attack, setting, split)? {
+        return Ok((st.cell, st.outcome, Some(st.device)));
+    }
+    let (cell, o) = run()?;
+    store.save(&cell, &o)?;
+    Ok((cell, o, None))
+}
+
+/// Cells run now and read back, with their own seconds.
+#[derive(Default)]
+struct Tally {
+    run: (usize, f64),
+    stored: (usize, f64),
+}
+
+impl Tally {
+    fn add(&mut self, seconds: f64, stored: bool) {
+        let t = if stored {
+            &mut self.stored
+        } else {
+            &mut self.run
+        };
+        t.0 += 1;
+        t.1 += seconds;
+    }
+
+    fn summary(&self, wall: f64, dir: &Path) -> String {
+        let mut line = format!(
+            "reproduce: {} cells run in {wall:.0} s (the cells' own time {:.0} s)",
+            self.run.0, self.run.1
+        );
+        if self.stored.0 > 0 {
+            line += &format!(
+                "; {} read back from {} (their own time when they ran: {:.0} s; all cells together {:.0} s)",
+                self.stored.0,
+                dir.display(),
+                self.stored.1,
+                self.run.1 + self.stored.1
+            );
+        }
+        line
+    }
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
