@@ -5,7 +5,7 @@
 //! reported figure is the median seconds per step.
 
 use crate::autograd::no_grad;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::ModelKind;
 use crate::ops::{self, TvKind};
 use crate::optim::{Adam, Optimizer};
@@ -34,6 +34,18 @@ pub struct BenchResult {
     /// `2 * activation_bytes` is what the step cannot do without; the peak
     /// is compared with that.
     pub activation_bytes: usize,
+    /// With a kernel profile (`bench --profile`, GPU only): the GPU time of
+    /// every kernel launch per step, summed. Against `s_per_step` it says
+    /// how much of a step the GPU spends computing; the rest is launch and
+    /// host overhead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_s_per_step: Option<f64>,
+    /// With a kernel profile: per kernel and grid, largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<crate::cuda::profile::KernelRow>>,
+    /// With a kernel profile: the steps it recorded.
+    #[serde(skip)]
+    pub profile: Option<(crate::cuda::profile::KernelTimes, usize)>,
 }
 
 /// A workload: its name, model, batch size and (for attacks) split layer.
@@ -204,8 +216,25 @@ pub fn time_step(
     Ok((times[times.len() / 2], times.len()))
 }
 
-/// Runs one workload.
-pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
+/// Refuses a kernel profile that cannot run: 0 steps, or on the CPU.
+pub fn check_profile_steps(profile_steps: Option<usize>, on_gpu: bool) -> Result<()> {
+    match profile_steps {
+        Some(0) => Err(Error::invalid(
+            "bench --profile",
+            "0 steps to profile; expected at least 1",
+        )),
+        Some(_) if !on_gpu => Err(Error::invalid(
+            "bench --profile",
+            "the kernel profile times GPU kernels; this run is on the CPU (use --device cuda)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs one workload. With `profile_steps`, after the timing, that many
+/// more steps run with a kernel profile on ([`crate::cuda::profile`]; GPU
+/// only), and the result carries it.
+pub fn run(w: &Workload, quick: bool, profile_steps: Option<usize>) -> Result<BenchResult> {
     // On a GPU the peak is the workload's own: the previous workload's
     // buffers are gone, and the pool's cache is emptied so that blocks of
     // the wrong size classes don't count.
@@ -213,6 +242,7 @@ pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
         crate::Device::Cpu => None,
         crate::Device::Cuda(n) => Some(crate::cuda::device(n)?),
     };
+    check_profile_steps(profile_steps, gpu.is_some())?;
     if let Some(g) = &gpu {
         g.synchronize()?;
         g.trim();
@@ -225,8 +255,22 @@ pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
         (5, 10, Duration::from_secs(3))
     };
     let (median, steps) = time_step(&mut step, warmup, min_steps, budget)?;
-    let peak_gpu_bytes = gpu.map(|g| g.memory_stats().peak_in_use);
+    let peak_gpu_bytes = gpu.as_ref().map(|g| g.memory_stats().peak_in_use);
+    let profile = match (profile_steps, &gpu) {
+        (Some(n), Some(_)) => {
+            crate::cuda::profile::start();
+            let ran = (0..n).try_for_each(|_| step());
+            let times = crate::cuda::profile::stop()?;
+            ran?;
+            Some((times, n))
+        }
+        _ => None,
+    };
     drop(step);
+    let (kernel_s_per_step, kernels) = match &profile {
+        Some((t, n)) => (Some(t.total_ms() / 1e3 / *n as f64), Some(t.per_step(*n)?)),
+        None => (None, None),
+    };
     Ok(BenchResult {
         workload: w.name.clone(),
         s_per_step: median,
@@ -234,6 +278,9 @@ pub fn run(w: &Workload, quick: bool) -> Result<BenchResult> {
         steps,
         peak_gpu_bytes,
         activation_bytes: activation_bytes(w)?,
+        kernel_s_per_step,
+        kernels,
+        profile,
     })
 }
 

@@ -131,3 +131,73 @@ fn a_gpu_command_reports_its_peak_memory() {
     assert!(!ok);
     assert!(stderr.contains("GPU memory budget exceeded"), "{stderr}");
 }
+
+/// `bench --profile`: on the CPU a clear refusal; on a GPU a per-kernel
+/// table, and in JSON the kernels with their launches and times per step.
+#[test]
+fn bench_profile_shows_where_the_gpu_time_goes() {
+    let (ok, _, stderr) = splitinv(&[
+        "--device",
+        "cpu",
+        "bench",
+        "--quick",
+        "--profile",
+        "--filter",
+        "whitebox/mnist/conv1/b1",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--profile") && stderr.contains("use --device cuda"),
+        "{stderr}"
+    );
+    if !splitinv::cuda::info().available {
+        assert!(
+            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
+        );
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let args = [
+        "--device",
+        "cuda",
+        "bench",
+        "--quick",
+        "--filter",
+        "whitebox/mnist/conv1/b1",
+        "--profile",
+        "4",
+    ];
+    let (ok, stdout, stderr) = splitinv(&args);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("GPU kernel time"), "{stdout}");
+    assert!(stdout.contains("conv2d_fwd"), "{stdout}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let (ok, stdout, stderr) = splitinv(&json_args);
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let kernel_s = r["kernel_s_per_step"].as_f64().expect("kernel_s_per_step");
+    assert!(kernel_s > 0.0, "{r}");
+    let kernels = r["kernels"].as_array().expect("kernels");
+    let conv = kernels
+        .iter()
+        .find(|k| {
+            k["kernel"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("conv2d_fwd"))
+        })
+        .unwrap_or_else(|| panic!("no conv2d_fwd in {r}"));
+    // The same kernels every step: whole launches per step.
+    let per_step = conv["launches_per_step"].as_f64().unwrap();
+    assert!(per_step >= 1.0 && per_step.fract() == 0.0, "{conv}");
+    let summed: f64 = kernels
+        .iter()
+        .map(|k| k["ms_per_step"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (summed / 1e3 - kernel_s).abs() <= 1e-9 + 1e-6 * kernel_s,
+        "{r}"
+    );
+}

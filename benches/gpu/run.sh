@@ -8,7 +8,8 @@
 #   bash benches/gpu/run.sh                 # tests tc bench compare demo
 #   bash benches/gpu/run.sh tests bench t64 fp32 reproduce
 #
-# Steps: tests (the three CUDA test binaries, side by side), tc (the op
+# Steps: tests (the three CUDA test binaries, side by side), profile (the
+# CIFAR workloads' GPU time per kernel, bench --profile, FFMA and tc), tc (the op
 # tests and the benchmark with the tensor-core conv kernels,
 # SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
 # (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
@@ -55,6 +56,9 @@ tests() {
   for f in cuda_device ops_device cli_device; do
     echo "--- $f"; grep -E "^part |^test result|FAILED|panicked|failures:|^ok |skipped" "$O/t_$f.txt" | head -60
   done
+  # $OUT brings back at most 8 files: one file for the three logs.
+  for f in cuda_device ops_device cli_device; do echo "===== $f"; cat "$O/t_$f.txt"; done > "$O/tests.txt"
+  rm -f "$O"/t_cuda_device.txt "$O"/t_ops_device.txt "$O"/t_cli_device.txt
 }
 
 for s in "${@:-tests tc bench compare demo}"; do for s in $s; do case $s in
@@ -62,6 +66,9 @@ for s in "${@:-tests tc bench compare demo}"; do for s in $s; do case $s in
   bench) step bench 140 sh -c "$S --device cuda bench --json > $O/bench_cuda.json"; head -c 3000 "$O/bench_cuda.json"; echo ;;
   tc) step ops_tc 120 sh -c "SPLITINV_CONV_TILE=tc $G/ops_device cuda > $O/t_ops_tc.txt 2>&1"; grep -E "^test result|FAILED|panicked" "$O/t_ops_tc.txt" | head -20
       step bench_tc 140 sh -c "SPLITINV_CONV_TILE=tc $S --device cuda bench --json > $O/bench_cuda_tc.json"; cat "$O/bench_cuda_tc.json" | cut -c1-110 ;;
+  profile) # Where each CIFAR workload's GPU time goes, per kernel and grid (into the log).
+      step profile 150 $S --device cuda bench --quick --filter cifar --profile 10
+      step profile_tc 150 env SPLITINV_CONV_TILE=tc $S --device cuda bench --quick --filter cifar --profile 10 ;;
   t64) step bench_t64 140 sh -c "SPLITINV_CONV_TILE=64 $S --device cuda bench --json > $O/bench_cuda_t64.json" ;;
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;

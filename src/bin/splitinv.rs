@@ -225,6 +225,9 @@ enum Cmd {
         /// Only workloads whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// After timing, run N more steps with every kernel launch timed on the GPU, and show where a step's GPU time goes (per kernel and grid). GPU only.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20")]
+        profile: Option<usize>,
     },
 }
 
@@ -512,8 +515,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
             quick,
             filter,
+            profile,
         } => {
             let on_gpu = splitinv::device::default_device() != splitinv::Device::Cpu;
+            bench::check_profile_steps(profile, on_gpu)?;
             let workloads: Vec<_> = bench::standard_workloads()
                 .into_iter()
                 .filter(|w| on_gpu || !w.gpu_only)
@@ -538,7 +543,7 @@ fn run(cli: Cli) -> Result<()> {
             // one broken kernel does not hide every other measurement.
             let mut failed = Vec::new();
             for w in &workloads {
-                let r = match bench::run(w, quick) {
+                let r = match bench::run(w, quick, profile) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("bench {}: {e}", w.name);
@@ -562,6 +567,15 @@ fn run(cli: Cli) -> Result<()> {
                         r.peak_gpu_bytes.map_or("-".into(), fmt),
                         fmt(2 * r.activation_bytes)
                     );
+                    if let Some((times, steps)) = &r.profile {
+                        println!(
+                            "  GPU kernel time {:.4} ms of the {:.4} ms step ({} launches per step, over {steps} steps):",
+                            times.total_ms() / *steps as f64,
+                            r.s_per_step * 1e3,
+                            times.launches() / steps
+                        );
+                        println!("{}", times.table(*steps, 15)?.to_markdown());
+                    }
                 }
             }
             if failed.is_empty() {

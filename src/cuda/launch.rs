@@ -261,15 +261,17 @@ pub fn launch<P: KernelParams + cudarc::driver::DeviceRepr>(
         block_dim: cfg.block,
         shared_mem_bytes: 0,
     };
-    super::kernels::guard(kernel, || {
-        let mut builder = dev.stream().launch_builder(&f);
-        builder.arg(params);
-        // SAFETY: the params struct matches the kernel's (size checked above,
-        // layout by the params tests); the pointers inside it are the
-        // caller's live device buffers.
-        unsafe { builder.launch(config) }
-            .map(|_| ())
-            .map_err(|e| Error::Cuda(format!("launching {kernel}: {e:?}")))
+    super::profile::timed(dev, kernel, cfg.grid, || {
+        super::kernels::guard(kernel, || {
+            let mut builder = dev.stream().launch_builder(&f);
+            builder.arg(params);
+            // SAFETY: the params struct matches the kernel's (size checked above,
+            // layout by the params tests); the pointers inside it are the
+            // caller's live device buffers.
+            unsafe { builder.launch(config) }
+                .map(|_| ())
+                .map_err(|e| Error::Cuda(format!("launching {kernel}: {e:?}")))
+        })
     })
 }
 

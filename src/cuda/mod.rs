@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod launch;
 pub mod params;
 pub mod pool;
+pub mod profile;
 
 pub use context::{device, device_for, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
 pub use pool::{format_bytes, parse_bytes, PoolStats};
