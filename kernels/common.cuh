@@ -97,10 +97,21 @@ SI_DEV int si_floor_div(int a, int b) { return (a >= 0) ? a / b : -((-a + b - 1)
 // L must provide
 //   static constexpr bool A_K_FAST;  // true: neighbouring threads read neighbouring k of A
 //   static constexpr bool B_N_FAST;  // true: neighbouring threads read neighbouring n of B
-//   float a(int m, int k) const;     // called only for m < M, k in [k_begin, k_end)
-//   float b(int k, int n) const;     // called only for k in [k_begin, k_end), n < N
+//   struct Row;  Row row(int m) const;        // what A(m, ·) needs, worked out once
+//   struct Col;  Col col(int n) const;        // what B(·, n) needs, worked out once
+//   float a_at(int k, const Row&) const;      // A(m, k), k in [k_begin, k_end)
+//   float b_at(int k, const Col&) const;      // B(k, n), k in [k_begin, k_end)
+// row()/col() are called only with m < M / n < N, a_at/b_at only for those.
 // The *_FAST flags pick which index varies across a warp during the tile
 // load, so global reads coalesce for the operand's memory layout.
+//
+// Why rows and columns: a thread fetches the same few rows of A and columns
+// of B for the whole K walk (SiTile64Pos), so everything that depends on
+// the row or column alone (for a convolution: the image, the output pixel,
+// their divisions) is split once per thread, and a K step only splits k.
+// Done per element instead, a gathered conv operand costs three or four
+// integer divisions of about twenty instructions each: far more than the
+// multiply-adds it feeds.
 // ---------------------------------------------------------------------------
 
 #define SI_TM 64
@@ -108,18 +119,17 @@ SI_DEV int si_floor_div(int a, int b) { return (a >= 0) ? a / b : -((-a + b - 1)
 #define SI_TK 16
 #define SI_TILE_THREADS 256
 
+// Thread tid's r-th (r < 4) A and B element of a 64×16 / 16×64 step. With
+// A_K_FAST a thread holds 4 rows ((tid >> 4) + 16r) and one k (tid & 15);
+// otherwise one row (tid & 63) and 4 k ((tid >> 6) + 4r). B likewise.
 template <class L>
-struct SiTileLoad {
-    // Position of this thread's r-th A element inside the tile.
-    static SI_DEV void a_pos(int tid, int r, int* mm, int* kk) {
-        if (L::A_K_FAST) { *kk = tid & 15; *mm = (tid >> 4) + 16 * r; }
-        else { *mm = tid & 63; *kk = (tid >> 6) + 4 * r; }
-    }
-    // Position of this thread's r-th B element inside the tile.
-    static SI_DEV void b_pos(int tid, int r, int* kk, int* nn) {
-        if (L::B_N_FAST) { *nn = tid & 63; *kk = (tid >> 6) + 4 * r; }
-        else { *kk = tid & 15; *nn = (tid >> 4) + 16 * r; }
-    }
+struct SiTile64Pos {
+    static constexpr int RA = L::A_K_FAST ? 4 : 1;  // distinct A rows per thread
+    static constexpr int RB = L::B_N_FAST ? 1 : 4;  // distinct B columns per thread
+    static SI_DEV int a_m(int tid, int r) { return L::A_K_FAST ? (tid >> 4) + 16 * r : tid & 63; }
+    static SI_DEV int a_k(int tid, int r) { return L::A_K_FAST ? tid & 15 : (tid >> 6) + 4 * r; }
+    static SI_DEV int b_k(int tid, int r) { return L::B_N_FAST ? (tid >> 6) + 4 * r : tid & 15; }
+    static SI_DEV int b_n(int tid, int r) { return L::B_N_FAST ? tid & 63 : (tid >> 4) + 16 * r; }
 };
 
 // acc[i][j] += sum over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j).
@@ -131,35 +141,49 @@ struct SiTiles {
     float b[SI_TK][SI_TN + 1];
 };
 
+// Requires m0 < M and n0 < N (the grid covers the output exactly).
 template <class L>
 SI_DEV void si_gemm_tile(SiTiles& tiles, const L& ld, int M, int N, int k_begin, int k_end,
                          int m0, int n0, float acc[4][4]) {
+    using Pos = SiTile64Pos<L>;
     auto& As = tiles.a;
     auto& Bs = tiles.b;
     const int tid = threadIdx.x;
     const int tx = tid & 15, ty = tid >> 4;
-    float ra[4], rb[4];
 
+    typename L::Row rows[Pos::RA];
+    typename L::Col cols[Pos::RB];
+    bool row_ok[Pos::RA], col_ok[Pos::RB];
+#pragma unroll
+    for (int q = 0; q < Pos::RA; ++q) {
+        const int m = m0 + Pos::a_m(tid, q);
+        row_ok[q] = m < M;
+        rows[q] = ld.row(row_ok[q] ? m : m0);  // a real row either way; unused if !ok
+    }
+#pragma unroll
+    for (int q = 0; q < Pos::RB; ++q) {
+        const int n = n0 + Pos::b_n(tid, q);
+        col_ok[q] = n < N;
+        cols[q] = ld.col(col_ok[q] ? n : n0);
+    }
+
+    float ra[4], rb[4];
     auto fetch = [&](int k0) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            int mm, kk, nn, kb;
-            SiTileLoad<L>::a_pos(tid, r, &mm, &kk);
-            const int m = m0 + mm, ka = k0 + kk;
-            ra[r] = (m < M && ka < k_end) ? ld.a(m, ka) : 0.0f;
-            SiTileLoad<L>::b_pos(tid, r, &kb, &nn);
-            const int n = n0 + nn, k = k0 + kb;
-            rb[r] = (n < N && k < k_end) ? ld.b(k, n) : 0.0f;
+            const int qa = L::A_K_FAST ? r : 0;
+            const int ka = k0 + Pos::a_k(tid, r);
+            ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+            const int qb = L::B_N_FAST ? 0 : r;
+            const int kb = k0 + Pos::b_k(tid, r);
+            rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
         }
     };
     auto stage = [&]() {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            int mm, kk, nn, kb;
-            SiTileLoad<L>::a_pos(tid, r, &mm, &kk);
-            As[kk][mm] = ra[r];
-            SiTileLoad<L>::b_pos(tid, r, &kb, &nn);
-            Bs[kb][nn] = rb[r];
+            As[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = ra[r];
+            Bs[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = rb[r];
         }
     };
 
@@ -239,23 +263,14 @@ struct SiDivisor {
 //     shared-memory bandwidth, not the FMA units, limits the 64 core;
 //   * per step, the block gathers 128·8 + 8·128 operand elements for
 //     128·128·8 FMAs: half the global loads, and half the index arithmetic,
-//     per FMA;
-//   * each thread's output rows and columns stay fixed for the whole K walk,
-//     so the loader splits their indices once (row() / col() below) and the
-//     K loop only splits k, with SiDivisor rather than hardware division.
+//     per FMA.
 // The price: 64 accumulators per thread (about twice the registers of the
 // 64 core) and a quarter as many blocks for the same problem, so a small
 // problem no longer fills the GPU. The host therefore picks this core by
 // problem size (conv_tile_for in src/cuda/launch.rs); it is expected to help
 // large problems, which a GPU benchmark has to confirm.
 //
-// L must provide
-//   static constexpr bool A_K_FAST, B_N_FAST;  // as for si_gemm_tile
-//   struct Row;  Row row(int m) const;         // what A(m, ·) needs, split once
-//   struct Col;  Col col(int n) const;         // what B(·, n) needs, split once
-//   float a_at(int k, const Row&) const;       // A(m, k), k in [k_begin, k_end)
-//   float b_at(int k, const Col&) const;       // B(k, n), k in [k_begin, k_end)
-// row()/col() are called only with m < M / n < N, a_at/b_at only for those.
+// L is a loader as for si_gemm_tile (the same loaders serve both cores).
 // A thread fetches 4 A elements per step: with A_K_FAST one k (tid & 7) and 4
 // rows ((tid >> 3) + 32r), otherwise one row (tid & 127) and 4 k ((tid >> 7)
 // + 2r); B likewise. So it holds 4 or 1 Rows and 1 or 4 Cols for the whole

@@ -142,155 +142,14 @@ SI_DEV void conv_store_dw(const ConvParams& p, const float (&acc)[R][R], int M, 
     }
 }
 
-// ---- forward -------------------------------------------------------------
-
-struct ConvFwdLoader {
-    static constexpr bool A_K_FAST = true;   // w rows are contiguous in k
-    static constexpr bool B_N_FAST = true;   // x rows are contiguous in ox
-    ConvParams p;  // a copy: its fields live in registers
-    SI_DEV float a(int co, int k) const {
-        return p.weight[(i64)co * (p.cin * p.kh * p.kw) + k];
-    }
-    SI_DEV float b(int k, int n) const {
-        const int khw = p.kh * p.kw;
-        const int ci = k / khw, r = k - ci * khw;
-        const int ky = r / p.kw, kx = r - ky * p.kw;
-        const int ohw = p.oh * p.ow;
-        const int img = n / ohw, pix = n - img * ohw;
-        const int oy = pix / p.ow, ox = pix - oy * p.ow;
-        const int iy = oy * p.stride_h - p.pad_h + ky * p.dil_h;
-        const int ix = ox * p.stride_w - p.pad_w + kx * p.dil_w;
-        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return 0.0f;
-        return p.x[(((i64)img * p.cin + ci) * p.h + iy) * p.w + ix];
-    }
-};
-
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_fwd(ConvParams p) {
-    const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
-    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
-    float acc[4][4] = {};
-    __shared__ SiTiles tiles;
-    si_gemm_tile(tiles, ConvFwdLoader{p}, M, N, 0, K, m0, n0, acc);
-    conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
-}
-
-// ---- input gradient / transposed convolution ------------------------------
-
-struct ConvBwdDataLoader {
-    static constexpr bool A_K_FAST = true;   // (ky, kx) contiguous inside one co
-    static constexpr bool B_N_FAST = true;   // dx pixels contiguous in ix
-    ConvParams p;  // a copy: its fields live in registers
-    SI_DEV float a(int ci, int k) const {
-        const int khw = p.kh * p.kw;
-        const int co = k / khw, r = k - co * khw;
-        return p.weight[((i64)co * p.cin + ci) * khw + r];
-    }
-    SI_DEV float b(int k, int n) const {
-        const int khw = p.kh * p.kw;
-        const int co = k / khw, r = k - co * khw;
-        const int ky = r / p.kw, kx = r - ky * p.kw;
-        const int hw = p.h * p.w;
-        const int img = n / hw, pix = n - img * hw;
-        const int iy = pix / p.w, ix = pix - iy * p.w;
-        // Which output row used input row iy through kernel row ky?
-        const int ty = iy + p.pad_h - ky * p.dil_h;
-        const int tx = ix + p.pad_w - kx * p.dil_w;
-        if (ty < 0 || tx < 0) return 0.0f;
-        const int oy = ty / p.stride_h, ox = tx / p.stride_w;
-        if (oy * p.stride_h != ty || ox * p.stride_w != tx) return 0.0f;
-        if (oy >= p.oh || ox >= p.ow) return 0.0f;
-        return p.dy[(((i64)img * p.cout + co) * p.oh + oy) * p.ow + ox];
-    }
-};
-
-SI_DEV void conv_bwd_data_run(const ConvParams& p) {
-    const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
-    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
-    float acc[4][4] = {};
-    __shared__ SiTiles tiles;
-    si_gemm_tile(tiles, ConvBwdDataLoader{p}, M, N, 0, K, m0, n0, acc);
-    conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
-}
-
-// dx = the transposed convolution of dy with w (bias must be null here).
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_data(ConvParams p) {
-    conv_bwd_data_run(p);
-}
-
-// The same computation used as a layer: see the mapping in the header.
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_fwd(ConvParams p) {
-    conv_bwd_data_run(p);
-}
-
-// ---- weight gradient --------------------------------------------------------
-
-struct ConvBwdWeightLoader {
-    static constexpr bool A_K_FAST = true;   // dy rows contiguous in ox
-    static constexpr bool B_N_FAST = false;  // x rows contiguous in ox, which is k here
-    ConvParams p;  // a copy: its fields live in registers
-    SI_DEV float a(int co, int k) const {
-        const int ohw = p.oh * p.ow;
-        const int img = k / ohw, pix = k - img * ohw;
-        return p.dy[((i64)img * p.cout + co) * ohw + pix];
-    }
-    SI_DEV float b(int k, int n) const {
-        const int ohw = p.oh * p.ow;
-        const int img = k / ohw, pix = k - img * ohw;
-        const int oy = pix / p.ow, ox = pix - oy * p.ow;
-        const int khw = p.kh * p.kw;
-        const int ci = n / khw, r = n - ci * khw;
-        const int ky = r / p.kw, kx = r - ky * p.kw;
-        const int iy = oy * p.stride_h - p.pad_h + ky * p.dil_h;
-        const int ix = ox * p.stride_w - p.pad_w + kx * p.dil_w;
-        if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) return 0.0f;
-        return p.x[(((i64)img * p.cin + ci) * p.h + iy) * p.w + ix];
-    }
-};
-
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_weight(ConvParams p) {
-    const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
-    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
-    const int splits = p.split_k > 1 ? p.split_k : 1;
-    int k_begin, k_end;
-    si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
-    float acc[4][4] = {};
-    __shared__ SiTiles tiles;
-    si_gemm_tile(tiles, ConvBwdWeightLoader{p}, M, N, k_begin, k_end, m0, n0, acc);
-    conv_store_dw(p, acc, M, N, splits, m0, n0);
-}
-
-// dw = Σ_z workspace[z] (in order z = 0, 1, ...). Grid-stride over
-// Cout·Cin·KH·KW elements, block SI_BLOCK.
-extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
-    const i64 total = (i64)p.cout * p.cin * p.kh * p.kw;
-    SI_GRID_LOOP(i, total) {
-        float s = 0.0f;
-        for (int z = 0; z < p.split_k; ++z) s += p.workspace[(i64)z * total + i];
-        p.out[i] = p.accumulate ? p.out[i] + s : s;
-    }
-}
-
-// ---- large problems: the *_t128 kernels ------------------------------------
+// ---- the operands, as the GEMM cores read them ----------------------------
 //
-// The same four GEMMs on the 128×128 core (si_gemm_tile128 in common.cuh,
-// which says why that tile shape), with the same ConvParams, the same
-// results (bias, accumulate, split-K workspace and its reduce) and the same
-// launch except for the tile: grid (ceil(GEMM N / 128), ceil(GEMM M / 128),
-// split_k or 1), block 256. The host uses them when the problem is large
-// enough that the bigger tiles still give a few blocks per SM, and the
-// kernels above otherwise.
-//
-// __launch_bounds__(256, 2): at most 128 registers per thread, so two
-// blocks fit on an SM (64 Ki registers). The 64 accumulators, 16 operand
-// registers, the prefetch and the hoisted row/column data fit in that
-// without spilling (ptxas -v, sm_80 and sm_90: 126–128 registers, no
-// spills, 8448 bytes of shared memory per block).
-//
-// The loaders read the same operands as the ones above; only the index
-// arithmetic is split differently. Everything that depends on the output
-// row m or column n alone (an image's base pointer, oy·s − p, ...) is worked
-// out once per thread by row()/col(); in the K loop a_at/b_at only split k,
-// with SiDivisor. Notation as in the header: n = (img, oy, ox) etc.
+// One loader per GEMM (common.cuh says what a loader provides); the 64×64
+// and the 128×128 cores use the same ones. Everything that depends on the
+// output row m or column n alone (an image's base pointer, oy·s − p, ...)
+// is worked out once per thread by row()/col(); in the K loop a_at/b_at
+// only split k, with SiDivisor. Notation as in the header: n = (img, oy, ox)
+// etc.
 
 // Forward: A(co, k) = w[co, k]; B(k = (ci,ky,kx), n = (img,oy,ox)) = x[img, ci, iy, ix].
 struct ConvFwdHoisted {
@@ -373,6 +232,7 @@ struct ConvBwdDataHoisted {
 
 // Weight gradient: A(co, k = (img,oy,ox)) = dy[img, co, oy, ox];
 // B(k, n = (ci,ky,kx)) = x[img, ci, iy, ix].
+template <class Off>
 struct ConvBwdWeightHoisted {
     static constexpr bool A_K_FAST = true;   // dy rows contiguous in ox
     static constexpr bool B_N_FAST = false;  // x rows contiguous in ox, which is k here
@@ -387,10 +247,11 @@ struct ConvBwdWeightHoisted {
     }
     struct Row { const float* dy; };  // &dy[0, co, 0, 0]
     // Offset of x[0, ci, 0, 0], and ky·dh − ph, kx·dw − pw for tap (ci, ky, kx).
-    // An int offset rather than a pointer saves the registers that keep this
-    // kernel from spilling; the host runs it only when one image of x
-    // (Cin·H·W) has fewer than 2^31 elements.
-    struct Col { int x_off, iy_off, ix_off; };
+    // Off = int (the 128 core) saves the registers that keep that kernel
+    // from spilling; the host runs it only when one image of x (Cin·H·W)
+    // has fewer than 2^31 elements. The 64 core, which takes every other
+    // size, uses i64.
+    struct Col { Off x_off; int iy_off, ix_off; };
     SI_DEV Row row(int co) const { return Row{p.dy + (i64)co * ohw}; }
     SI_DEV float a_at(int k, const Row& r) const {
         const int img = by_ohw.div(k), pix = k - img * ohw;
@@ -400,7 +261,7 @@ struct ConvBwdWeightHoisted {
         const int khw = p.kh * p.kw;
         const int ci = n / khw, r = n - ci * khw;
         const int ky = r / p.kw, kx = r - ky * p.kw;
-        return Col{ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
+        return Col{(Off)ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
     }
     SI_DEV float b_at(int k, const Col& c) const {
         // The same k split as a_at's: the compiler computes it once per step.
@@ -411,6 +272,79 @@ struct ConvBwdWeightHoisted {
         return p.x[(i64)img * cin_hw + c.x_off + iy * p.w + ix];
     }
 };
+
+// ---- the 64×64 kernels ---------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_fwd(ConvParams p) {
+    const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
+    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
+    float acc[4][4] = {};
+    __shared__ SiTiles tiles;
+    si_gemm_tile(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
+}
+
+SI_DEV void conv_bwd_data_run(const ConvParams& p) {
+    const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
+    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
+    float acc[4][4] = {};
+    __shared__ SiTiles tiles;
+    si_gemm_tile(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
+}
+
+// dx = the transposed convolution of dy with w (bias must be null here).
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_data(ConvParams p) {
+    conv_bwd_data_run(p);
+}
+
+// The same computation used as a layer: see the mapping in the header.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_fwd(ConvParams p) {
+    conv_bwd_data_run(p);
+}
+
+// (256, 3): at most 85 registers, three blocks per SM. Left to itself ptxas
+// gives this kernel 95 (two blocks); held to 64 it spills (ptxas -v, sm_90:
+// 80 registers, no spills). The other 64×64 kernels stay at 64 or fewer.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_weight(ConvParams p) {
+    const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
+    const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
+    const int splits = p.split_k > 1 ? p.split_k : 1;
+    int k_begin, k_end;
+    si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
+    float acc[4][4] = {};
+    __shared__ SiTiles tiles;
+    si_gemm_tile(tiles, ConvBwdWeightHoisted<i64>::make(p), M, N, k_begin, k_end, m0, n0, acc);
+    conv_store_dw(p, acc, M, N, splits, m0, n0);
+}
+
+// dw = Σ_z workspace[z] (in order z = 0, 1, ...). Grid-stride over
+// Cout·Cin·KH·KW elements, block SI_BLOCK.
+extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
+    const i64 total = (i64)p.cout * p.cin * p.kh * p.kw;
+    SI_GRID_LOOP(i, total) {
+        float s = 0.0f;
+        for (int z = 0; z < p.split_k; ++z) s += p.workspace[(i64)z * total + i];
+        p.out[i] = p.accumulate ? p.out[i] + s : s;
+    }
+}
+
+// ---- large problems: the *_t128 kernels ------------------------------------
+//
+// The same four GEMMs on the 128×128 core (si_gemm_tile128 in common.cuh,
+// which says why that tile shape), with the same ConvParams, the same
+// results (bias, accumulate, split-K workspace and its reduce) and the same
+// launch except for the tile: grid (ceil(GEMM N / 128), ceil(GEMM M / 128),
+// split_k or 1), block 256. The host uses them when the problem is large
+// enough that the bigger tiles still give a few blocks per SM, and the
+// 64×64 kernels otherwise.
+//
+// __launch_bounds__(256, 2): at most 128 registers per thread, so two
+// blocks fit on an SM (64 Ki registers). The 64 accumulators, 16 operand
+// registers, the prefetch and the hoisted row/column data fit in that
+// without spilling (ptxas -v, sm_80 and sm_90: 126–128 registers, no
+// spills, 8448 bytes of shared memory per block).
+//
 
 // The 128×128 bodies, on FFMA (TC = false: the *_t128 kernels) or on
 // tensor cores (TC = true: the *_tc kernels).
@@ -447,8 +381,8 @@ SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[8][8] = {};
     __shared__ SiTiles128 tiles;
-    si_gemm_tile128<ConvBwdWeightHoisted, TC>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
-                                              k_end, m0, n0, acc);
+    si_gemm_tile128<ConvBwdWeightHoisted<int>, TC>(tiles, ConvBwdWeightHoisted<int>::make(p), M, N,
+                                                   k_begin, k_end, m0, n0, acc);
     if constexpr (TC) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
     else conv_store_dw(p, acc, M, N, splits, m0, n0);
 }

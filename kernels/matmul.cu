@@ -28,8 +28,14 @@ struct MatLoader {
     const float* a_ptr;
     const float* b_ptr;
     int lda, ldb;
-    SI_DEV float a(int m, int k) const { return TA ? a_ptr[(i64)k * lda + m] : a_ptr[(i64)m * lda + k]; }
-    SI_DEV float b(int k, int n) const { return TB ? b_ptr[(i64)n * ldb + k] : b_ptr[(i64)k * ldb + n]; }
+    // Row m of op(A) starts at a_ptr + m·lda (or + m when transposed) and
+    // steps 1 (or lda) along k; B's columns likewise.
+    struct Row { const float* a; };
+    struct Col { const float* b; };
+    SI_DEV Row row(int m) const { return Row{TA ? a_ptr + m : a_ptr + (i64)m * lda}; }
+    SI_DEV Col col(int n) const { return Col{TB ? b_ptr + (i64)n * ldb : b_ptr + n}; }
+    SI_DEV float a_at(int k, const Row& r) const { return TA ? r.a[(i64)k * lda] : r.a[k]; }
+    SI_DEV float b_at(int k, const Col& c) const { return TB ? c.b[k] : c.b[(i64)k * ldb]; }
 };
 
 template <bool TA, bool TB>
