@@ -343,7 +343,8 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
 // blocks fit on an SM (64 Ki registers). The 64 accumulators, 16 operand
 // registers, the prefetch and the hoisted row/column data fit in that
 // without spilling (ptxas -v, sm_80 and sm_90: 126–128 registers, no
-// spills, 8448 bytes of shared memory per block).
+// spills, 8448 bytes of shared memory per block; tests/nvrtc_compile.rs
+// fails on any spill it does not know of).
 //
 
 // The 128×128 bodies, on FFMA (TC = false: the *_t128 kernels) or on

@@ -6,7 +6,7 @@
 
 use splitinv::cuda::kernels::{
     compile_cubin_size, compile_ptx, compile_source, compile_source_cubin_size, kernel_names,
-    nvrtc_available, nvrtc_version, KERNEL_SOURCES,
+    nvrtc_available, nvrtc_version, ptxas_resources, KERNEL_SOURCES,
 };
 use splitinv::cuda::params::KERNEL_PARAMS;
 
@@ -73,17 +73,49 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert_eq!(entries, 2 * KERNEL_PARAMS.len());
 }
 
+/// Kernels allowed to spill registers, with the most spill-store bytes
+/// seen: ptxas puts 20–24 bytes of conv2d_bwd_weight_tc's loop state in
+/// local memory (128 registers under __launch_bounds__(256, 2)). Any other
+/// spill, or a larger one, is a change to look at before it lands.
+const KNOWN_SPILLS: [(&str, u32); 1] = [("conv2d_bwd_weight_tc", 24)];
+
 #[test]
-fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90() {
+fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90_without_spills() {
     if !nvrtc_or_skip() {
         return;
     }
-    for (file, _) in KERNEL_SOURCES {
+    for (file, src) in KERNEL_SOURCES {
+        let mut names = kernel_names(src);
+        names.sort();
         for arch in ["sm_80", "sm_90"] {
-            let size = compile_cubin_size(file, arch).unwrap_or_else(|e| panic!("{e}"));
-            assert!(size > 0, "{file} for {arch}: empty CUBIN");
+            // Assembles to CUBIN, with ptxas' resource report.
+            let report = ptxas_resources(file, arch).unwrap_or_else(|e| panic!("{e}"));
+            let reported: Vec<&str> = report.iter().map(|k| k.kernel.as_str()).collect();
+            assert_eq!(
+                reported, names,
+                "{file} for {arch}: kernels in the ptxas report"
+            );
+            for k in &report {
+                println!(
+                    "{arch} {:<28} {:>3} registers, {} bytes spilled",
+                    k.kernel, k.registers, k.spill_store_bytes
+                );
+                let allowed = KNOWN_SPILLS
+                    .iter()
+                    .find(|(name, _)| *name == k.kernel)
+                    .map_or(0, |(_, b)| *b);
+                assert!(
+                    k.spill_store_bytes <= allowed,
+                    "{file} for {arch}: {} spills {} bytes of registers ({} allowed): {k:?}",
+                    k.kernel,
+                    k.spill_store_bytes,
+                    allowed
+                );
+            }
         }
     }
+    let size = compile_cubin_size("conv.cu", "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert!(size > 0, "conv.cu for sm_90: empty CUBIN");
     // The assembler checks inline PTX, which the PTX path copies unchecked.
     let bad = "extern \"C\" __global__ void k(float* x) { \
                asm volatile(\"not.an.instruction %0;\" : \"+f\"(x[0])); }";

@@ -291,6 +291,75 @@ pub fn compile_source_cubin_size(file: &str, full: &str, arch_number: &str) -> R
     Ok(size)
 }
 
+/// What ptxas reports about one kernel's resources ([`ptxas_resources`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelResources {
+    /// Kernel name.
+    pub kernel: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Bytes stored to local memory because the registers ran out.
+    pub spill_store_bytes: u32,
+    /// Bytes loaded back from those spills.
+    pub spill_load_bytes: u32,
+}
+
+/// Assembles one kernel file for a real architecture (`"sm_90"`) with
+/// ptxas' verbose report and returns each kernel's registers and spills,
+/// sorted by kernel name. Register count decides how many blocks fit on an
+/// SM, and a spill puts local-memory traffic into a loop: both change a
+/// kernel's speed without changing its results, so no test on results sees
+/// them; this lets CI watch them without a GPU.
+pub fn ptxas_resources(file: &str, arch: &str) -> Result<Vec<KernelResources>> {
+    let number = arch.strip_prefix("sm_").unwrap_or(arch);
+    let full = full_source(file)?;
+    let target = format!("sm_{number}");
+    let ((), log) = nvrtc_compile_with(file, &full, &target, &["-Xptxas", "-v"], |_| Ok(()))?;
+    let mut out = parse_ptxas_report(&log)
+        .map_err(|msg| Error::Cuda(format!("{file}: unexpected ptxas report ({msg}):\n{log}")))?;
+    out.sort_by(|a, b| a.kernel.cmp(&b.kernel));
+    Ok(out)
+}
+
+/// Reads ptxas' `-v` lines: "Compiling entry function 'K'", then
+/// "N bytes spill stores, M bytes spill loads" and "Used R registers".
+fn parse_ptxas_report(log: &str) -> std::result::Result<Vec<KernelResources>, String> {
+    let number_before = |line: &str, what: &str| -> Option<u32> {
+        let end = line.find(what)?;
+        line[..end].split_whitespace().last()?.parse().ok()
+    };
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or_default();
+            out.push(KernelResources {
+                kernel: name.to_string(),
+                registers: 0,
+                spill_store_bytes: 0,
+                spill_load_bytes: 0,
+            });
+            continue;
+        }
+        let Some(k) = out.last_mut() else { continue };
+        if line.contains("spill stores") {
+            k.spill_store_bytes = number_before(line, "bytes spill stores")
+                .ok_or_else(|| format!("cannot read '{line}'"))?;
+            k.spill_load_bytes = number_before(line, "bytes spill loads")
+                .ok_or_else(|| format!("cannot read '{line}'"))?;
+        } else if line.contains("Used ") && line.contains(" registers") {
+            k.registers =
+                number_before(line, " registers").ok_or_else(|| format!("cannot read '{line}'"))?;
+        }
+    }
+    if out.is_empty() {
+        return Err("no 'Compiling entry function' line".into());
+    }
+    if let Some(k) = out.iter().find(|k| k.registers == 0) {
+        return Err(format!("no register count for {}", k.kernel));
+    }
+    Ok(out)
+}
+
 /// One NVRTC compile of `full` for `--gpu-architecture=target`
 /// (`compute_80` gives PTX only, `sm_80` also assembles CUBIN); `output`
 /// reads the result out of the compiled program. Returns it with NVRTC's
@@ -302,6 +371,17 @@ fn nvrtc_compile<T>(
     target: &str,
     output: impl FnOnce(cudarc::nvrtc::sys::nvrtcProgram) -> Result<T>,
 ) -> Result<(T, String)> {
+    nvrtc_compile_with(file, full, target, &[], output)
+}
+
+/// [`nvrtc_compile`] with extra NVRTC options.
+fn nvrtc_compile_with<T>(
+    file: &str,
+    full: &str,
+    target: &str,
+    extra: &[&str],
+    output: impl FnOnce(cudarc::nvrtc::sys::nvrtcProgram) -> Result<T>,
+) -> Result<(T, String)> {
     ensure_nvrtc()?;
     let src = CString::new(full)
         .map_err(|_| Error::Cuda(format!("{file}: kernel source contains a NUL byte")))?;
@@ -310,10 +390,11 @@ fn nvrtc_compile<T>(
     // NVRTC's defaults are kept on purpose: IEEE division and square root,
     // no flush-to-zero, because the GPU path is checked against the CPU
     // references and finite differences.
-    let options = [
+    let mut options = vec![
         format!("--gpu-architecture={target}"),
         "--std=c++17".to_string(),
     ];
+    options.extend(extra.iter().map(|o| o.to_string()));
     guard(file, || {
         use cudarc::nvrtc::result as nvrtc;
         let prog = nvrtc::create_program(&src, Some(&name))
@@ -354,6 +435,43 @@ fn c_chars_to_string(raw: &[c_char]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ptxas_reports_are_parsed_per_kernel() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'conv_tc' for 'sm_90'\n\
+ptxas info    : Function properties for conv_tc\n\
+ptxas         .     24 bytes stack frame, 20 bytes spill stores, 40 bytes spill loads\n\
+ptxas info    : Used 128 registers, used 1 barriers, 24 bytes cumulative stack size, 8448 bytes smem\n\
+ptxas info    : Compile time = 99.1 ms\n\
+ptxas info    : Compiling entry function 'pool' for 'sm_90'\n\
+ptxas info    : Function properties for pool\n\
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 40 registers, used 0 barriers\n";
+        let r = parse_ptxas_report(log).unwrap();
+        assert_eq!(
+            r,
+            vec![
+                KernelResources {
+                    kernel: "conv_tc".into(),
+                    registers: 128,
+                    spill_store_bytes: 20,
+                    spill_load_bytes: 40
+                },
+                KernelResources {
+                    kernel: "pool".into(),
+                    registers: 40,
+                    spill_store_bytes: 0,
+                    spill_load_bytes: 0
+                },
+            ]
+        );
+        assert!(parse_ptxas_report("ptxas info    : 0 bytes gmem").is_err());
+        let no_regs = "ptxas info    : Compiling entry function 'k' for 'sm_90'\n";
+        assert!(parse_ptxas_report(no_regs)
+            .unwrap_err()
+            .contains("no register count for k"));
+    }
 
     #[test]
     fn kernel_names_are_parsed_from_sources() {
