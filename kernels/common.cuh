@@ -220,32 +220,32 @@ SI_DEV void si_split_k(int K, int splits, int z, int* k_begin, int* k_end) {
 
 // ---------------------------------------------------------------------------
 // Division by a divisor that stays the same for a whole kernel, as one
-// multiply-high and one shift. GPUs have no integer divide instruction: `/`
-// compiles to a sequence of about twenty instructions, more than the
-// multiply-adds one gathered operand feeds.
+// widening multiply and one shift. GPUs have no integer divide
+// instruction: `/` compiles to a sequence of about twenty instructions,
+// more than the multiply-adds one gathered operand feeds.
 //
 // For 0 ≤ n < 2^31 and 1 ≤ d < 2^31, let l = ceil(log2 d), p = 31 + l and
 // mul = ceil(2^p / d), which fits in 32 bits. Then n / d = ⌊n·mul / 2^p⌋.
 // Why: mul·d = 2^p + e with 0 ≤ e < d, so n·mul / 2^p = n/d + n·e/(d·2^p),
 // and n·e < 2^31·2^l = 2^p keeps the extra term below 1/d: too small to
 // carry n/d = q + r/d (r ≤ d − 1) past q + 1. (The construction CUTLASS's
-// FastDivmod uses.) make() runs once per thread; d = 1 is the identity.
-// n must not be negative: callers rule negative numerators out first.
+// FastDivmod uses.) d = 1 needs no case of its own: l = 0, p = 31,
+// mul = 2^31. The product is taken in 64 bits and shifted by p (31..62):
+// one IMAD.WIDE.U32 and one funnel shift, with no branch on d, so the
+// compiler has no reason to lay the loop out once per case. make() runs
+// once per thread. n must not be negative: callers rule negative
+// numerators out first.
 struct SiDivisor {
-    int d;
-    unsigned mul, shr;
+    unsigned mul, shift;
     static SI_DEV SiDivisor make(int d) {
-        SiDivisor r{d, 0u, 0u};
-        if (d > 1) {
-            int l = 0;
-            while ((1u << l) < (unsigned)d) ++l;  // ceil(log2 d), 1..31
-            const int p = 31 + l;
-            r.mul = (unsigned)(((1ull << p) + (unsigned)d - 1) / (unsigned)d);
-            r.shr = (unsigned)(p - 32);
-        }
-        return r;
+        int l = 0;
+        while ((1u << l) < (unsigned)d) ++l;  // ceil(log2 d), 0..31
+        const int p = 31 + l;
+        return SiDivisor{(unsigned)(((1ull << p) + (unsigned)d - 1) / (unsigned)d), (unsigned)p};
     }
-    SI_DEV int div(int n) const { return d > 1 ? (int)(__umulhi((unsigned)n, mul) >> shr) : n; }
+    SI_DEV int div(int n) const {
+        return (int)(((unsigned long long)(unsigned)n * mul) >> shift);
+    }
 };
 
 // ---------------------------------------------------------------------------
@@ -280,19 +280,33 @@ struct SiDivisor {
 #define SI_BM 128
 #define SI_BN 128
 #define SI_BK 8
-// Row padding of the shared tiles. With *_FAST = true for k, a warp stores
-// 8 consecutive k × 4 consecutive m; with rows of 128 + 4 floats, element
-// (k, m) sits in bank (4k + m) mod 32, all 32 distinct (with + 1 they would
-// collide up to 4 ways). The other layout stores 32 consecutive m of one k.
+// Row padding of the shared tiles, one per way of reading them.
+//
+// FFMA (SI_BPAD): with *_FAST = true for k, a warp stores 8 consecutive k ×
+// 4 consecutive m; with rows of 128 + 4 floats, element (k, m) sits in bank
+// (4k + m) mod 32, all 32 distinct (with + 1 they would collide up to 4
+// ways). The other layout stores 32 consecutive m of one k. The FFMA reads
+// are broadcasts, conflict-free with any padding.
+//
+// Tensor cores (SI_BPAD_TC): a warp reads mma fragments, element
+// (k0 + t, m0 + g) for t < 4, g < 8 (si_tile128_mma): bank (pad·t + g) mod
+// 32, all 32 distinct for pad 8, two-way conflicts for pad 4. The stores
+// then collide two ways instead ((8k + m) mod 32 repeats after k = 4), but
+// a thread stores 8 values per K step and reads 24.
 #define SI_BPAD 4
+#define SI_BPAD_TC 8
 // The thread mapping below (SiTile128Pos) is written for exactly these sizes.
 static_assert(SI_BM == 128 && SI_BN == 128 && SI_BK == 8 && SI_TILE_THREADS == 256,
               "si_gemm_tile128's thread mapping assumes 256 threads on 128x128x8 tiles");
 
-struct SiTiles128 {
-    float a[SI_BK][SI_BM + SI_BPAD];
-    float b[SI_BK][SI_BN + SI_BPAD];
+template <int PAD>
+struct SiTiles128P {
+    float a[SI_BK][SI_BM + PAD];
+    float b[SI_BK][SI_BN + PAD];
 };
+// The shared tiles of the FFMA (TC = false) or tensor-core (TC = true) core.
+template <bool TC>
+using SiTiles128 = SiTiles128P<TC ? SI_BPAD_TC : SI_BPAD>;
 
 template <class L>
 struct SiTile128Pos {
@@ -309,7 +323,7 @@ struct SiTile128Pos {
 // One staged K step: acc[i][j] += Σ_kk As[kk][ty + 16i] · Bs[kk][tx + 16j],
 // for the first RI row groups (RI = 4 when the tile's rows 64.. are all past M).
 template <int RI>
-SI_DEV void si_tile128_mac(const SiTiles128& t, int tx, int ty, float acc[8][8]) {
+SI_DEV void si_tile128_mac(const SiTiles128<false>& t, int tx, int ty, float acc[8][8]) {
 #pragma unroll
     for (int kk = 0; kk < SI_BK; ++kk) {
         float av[RI], bv[8];
@@ -348,10 +362,24 @@ SI_DEV void si_tile128_mac(const SiTiles128& t, int tx, int ty, float acc[8][8])
 
 // x rounded to TF32 (nearest, ties away from zero), kept in an FP32 register
 // with the 13 dropped mantissa bits zero. Inf and NaN pass unchanged.
+//
+// On the GPU that is cvt.rna.tf32.f32, one instruction where the bit
+// arithmetic below takes five (and this runs 48 times per thread and K
+// step); the mask clears the low bits, which PTX does not promise to zero
+// in a .tf32 result. The bit arithmetic is the same rounding written out:
+// adding half a unit of the last kept bit (0x1000) and truncating rounds
+// to nearest with ties away from zero, in sign-magnitude. The CPU
+// emulation runs it, and the tests check it.
 SI_DEV float si_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return __uint_as_float(u & 0xffffe000u);
+#else
     unsigned u = __float_as_uint(x);
     if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
     return __uint_as_float(u);
+#endif
 }
 
 // c += A·B for one warp's m16n8k8 fragments (operands already TF32).
@@ -379,7 +407,7 @@ SI_DEV void si_mma_tf32(float c[4], const float a[4], const float b[2]) {
 // mma tiles of 16 × 8. Its lanes keep
 //     acc[2·mi + h][2·ni + e] = C(64·wm + 16·mi + 8·h + g, 32·wn + 8·ni + 2·t + e),
 // the layout conv.cu's SiMmaLayout stores from.
-SI_DEV void si_tile128_mma(const SiTiles128& s, int wm, int wn, int g, int t, float acc[8][8]) {
+SI_DEV void si_tile128_mma(const SiTiles128<true>& s, int wm, int wn, int g, int t, float acc[8][8]) {
     float b_hi[4][2], b_lo[4][2];
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
@@ -419,7 +447,7 @@ SI_DEV void si_tile128_mma(const SiTiles128& s, int wm, int wn, int g, int t, fl
 // of si_tile128_mma (TC = true). Requires m0 < M and n0 < N (the grid covers
 // the output exactly).
 template <class L, bool TC = false>
-SI_DEV void si_gemm_tile128(SiTiles128& tiles, const L& ld, int M, int N, int k_begin, int k_end,
+SI_DEV void si_gemm_tile128(SiTiles128<TC>& tiles, const L& ld, int M, int N, int k_begin, int k_end,
                             int m0, int n0, float acc[8][8]) {
     using Pos = SiTile128Pos<L>;
     // Every conv loader reads A along k; the other layout is written out but

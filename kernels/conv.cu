@@ -274,8 +274,14 @@ struct ConvBwdWeightHoisted {
 };
 
 // ---- the 64×64 kernels ---------------------------------------------------
+//
+// Launch bounds: the most blocks per SM that ptxas can give without
+// spilling (ptxas -v, sm_90): conv2d_fwd 4 (64 registers); the input
+// gradient and the transposed conv 3 (80; held to 64 they spill 16 bytes);
+// the weight gradient 3 (80; left to itself ptxas takes 95, two blocks,
+// and held to 64 it spills). tests/nvrtc_compile.rs fails on a spill.
 
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_fwd(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 4) conv2d_fwd(ConvParams p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
     float acc[4][4] = {};
@@ -294,18 +300,15 @@ SI_DEV void conv_bwd_data_run(const ConvParams& p) {
 }
 
 // dx = the transposed convolution of dy with w (bias must be null here).
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_data(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_data(ConvParams p) {
     conv_bwd_data_run(p);
 }
 
 // The same computation used as a layer: see the mapping in the header.
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_fwd(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv_transpose2d_fwd(ConvParams p) {
     conv_bwd_data_run(p);
 }
 
-// (256, 3): at most 85 registers, three blocks per SM. Left to itself ptxas
-// gives this kernel 95 (two blocks); held to 64 it spills (ptxas -v, sm_90:
-// 80 registers, no spills). The other 64×64 kernels stay at 64 or fewer.
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_weight(ConvParams p) {
     const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
     const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
@@ -354,7 +357,7 @@ SI_DEV void conv_fwd_run128(const ConvParams& p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
-    __shared__ SiTiles128 tiles;
+    __shared__ SiTiles128<TC> tiles;
     si_gemm_tile128<ConvFwdHoisted, TC>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
     if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.oh * p.ow, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
@@ -365,7 +368,7 @@ SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
-    __shared__ SiTiles128 tiles;
+    __shared__ SiTiles128<TC> tiles;
     si_gemm_tile128<ConvBwdDataHoisted, TC>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
     if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.h * p.w, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
@@ -381,7 +384,7 @@ SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     int k_begin, k_end;
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[8][8] = {};
-    __shared__ SiTiles128 tiles;
+    __shared__ SiTiles128<TC> tiles;
     si_gemm_tile128<ConvBwdWeightHoisted<int>, TC>(tiles, ConvBwdWeightHoisted<int>::make(p), M, N,
                                                    k_begin, k_end, m0, n0, acc);
     if constexpr (TC) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
