@@ -148,8 +148,11 @@ SI_DEV void conv_store_dw(const ConvParams& p, const float (&acc)[R][R], int M, 
 // and the 128×128 cores use the same ones. Everything that depends on the
 // output row m or column n alone (an image's base pointer, oy·s − p, ...)
 // is worked out once per thread by row()/col(); in the K loop a_at/b_at
-// only split k, with SiDivisor. Notation as in the header: n = (img, oy, ox)
-// etc.
+// only split k, with SiDivisor. Offsets inside one image, and inside w,
+// are 32-bit ints: the host refuses an image or a weight of 2^31 elements
+// or more (src/ops/conv/cuda.rs), so 64-bit arithmetic (and its sign
+// extensions) is left to the image and row base pointers. Notation as in
+// the header: n = (img, oy, ox) etc.
 
 // Forward: A(co, k) = w[co, k]; B(k = (ci,ky,kx), n = (img,oy,ox)) = x[img, ci, iy, ix].
 struct ConvFwdHoisted {
@@ -179,7 +182,7 @@ struct ConvFwdHoisted {
         const int iy = c.iy0 + ky * p.dil_h, ix = c.ix0 + kx * p.dil_w;
         // One unsigned compare per axis: a negative index wraps to a huge one.
         if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
-        return c.x[(i64)ci * hw + iy * p.w + ix];
+        return c.x[ci * hw + iy * p.w + ix];
     }
 };
 
@@ -190,12 +193,12 @@ struct ConvBwdDataHoisted {
     static constexpr bool B_N_FAST = true;  // dx pixels contiguous in ix
     ConvParams p;
     int khw, hw, ohw;
-    i64 cin_khw;     // distance between w[co, ci] and w[co + 1, ci]
+    int cin_khw;     // distance between w[co, ci] and w[co + 1, ci]
     bool strided;    // a stride above 1: only every s-th tap meets an output
     SiDivisor by_khw, by_kw, by_sh, by_sw;
     static SI_DEV ConvBwdDataHoisted make(const ConvParams& p) {
         const int khw = p.kh * p.kw;
-        return ConvBwdDataHoisted{p, khw, p.h * p.w, p.oh * p.ow, (i64)p.cin * khw,
+        return ConvBwdDataHoisted{p, khw, p.h * p.w, p.oh * p.ow, p.cin * khw,
                                   p.stride_h != 1 || p.stride_w != 1,
                                   SiDivisor::make(khw), SiDivisor::make(p.kw),
                                   SiDivisor::make(p.stride_h), SiDivisor::make(p.stride_w)};
@@ -206,7 +209,7 @@ struct ConvBwdDataHoisted {
     SI_DEV Row row(int ci) const { return Row{p.weight + (i64)ci * khw}; }
     SI_DEV float a_at(int k, const Row& r) const {
         const int co = by_khw.div(k), rr = k - co * khw;
-        return r.w[(i64)co * cin_khw + rr];
+        return r.w[co * cin_khw + rr];
     }
     SI_DEV Col col(int n) const {
         const int img = n / hw, pix = n - img * hw;
@@ -226,13 +229,12 @@ struct ConvBwdDataHoisted {
             ox = qx;
         }
         if ((unsigned)oy >= (unsigned)p.oh || (unsigned)ox >= (unsigned)p.ow) return 0.0f;
-        return c.dy[(i64)co * ohw + oy * p.ow + ox];
+        return c.dy[co * ohw + oy * p.ow + ox];
     }
 };
 
 // Weight gradient: A(co, k = (img,oy,ox)) = dy[img, co, oy, ox];
 // B(k, n = (ci,ky,kx)) = x[img, ci, iy, ix].
-template <class Off>
 struct ConvBwdWeightHoisted {
     static constexpr bool A_K_FAST = true;   // dy rows contiguous in ox
     static constexpr bool B_N_FAST = false;  // x rows contiguous in ox, which is k here
@@ -247,11 +249,7 @@ struct ConvBwdWeightHoisted {
     }
     struct Row { const float* dy; };  // &dy[0, co, 0, 0]
     // Offset of x[0, ci, 0, 0], and ky·dh − ph, kx·dw − pw for tap (ci, ky, kx).
-    // Off = int (the 128 core) saves the registers that keep that kernel
-    // from spilling; the host runs it only when one image of x (Cin·H·W)
-    // has fewer than 2^31 elements. The 64 core, which takes every other
-    // size, uses i64.
-    struct Col { Off x_off; int iy_off, ix_off; };
+    struct Col { int x_off, iy_off, ix_off; };
     SI_DEV Row row(int co) const { return Row{p.dy + (i64)co * ohw}; }
     SI_DEV float a_at(int k, const Row& r) const {
         const int img = by_ohw.div(k), pix = k - img * ohw;
@@ -261,7 +259,7 @@ struct ConvBwdWeightHoisted {
         const int khw = p.kh * p.kw;
         const int ci = n / khw, r = n - ci * khw;
         const int ky = r / p.kw, kx = r - ky * p.kw;
-        return Col{(Off)ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
+        return Col{ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
     }
     SI_DEV float b_at(int k, const Col& c) const {
         // The same k split as a_at's: the compiler computes it once per step.
@@ -269,17 +267,17 @@ struct ConvBwdWeightHoisted {
         const int oy = by_ow.div(pix), ox = pix - oy * p.ow;
         const int iy = oy * p.stride_h + c.iy_off, ix = ox * p.stride_w + c.ix_off;
         if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
-        return p.x[(i64)img * cin_hw + c.x_off + iy * p.w + ix];
+        return p.x[(i64)img * cin_hw + (c.x_off + iy * p.w + ix)];
     }
 };
 
 // ---- the 64×64 kernels ---------------------------------------------------
 //
-// Launch bounds: the most blocks per SM that ptxas can give without
-// spilling (ptxas -v, sm_90): conv2d_fwd 4 (64 registers); the input
-// gradient and the transposed conv 3 (80; held to 64 they spill 16 bytes);
-// the weight gradient 3 (80; left to itself ptxas takes 95, two blocks,
-// and held to 64 it spills). tests/nvrtc_compile.rs fails on a spill.
+// Launch bounds (256, 4): at most 64 registers, four blocks per SM, as the
+// per-element loaders these kernels had before got without a bound. Left
+// to itself ptxas gives the hoisted loaders up to 95 registers (two or
+// three blocks); held to 64 they fit without spilling (ptxas -v, sm_80 and
+// sm_90), and tests/nvrtc_compile.rs fails if that changes.
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 4) conv2d_fwd(ConvParams p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
@@ -300,16 +298,16 @@ SI_DEV void conv_bwd_data_run(const ConvParams& p) {
 }
 
 // dx = the transposed convolution of dy with w (bias must be null here).
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_data(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 4) conv2d_bwd_data(ConvParams p) {
     conv_bwd_data_run(p);
 }
 
 // The same computation used as a layer: see the mapping in the header.
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv_transpose2d_fwd(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 4) conv_transpose2d_fwd(ConvParams p) {
     conv_bwd_data_run(p);
 }
 
-extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_weight(ConvParams p) {
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 4) conv2d_bwd_weight(ConvParams p) {
     const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
     const int m0 = blockIdx.y * SI_TM, n0 = blockIdx.x * SI_TN;
     const int splits = p.split_k > 1 ? p.split_k : 1;
@@ -317,7 +315,7 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 3) conv2d_bwd_weig
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[4][4] = {};
     __shared__ SiTiles tiles;
-    si_gemm_tile(tiles, ConvBwdWeightHoisted<i64>::make(p), M, N, k_begin, k_end, m0, n0, acc);
+    si_gemm_tile(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin, k_end, m0, n0, acc);
     conv_store_dw(p, acc, M, N, splits, m0, n0);
 }
 
@@ -385,8 +383,8 @@ SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[8][8] = {};
     __shared__ SiTiles128<TC> tiles;
-    si_gemm_tile128<ConvBwdWeightHoisted<int>, TC>(tiles, ConvBwdWeightHoisted<int>::make(p), M, N,
-                                                   k_begin, k_end, m0, n0, acc);
+    si_gemm_tile128<ConvBwdWeightHoisted, TC>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
+                                              k_end, m0, n0, acc);
     if constexpr (TC) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
     else conv_store_dw(p, acc, M, N, splits, m0, n0);
 }

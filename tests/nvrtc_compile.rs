@@ -73,11 +73,12 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     assert_eq!(entries, 2 * KERNEL_PARAMS.len());
 }
 
-/// Kernels allowed to spill registers, with the most spill-store bytes
-/// seen: ptxas puts 20–24 bytes of conv2d_bwd_weight_tc's loop state in
-/// local memory (128 registers under __launch_bounds__(256, 2)). Any other
+/// Kernels allowed to spill registers, with a bound on the spill-store
+/// bytes: ptxas puts 4 bytes of conv2d_bwd_weight_tc's state in local
+/// memory on sm_90 (none on sm_80; 20–24 bytes before its loader's offsets
+/// went 32-bit), under __launch_bounds__(256, 2)'s 128 registers. Any other
 /// spill, or a larger one, is a change to look at before it lands.
-const KNOWN_SPILLS: [(&str, u32); 1] = [("conv2d_bwd_weight_tc", 24)];
+const KNOWN_SPILLS: [(&str, u32); 1] = [("conv2d_bwd_weight_tc", 8)];
 
 #[test]
 fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90_without_spills() {

@@ -33,6 +33,14 @@ use crate::tensor::Tensor;
 const TARGET_BLOCKS: usize = 4 * 132;
 
 fn params(g: &ConvGeom) -> Result<ConvParams> {
+    // The kernels address inside one image, and inside w, with 32-bit ints
+    // (kernels/conv.cu, "the operands"): refuse what would overflow them.
+    i32_of(g.cin * g.in_plane(), "one input image (Cin·H·W elements)")?;
+    i32_of(
+        g.cout * g.out_plane(),
+        "one output image (Cout·OH·OW elements)",
+    )?;
+    i32_of(g.cout * g.k(), "the weight (Cout·Cin·kh·kw elements)")?;
     Ok(ConvParams {
         batch: i32_of(g.n, "batch")?,
         cin: i32_of(g.cin, "input channels")?,
@@ -153,8 +161,7 @@ pub(crate) fn weight_grad(
     let big_k = gemm_n(g.n, g.out_plane())?;
     i32_of(n, "Cin·kh·kw")?;
     let dw = out(ordinal, m * n)?;
-    let x_image = g.cin * g.in_plane();
-    let (tile, split) = weight_grad_plan(m, n, big_k, x_image, conv_tile_override()?);
+    let (tile, split) = weight_grad_plan(m, n, big_k, conv_tile_override()?);
     if tile == ConvTile::Tc {
         check_tensor_cores(ordinal)?;
     }
@@ -182,28 +189,16 @@ pub(crate) fn weight_grad(
     Ok(dw)
 }
 
-/// Tile and split-K of the weight gradient (GEMM `m`×`n`, long axis `k`;
-/// `x_image` = Cin·H·W elements of one input image).
+/// Tile and split-K of the weight gradient (GEMM `m`×`n`, long axis `k`).
 ///
 /// The split is chosen for each tile size: for 128×128 tiles it aims at
 /// [`MIN_T128_BLOCKS`] blocks (two per SM; fewer, larger chunks and a
 /// smaller workspace), and [`crate::cuda::launch::conv_tile_for`] then
 /// decides with those blocks; the 64×64 kernel keeps its own split, aiming
-/// at `TARGET_BLOCKS`. `conv2d_bwd_weight_t128` addresses one image of x
-/// with an `int`, so an image of 2^31 elements or more stays on the 64
-/// kernel even when forced.
-fn weight_grad_plan(
-    m: usize,
-    n: usize,
-    k: usize,
-    x_image: usize,
-    forced: Option<ConvTile>,
-) -> (ConvTile, usize) {
+/// at `TARGET_BLOCKS`.
+fn weight_grad_plan(m: usize, n: usize, k: usize, forced: Option<ConvTile>) -> (ConvTile, usize) {
     let split_big = split_k_for_tile(m, n, k, MIN_T128_BLOCKS, TILE_BIG);
-    let tile = match crate::cuda::launch::conv_tile_for(m, n, split_big, forced) {
-        t @ (ConvTile::T128 | ConvTile::Tc) if i32::try_from(x_image).is_ok() => t,
-        _ => ConvTile::T64,
-    };
+    let tile = crate::cuda::launch::conv_tile_for(m, n, split_big, forced);
     match tile {
         ConvTile::T128 | ConvTile::Tc => (tile, split_big),
         ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
@@ -214,37 +209,88 @@ fn weight_grad_plan(
 mod tests {
     use super::*;
 
+    /// The kernels' 32-bit offsets inside an image and inside w: a geometry
+    /// that would overflow them is refused, naming what is too large.
+    #[test]
+    fn images_too_large_for_32_bit_offsets_are_refused() {
+        let g = ConvGeom {
+            n: 2,
+            cin: 3,
+            h: 32,
+            w: 32,
+            cout: 8,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: 1,
+            pw: 1,
+            oh: 32,
+            ow: 32,
+        };
+        assert!(params(&g).is_ok());
+        let big_in = ConvGeom {
+            cin: 4,
+            h: 1 << 15,
+            w: 1 << 14,
+            oh: 8,
+            ow: 8,
+            ..g
+        };
+        let e = params(&big_in).unwrap_err().to_string();
+        assert!(
+            e.contains("one input image") && e.contains("2147483648"),
+            "{e}"
+        );
+        let big_out = ConvGeom {
+            cout: 1 << 12,
+            oh: 1 << 10,
+            ow: 1 << 9,
+            ..g
+        };
+        let e = params(&big_out).unwrap_err().to_string();
+        assert!(e.contains("one output image"), "{e}");
+        let big_w = ConvGeom {
+            cin: 1 << 14,
+            cout: 1 << 14,
+            kh: 3,
+            kw: 3,
+            h: 4,
+            w: 4,
+            oh: 1,
+            ow: 1,
+            ..g
+        };
+        let e = params(&big_w).unwrap_err().to_string();
+        assert!(e.contains("the weight"), "{e}");
+    }
+
     #[test]
     fn weight_grad_plan_per_tile() {
         // CIFAR conv22 weight gradient (128 → 128, 3×3) at batch 256 on
         // 16×16: 9 big tiles, split to reach 2·132 blocks.
         let (m, n, k) = (128, 128 * 9, 256 * 256);
-        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, None);
+        let (t, s) = weight_grad_plan(m, n, k, None);
         assert_eq!((t, s), (ConvTile::T128, MIN_T128_BLOCKS.div_ceil(9)));
         // Batch 4: K too short to split far enough, the 64 kernel with its split.
-        let (t, s) = weight_grad_plan(m, n, 4 * 256, 128 * 256, None);
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, None);
         assert_eq!(
             (t, s),
             (ConvTile::T64, split_k_for(m, n, 4 * 256, TARGET_BLOCKS))
         );
         // Forced either way; the split follows the tile.
-        let (t, s) = weight_grad_plan(m, n, 4 * 256, 128 * 256, Some(ConvTile::T128));
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::T128));
         assert_eq!(t, ConvTile::T128);
         assert_eq!(
             s,
             split_k_for_tile(m, n, 4 * 256, MIN_T128_BLOCKS, TILE_BIG)
         );
-        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, Some(ConvTile::T64));
+        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::T64));
         assert_eq!((t, s), (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)));
-        // An input image too large for the t128 kernel's int offsets.
-        let (t, _) = weight_grad_plan(m, n, k, 1 << 31, Some(ConvTile::T128));
-        assert_eq!(t, ConvTile::T64);
         // Tensor cores where the rule picks 128, with the 128 split.
-        let (t, s) = weight_grad_plan(m, n, k, 128 * 256, Some(ConvTile::Tc));
+        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::Tc));
         assert_eq!((t, s), (ConvTile::Tc, MIN_T128_BLOCKS.div_ceil(9)));
-        let (t, _) = weight_grad_plan(m, n, 4 * 256, 128 * 256, Some(ConvTile::Tc));
-        assert_eq!(t, ConvTile::T64);
-        let (t, _) = weight_grad_plan(m, n, k, 1 << 31, Some(ConvTile::Tc));
+        let (t, _) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::Tc));
         assert_eq!(t, ConvTile::T64);
     }
 }
