@@ -361,12 +361,20 @@ SI_DEV void si_tile128_mac(const SiTiles128<false>& t, int tx, int ty, float acc
 // ---------------------------------------------------------------------------
 
 // x rounded to TF32 (nearest, ties away from zero), kept in an FP32 register
-// with the 13 dropped mantissa bits zero. Inf and NaN pass unchanged.
+// with the 13 dropped mantissa bits zero. Finite values and Inf round the
+// same on both paths below; a NaN stays a NaN on the CPU emulation's, and
+// on the GPU's too unless its payload lies only in the 13 dropped bits
+// (then it becomes Inf, and the lo part of the 3xTF32 split, NaN − Inf, is
+// NaN, so the product is still NaN).
 //
-// On the GPU that is cvt.rna.tf32.f32, one instruction where the bit
-// arithmetic below takes five (and this runs 48 times per thread and K
-// step); the mask clears the low bits, which PTX does not promise to zero
-// in a .tf32 result. The bit arithmetic is the same rounding written out:
+// On the GPU this is cvt.rna.tf32.f32. ptxas expands it (sm_80, sm_90) to
+// about the bit arithmetic below, a compare against infinity, an add and a
+// mask, but schedules it better: the conv2d_fwd_tc K loop is 480
+// instructions with it, 549 with the bit arithmetic (benches/gpu/
+// sass_loop.py). PTX calls the layout of a .tf32 value in its 32-bit
+// register implementation-defined; reading it as an FP32 with the low 13
+// bits masked is what the hardware's expansion shows, and what CUTLASS and
+// Triton rely on too. The bit arithmetic is the same rounding written out:
 // adding half a unit of the last kept bit (0x1000) and truncating rounds
 // to nearest with ties away from zero, in sign-magnitude. The CPU
 // emulation runs it, and the tests check it.

@@ -85,6 +85,25 @@ pub(crate) fn i64_of(n: usize) -> Result<i64> {
     i64::try_from(n).map_err(|_| Error::invalid("cuda", format!("{n} elements exceed i64")))
 }
 
+/// The largest side (M, N or K) a GEMM kernel takes (`si_gemm_tile`,
+/// `si_gemm_tile128`): their tile and K-step indices (up to a side + 127,
+/// + 16) are 32-bit ints.
+pub(crate) const GEMM_SIDE_MAX: usize = i32::MAX as usize - 256;
+
+/// `v` as a GEMM side, or an error naming it if it exceeds [`GEMM_SIDE_MAX`].
+pub(crate) fn gemm_side(v: usize, what: &str) -> Result<i32> {
+    if v > GEMM_SIDE_MAX {
+        return Err(Error::invalid(
+            "cuda",
+            format!(
+                "{what} = {v} is more than the {GEMM_SIDE_MAX} a side of the GPU GEMM \
+                 kernels can be (32-bit tile indices)"
+            ),
+        ));
+    }
+    i32_of(v, what)
+}
+
 /// A size as the kernels' `int`.
 pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| {

@@ -18,7 +18,7 @@
 //! the conv2d whose input-gradient it is, as in `mod.rs`).
 
 use super::cpu::ConvGeom;
-use crate::cuda::exec::{i32_of, out, ptr, run};
+use crate::cuda::exec::{gemm_side, i32_of, out, ptr, run};
 use crate::cuda::launch::{
     conv_tile, conv_tile_override, split_k_for, split_k_for_tile, ConvTile, Launch,
     MIN_T128_BLOCKS, TILE_BIG,
@@ -41,6 +41,18 @@ fn params(g: &ConvGeom) -> Result<ConvParams> {
         "one output image (Cout·OH·OW elements)",
     )?;
     i32_of(g.cout * g.k(), "the weight (Cout·Cin·kh·kw elements)")?;
+    // Every side of the three GEMMs, with room for the tile and K-step
+    // arithmetic past it (m0 + 127, k0 + 16) to stay a positive int.
+    for (v, what) in [
+        (g.cin, "input channels"),
+        (g.cout, "output channels"),
+        (g.k(), "Cin·kh·kw"),
+        (g.cout * g.kh * g.kw, "Cout·kh·kw"),
+        (g.n * g.in_plane(), "batch × input pixels"),
+        (g.n * g.out_plane(), "batch × output pixels"),
+    ] {
+        gemm_side(v, what)?;
+    }
     Ok(ConvParams {
         batch: i32_of(g.n, "batch")?,
         cin: i32_of(g.cin, "input channels")?,
@@ -90,7 +102,7 @@ fn check_tensor_cores(ordinal: usize) -> Result<()> {
 /// The GEMM's N (a pixel count over the batch) must fit the kernels' int.
 fn gemm_n(batch: usize, plane: usize) -> Result<usize> {
     let n = batch * plane;
-    i32_of(n, "batch × pixels")?;
+    gemm_side(n, "batch × pixels")?;
     Ok(n)
 }
 
@@ -263,6 +275,20 @@ mod tests {
         };
         let e = params(&big_w).unwrap_err().to_string();
         assert!(e.contains("the weight"), "{e}");
+        // A GEMM side within one tile of 2^31: m0 + 127 would wrap.
+        let long_batch = ConvGeom {
+            n: (i32::MAX as usize - 100) / 4,
+            cin: 1,
+            h: 2,
+            w: 2,
+            cout: 1,
+            oh: 2,
+            ow: 2,
+            ..g
+        };
+        let e = params(&long_batch).unwrap_err().to_string();
+        assert!(e.contains("batch × input pixels"), "{e}");
+        assert!(gemm_n(long_batch.n, 4).is_err());
     }
 
     #[test]

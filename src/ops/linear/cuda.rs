@@ -4,7 +4,7 @@
 //! with its indices swapped. Grid: 64×64 output tiles, (ceil(N/64),
 //! ceil(M/64)), 256 threads.
 
-use crate::cuda::exec::{i32_of, out, ptr, run};
+use crate::cuda::exec::{gemm_side, i32_of, out, ptr, run};
 use crate::cuda::launch::Launch;
 use crate::cuda::params::{DevPtr, MatmulParams};
 use crate::cuda::CudaBuffer;
@@ -32,9 +32,9 @@ pub(crate) fn gemm(
         a: a.ptr,
         b: b.ptr,
         c,
-        m: i32_of(m, "GEMM rows")?,
-        n: i32_of(n, "GEMM columns")?,
-        k: i32_of(k, "GEMM depth")?,
+        m: gemm_side(m, "GEMM rows")?,
+        n: gemm_side(n, "GEMM columns")?,
+        k: gemm_side(k, "GEMM depth")?,
         lda: i32_of(a.ld.max(1), "lda")?,
         ldb: i32_of(b.ld.max(1), "ldb")?,
         ldc: i32_of(n.max(1), "ldc")?,
