@@ -238,8 +238,12 @@ SI_DEV void si_split_k(int K, int splits, int z, int* k_begin, int* k_end) {
 struct SiDivisor {
     unsigned mul, shift;
     static SI_DEV SiDivisor make(int d) {
+        // The 64-bit division below is a software routine on the GPU (tens
+        // of instructions, once per thread and divisor); d = 1 (a stride
+        // of 1, a 1-wide kernel) needs none.
+        if (d <= 1) return SiDivisor{1u << 31, 31u};
         int l = 0;
-        while ((1u << l) < (unsigned)d) ++l;  // ceil(log2 d), 0..31
+        while ((1u << l) < (unsigned)d) ++l;  // ceil(log2 d), 1..31
         const int p = 31 + l;
         return SiDivisor{(unsigned)(((1ull << p) + (unsigned)d - 1) / (unsigned)d), (unsigned)p};
     }
@@ -369,7 +373,7 @@ SI_DEV void si_tile128_mac(const SiTiles128<false>& t, int tx, int ty, float acc
 //
 // On the GPU this is cvt.rna.tf32.f32. ptxas expands it (sm_80, sm_90) to
 // about the bit arithmetic below, a compare against infinity, an add and a
-// mask, but schedules it better: the conv2d_fwd_tc K loop is 480
+// mask, but schedules it better: the conv2d_fwd_tc K loop was 480
 // instructions with it, 549 with the bit arithmetic (benches/gpu/
 // sass_loop.py). PTX calls the layout of a .tf32 value in its 32-bit
 // register implementation-defined; reading it as an FP32 with the low 13
