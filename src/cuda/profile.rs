@@ -235,8 +235,8 @@ pub(crate) fn timed(
     let start = record()?;
     launch()?;
     let end = record()?;
-    let mut guard = recorder();
-    if let Some(r) = guard.as_mut() {
+    let mut rec = recorder();
+    if let Some(r) = rec.as_mut() {
         r.pending.push(Pending {
             kernel: kernel.to_string(),
             grid,
