@@ -5,7 +5,7 @@
 # time limit and the steps are chosen on the command line, most important
 # first:
 #
-#   bash benches/gpu/run.sh                 # tests tc bench compare demo
+#   bash benches/gpu/run.sh                 # tests tc bench compare profile
 #   bash benches/gpu/run.sh tests bench t64 fp32 reproduce
 #
 # Steps: tests (the three CUDA test binaries, side by side), profile (the
@@ -61,7 +61,7 @@ tests() {
   rm -f "$O"/t_cuda_device.txt "$O"/t_ops_device.txt "$O"/t_cli_device.txt
 }
 
-for s in "${@:-tests tc bench compare demo}"; do for s in $s; do case $s in
+for s in "${@:-tests tc bench compare profile}"; do for s in $s; do case $s in
   tests) echo; echo "===== tests $(el)"; tests; echo "===== tests done $(el)" ;;
   bench) step bench 140 sh -c "$S --device cuda bench --json > $O/bench_cuda.json"; head -c 3000 "$O/bench_cuda.json"; echo ;;
   tc) step ops_tc 120 sh -c "SPLITINV_CONV_TILE=tc $G/ops_device cuda > $O/t_ops_tc.txt 2>&1"; grep -E "^test result|FAILED|panicked" "$O/t_ops_tc.txt" | head -20
