@@ -9,7 +9,8 @@
 #   bash benches/gpu/run.sh tests bench t64 fp32 reproduce
 #
 # Steps: tests (the three CUDA test binaries, side by side), profile (the
-# CIFAR workloads' GPU time per kernel, bench --profile, FFMA and tc), tc (the op
+# CIFAR workloads' GPU time per kernel, bench --profile, FFMA and tc), sweep
+# (tc with the 128×128 threshold at 264, 132 and 66 blocks), tc (the op
 # tests and the benchmark with the tensor-core conv kernels,
 # SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
 # (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
@@ -69,6 +70,8 @@ for s in "${@:-tests tc bench compare profile}"; do for s in $s; do case $s in
   profile) # Where each CIFAR workload's GPU time goes, per kernel and grid (into the log).
       step profile 150 $S --device cuda bench --quick --filter cifar --profile 10
       step profile_tc 150 env SPLITINV_CONV_TILE=tc $S --device cuda bench --quick --filter cifar --profile 10 ;;
+  sweep) # The size rule's threshold with the tensor-core kernels: 264 (default), 132, 66 blocks.
+      for b in 264 132 66; do step sweep_tc_$b 90 env SPLITINV_CONV_TILE=tc SPLITINV_CONV_BIG_MIN_BLOCKS=$b $S --device cuda bench --quick --filter cifar; done ;;
   t64) step bench_t64 140 sh -c "SPLITINV_CONV_TILE=64 $S --device cuda bench --json > $O/bench_cuda_t64.json" ;;
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;

@@ -173,8 +173,20 @@ impl ConvTile {
 /// Measured on a GPU, not here: `SPLITINV_CONV_TILE` lets a benchmark
 /// compare both.
 pub fn conv_tile_for(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) -> ConvTile {
+    conv_tile_for_min(m, n, split_k, forced, MIN_T128_BLOCKS)
+}
+
+/// [`conv_tile_for`] with another threshold than [`MIN_T128_BLOCKS`]: the
+/// 128×128 core when its grid has at least `min_blocks` blocks.
+pub fn conv_tile_for_min(
+    m: usize,
+    n: usize,
+    split_k: usize,
+    forced: Option<ConvTile>,
+    min_blocks: usize,
+) -> ConvTile {
     let blocks = m.div_ceil(TILE_BIG).max(1) * n.div_ceil(TILE_BIG).max(1) * split_k.max(1);
-    let by_size = if blocks >= MIN_T128_BLOCKS {
+    let by_size = if blocks >= min_blocks {
         ConvTile::T128
     } else {
         ConvTile::T64
@@ -194,7 +206,42 @@ pub fn conv_tile_for(m: usize, n: usize, split_k: usize, forced: Option<ConvTile
 /// size. The variable is read once per process; any other value is an
 /// error on every conv launch on a GPU (not a panic).
 pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
-    Ok(conv_tile_for(m, n, split_k, conv_tile_override()?))
+    Ok(conv_tile_for_min(
+        m,
+        n,
+        split_k,
+        conv_tile_override()?,
+        big_tile_min_blocks()?,
+    ))
+}
+
+/// The fewest blocks for which the size rule picks the 128×128 core:
+/// [`MIN_T128_BLOCKS`], or `SPLITINV_CONV_BIG_MIN_BLOCKS` (a positive
+/// integer, read once), so that one GPU run can try other thresholds (the
+/// tensor-core kernels may pay off on smaller grids than the FFMA ones). A
+/// value that is not a positive integer is an error on every conv launch on
+/// a GPU.
+pub fn big_tile_min_blocks() -> Result<usize> {
+    static MIN: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
+    MIN.get_or_init(|| {
+        let v = std::env::var_os("SPLITINV_CONV_BIG_MIN_BLOCKS");
+        parse_min_blocks(v.as_ref().map(|v| v.to_string_lossy()).as_deref())
+    })
+    .clone()
+    .map_err(|msg| Error::invalid("SPLITINV_CONV_BIG_MIN_BLOCKS", msg))
+}
+
+/// `None`/empty → [`MIN_T128_BLOCKS`]; a positive integer → itself; else a message.
+fn parse_min_blocks(v: Option<&str>) -> std::result::Result<usize, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(MIN_T128_BLOCKS),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "'{s}' is not a block count: use a positive integer (the default is {MIN_T128_BLOCKS}, two blocks per SM of an H100 / H200)"
+            )),
+        },
+    }
 }
 
 /// The tile `SPLITINV_CONV_TILE` forces, if any (read once).
@@ -379,6 +426,24 @@ mod tests {
 
     #[test]
     fn conv_tile_override_parses() {
+        assert_eq!(parse_min_blocks(None), Ok(MIN_T128_BLOCKS));
+        assert_eq!(parse_min_blocks(Some(" 132 ")), Ok(132));
+        for bad in ["0", "-4", "lots", "1.5"] {
+            let e = parse_min_blocks(Some(bad)).unwrap_err();
+            assert!(e.contains(bad) && e.contains("positive integer"), "{e}");
+        }
+        assert_eq!(
+            conv_tile_for_min(128, 128 * 132, 1, None, 132),
+            ConvTile::T128
+        );
+        assert_eq!(
+            conv_tile_for_min(128, 128 * 131, 1, None, 132),
+            ConvTile::T64
+        );
+        assert_eq!(
+            conv_tile_for_min(128, 128 * 132, 1, Some(ConvTile::Tc), 132),
+            ConvTile::Tc
+        );
         assert_eq!(parse_conv_tile(None), Ok(None));
         assert_eq!(parse_conv_tile(Some("")), Ok(None));
         assert_eq!(parse_conv_tile(Some("64")), Ok(Some(ConvTile::T64)));

@@ -20,8 +20,8 @@
 use super::cpu::ConvGeom;
 use crate::cuda::exec::{gemm_side, i32_of, out, ptr, run};
 use crate::cuda::launch::{
-    conv_tile, conv_tile_override, split_k_for, split_k_for_tile, ConvTile, Launch,
-    MIN_T128_BLOCKS, TILE_BIG,
+    big_tile_min_blocks, conv_tile, conv_tile_override, split_k_for, split_k_for_tile, ConvTile,
+    Launch, TILE_BIG,
 };
 use crate::cuda::params::{ConvParams, DevPtr};
 use crate::cuda::CudaBuffer;
@@ -173,7 +173,8 @@ pub(crate) fn weight_grad(
     let big_k = gemm_n(g.n, g.out_plane())?;
     i32_of(n, "Cin·kh·kw")?;
     let dw = out(ordinal, m * n)?;
-    let (tile, split) = weight_grad_plan(m, n, big_k, conv_tile_override()?);
+    let (tile, split) =
+        weight_grad_plan(m, n, big_k, conv_tile_override()?, big_tile_min_blocks()?);
     if tile == ConvTile::Tc {
         check_tensor_cores(ordinal)?;
     }
@@ -204,13 +205,20 @@ pub(crate) fn weight_grad(
 /// Tile and split-K of the weight gradient (GEMM `m`×`n`, long axis `k`).
 ///
 /// The split is chosen for each tile size: for 128×128 tiles it aims at
-/// [`MIN_T128_BLOCKS`] blocks (two per SM; fewer, larger chunks and a
+/// `min_blocks` blocks ([`crate::cuda::launch::MIN_T128_BLOCKS`], two per SM, unless
+/// `SPLITINV_CONV_BIG_MIN_BLOCKS` says otherwise; fewer, larger chunks and a
 /// smaller workspace), and [`crate::cuda::launch::conv_tile_for`] then
 /// decides with those blocks; the 64×64 kernel keeps its own split, aiming
 /// at `TARGET_BLOCKS`.
-fn weight_grad_plan(m: usize, n: usize, k: usize, forced: Option<ConvTile>) -> (ConvTile, usize) {
-    let split_big = split_k_for_tile(m, n, k, MIN_T128_BLOCKS, TILE_BIG);
-    let tile = crate::cuda::launch::conv_tile_for(m, n, split_big, forced);
+fn weight_grad_plan(
+    m: usize,
+    n: usize,
+    k: usize,
+    forced: Option<ConvTile>,
+    min_blocks: usize,
+) -> (ConvTile, usize) {
+    let split_big = split_k_for_tile(m, n, k, min_blocks, TILE_BIG);
+    let tile = crate::cuda::launch::conv_tile_for_min(m, n, split_big, forced, min_blocks);
     match tile {
         ConvTile::T128 | ConvTile::Tc => (tile, split_big),
         ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
@@ -220,6 +228,7 @@ fn weight_grad_plan(m: usize, n: usize, k: usize, forced: Option<ConvTile>) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::launch::MIN_T128_BLOCKS;
 
     /// The kernels' 32-bit offsets inside an image and inside w: a geometry
     /// that would overflow them is refused, naming what is too large.
@@ -296,27 +305,27 @@ mod tests {
         // CIFAR conv22 weight gradient (128 → 128, 3×3) at batch 256 on
         // 16×16: 9 big tiles, split to reach 2·132 blocks.
         let (m, n, k) = (128, 128 * 9, 256 * 256);
-        let (t, s) = weight_grad_plan(m, n, k, None);
+        let (t, s) = weight_grad_plan(m, n, k, None, MIN_T128_BLOCKS);
         assert_eq!((t, s), (ConvTile::T128, MIN_T128_BLOCKS.div_ceil(9)));
         // Batch 4: K too short to split far enough, the 64 kernel with its split.
-        let (t, s) = weight_grad_plan(m, n, 4 * 256, None);
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, None, MIN_T128_BLOCKS);
         assert_eq!(
             (t, s),
             (ConvTile::T64, split_k_for(m, n, 4 * 256, TARGET_BLOCKS))
         );
         // Forced either way; the split follows the tile.
-        let (t, s) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::T128));
+        let (t, s) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::T128), MIN_T128_BLOCKS);
         assert_eq!(t, ConvTile::T128);
         assert_eq!(
             s,
             split_k_for_tile(m, n, 4 * 256, MIN_T128_BLOCKS, TILE_BIG)
         );
-        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::T64));
+        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::T64), MIN_T128_BLOCKS);
         assert_eq!((t, s), (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)));
         // Tensor cores where the rule picks 128, with the 128 split.
-        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::Tc));
+        let (t, s) = weight_grad_plan(m, n, k, Some(ConvTile::Tc), MIN_T128_BLOCKS);
         assert_eq!((t, s), (ConvTile::Tc, MIN_T128_BLOCKS.div_ceil(9)));
-        let (t, _) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::Tc));
+        let (t, _) = weight_grad_plan(m, n, 4 * 256, Some(ConvTile::Tc), MIN_T128_BLOCKS);
         assert_eq!(t, ConvTile::T64);
     }
 }
