@@ -469,6 +469,10 @@ SI_DEV void si_gemm_tile128(SiTiles128<TC>& tiles, const L& ld, int M, int N, in
     const int tx = tid & 15, ty = tid >> 4;
 
     // The rows and columns this thread fetches, split once for the whole walk.
+    // (The same walk as si_gemm_tile's, written out in both: moved into one
+    // shared struct, it lost ptxas' sharing of the k split between a_at and
+    // b_at in the weight gradient, 158 → 259 loop instructions, counted with
+    // benches/gpu/sass_loop.py.)
     typename L::Row rows[Pos::RA];
     typename L::Col cols[Pos::RB];
     bool row_ok[Pos::RA], col_ok[Pos::RB];

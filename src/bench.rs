@@ -43,9 +43,6 @@ pub struct BenchResult {
     /// With a kernel profile: per kernel and grid, largest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<Vec<crate::cuda::profile::KernelRow>>,
-    /// With a kernel profile: the steps it recorded.
-    #[serde(skip)]
-    pub profile: Option<(crate::cuda::profile::KernelTimes, usize)>,
 }
 
 /// A workload: its name, model, batch size and (for attacks) split layer.
@@ -256,21 +253,20 @@ pub fn run(w: &Workload, quick: bool, profile_steps: Option<usize>) -> Result<Be
     };
     let (median, steps) = time_step(&mut step, warmup, min_steps, budget)?;
     let peak_gpu_bytes = gpu.as_ref().map(|g| g.memory_stats().peak_in_use);
-    let profile = match (profile_steps, &gpu) {
+    let (kernel_s_per_step, kernels) = match (profile_steps, &gpu) {
         (Some(n), Some(_)) => {
             crate::cuda::profile::start();
             let ran = (0..n).try_for_each(|_| step());
             let times = crate::cuda::profile::stop()?;
             ran?;
-            Some((times, n))
+            (
+                Some(times.total_ms() / 1e3 / n as f64),
+                Some(times.per_step(n)?),
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
     drop(step);
-    let (kernel_s_per_step, kernels) = match &profile {
-        Some((t, n)) => (Some(t.total_ms() / 1e3 / *n as f64), Some(t.per_step(*n)?)),
-        None => (None, None),
-    };
     Ok(BenchResult {
         workload: w.name.clone(),
         s_per_step: median,
@@ -280,7 +276,6 @@ pub fn run(w: &Workload, quick: bool, profile_steps: Option<usize>) -> Result<Be
         activation_bytes: activation_bytes(w)?,
         kernel_s_per_step,
         kernels,
-        profile,
     })
 }
 

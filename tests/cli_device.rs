@@ -90,15 +90,24 @@ fn bad_device_and_budget_values_are_rejected() {
     assert!(stderr.contains("more than 0 bytes"), "{stderr}");
 }
 
+/// Whether a GPU is there; without one, says "skipped" (or fails under
+/// SPLITINV_REQUIRE_CUDA=1, as on a GPU machine where CUDA must work).
+fn gpu_or_skip() -> bool {
+    if splitinv::cuda::info().available {
+        return true;
+    }
+    assert!(
+        std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
+        "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
+    );
+    println!("skipped: no CUDA device");
+    false
+}
+
 /// With a GPU: a small benchmark runs on it and reports the pool's peak.
 #[test]
 fn a_gpu_command_reports_its_peak_memory() {
-    if !splitinv::cuda::info().available {
-        assert!(
-            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
-        );
-        println!("skipped: no CUDA device");
+    if !gpu_or_skip() {
         return;
     }
     let (ok, stdout, stderr) = splitinv(&[
@@ -150,12 +159,7 @@ fn bench_profile_shows_where_the_gpu_time_goes() {
         stderr.contains("--profile") && stderr.contains("use --device cuda"),
         "{stderr}"
     );
-    if !splitinv::cuda::info().available {
-        assert!(
-            std::env::var("SPLITINV_REQUIRE_CUDA").as_deref() != Ok("1"),
-            "SPLITINV_REQUIRE_CUDA=1 but CUDA is unavailable"
-        );
-        println!("skipped: no CUDA device");
+    if !gpu_or_skip() {
         return;
     }
     let args = [

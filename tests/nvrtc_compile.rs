@@ -129,6 +129,10 @@ fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90_without_spills() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("compute_80"), "{e}");
+    let e = ptxas_resources("conv.cu", "compute_90")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("compute_90") && e.contains("sm_XY"), "{e}");
 }
 
 #[test]

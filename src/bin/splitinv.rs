@@ -567,14 +567,18 @@ fn run(cli: Cli) -> Result<()> {
                         r.peak_gpu_bytes.map_or("-".into(), fmt),
                         fmt(2 * r.activation_bytes)
                     );
-                    if let Some((times, steps)) = &r.profile {
+                    if let (Some(kernel_s), Some(rows)) = (r.kernel_s_per_step, &r.kernels) {
+                        let launches: f64 = rows.iter().map(|k| k.launches_per_step).sum();
                         println!(
-                            "  GPU kernel time {:.4} ms of the {:.4} ms step ({} launches per step, over {steps} steps):",
-                            times.total_ms() / *steps as f64,
+                            "  GPU kernel time {:.4} ms of the {:.4} ms step ({launches:.0} launches per step, over {} steps):",
+                            kernel_s * 1e3,
                             r.s_per_step * 1e3,
-                            times.launches() / steps
+                            profile.unwrap_or(0)
                         );
-                        println!("{}", times.table(*steps, 15)?.to_markdown());
+                        println!(
+                            "{}",
+                            splitinv::cuda::profile::rows_table(rows, 15).to_markdown()
+                        );
                     }
                 }
             }

@@ -263,17 +263,22 @@ pub fn compile_source(file: &str, full: &str, arch_number: &str) -> Result<Ptx> 
 /// CUBIN runs NVRTC's PTX assembler, so CI catches such mistakes without a
 /// GPU.
 pub fn compile_cubin_size(file: &str, arch: &str) -> Result<usize> {
-    let number = arch
-        .strip_prefix("sm_")
+    let number = real_arch_number("compile_cubin_size", arch)?;
+    let full = full_source(file)?;
+    compile_source_cubin_size(file, &full, number)
+}
+
+/// The number of a real architecture `sm_XY` (machine code needs one; a
+/// `compute_XY` is only a PTX target), or an error naming `what` asked.
+fn real_arch_number<'a>(what: &'static str, arch: &'a str) -> Result<&'a str> {
+    arch.strip_prefix("sm_")
         .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric()))
         .ok_or_else(|| {
             Error::invalid(
-                "compile_cubin_size",
+                what,
                 format!("architecture '{arch}' is not of the form sm_XY"),
             )
-        })?;
-    let full = full_source(file)?;
-    compile_source_cubin_size(file, &full, number)
+        })
 }
 
 /// [`compile_cubin_size`] of CUDA source text (`arch_number` is `"80"` for
@@ -311,9 +316,8 @@ pub struct KernelResources {
 /// kernel's speed without changing its results, so no test on results sees
 /// them; this lets CI watch them without a GPU.
 pub fn ptxas_resources(file: &str, arch: &str) -> Result<Vec<KernelResources>> {
-    let number = arch.strip_prefix("sm_").unwrap_or(arch);
+    let target = format!("sm_{}", real_arch_number("ptxas_resources", arch)?);
     let full = full_source(file)?;
-    let target = format!("sm_{number}");
     let ((), log) = nvrtc_compile_with(file, &full, &target, &["-Xptxas", "-v"], |_| Ok(()))?;
     let mut out = parse_ptxas_report(&log)
         .map_err(|msg| Error::Cuda(format!("{file}: unexpected ptxas report ({msg}):\n{log}")))?;

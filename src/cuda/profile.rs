@@ -86,11 +86,6 @@ impl KernelTimes {
         self.totals.values().map(|t| t.ms).sum()
     }
 
-    /// Launches recorded.
-    pub fn launches(&self) -> usize {
-        self.totals.values().map(|t| t.launches).sum()
-    }
-
     /// The totals divided over `steps` steps, largest first. `steps` of 0
     /// is an error, not a division by zero.
     pub fn per_step(&self, steps: usize) -> Result<Vec<KernelRow>> {
@@ -119,44 +114,49 @@ impl KernelTimes {
         Ok(rows)
     }
 
-    /// A readable table of [`KernelTimes::per_step`]: the `top` largest
-    /// rows, then one row for the rest.
+    /// A readable table of [`KernelTimes::per_step`] ([`rows_table`]).
     pub fn table(&self, steps: usize, top: usize) -> Result<crate::report::Table> {
-        let rows = self.per_step(steps)?;
-        let mut t = crate::report::Table::new(&[
-            "kernel",
-            "grid",
-            "launches/step",
-            "µs/launch",
-            "ms/step",
-            "share",
-        ]);
-        for r in rows.iter().take(top) {
-            t.push(vec![
-                r.kernel.clone(),
-                format!("{}×{}×{}", r.grid.0, r.grid.1, r.grid.2),
-                format!("{:.1}", r.launches_per_step),
-                format!("{:.1}", 1e3 * r.ms_per_step / r.launches_per_step.max(1e-9)),
-                format!("{:.4}", r.ms_per_step),
-                format!("{:.1}%", 100.0 * r.share),
-            ]);
-        }
-        if rows.len() > top {
-            let rest = &rows[top..];
-            t.push(vec![
-                format!("({} more)", rest.len()),
-                String::new(),
-                format!(
-                    "{:.1}",
-                    rest.iter().map(|r| r.launches_per_step).sum::<f64>()
-                ),
-                String::new(),
-                format!("{:.4}", rest.iter().map(|r| r.ms_per_step).sum::<f64>()),
-                format!("{:.1}%", 100.0 * rest.iter().map(|r| r.share).sum::<f64>()),
-            ]);
-        }
-        Ok(t)
+        Ok(rows_table(&self.per_step(steps)?, top))
     }
+}
+
+/// A readable table of per-step rows (largest first, as
+/// [`KernelTimes::per_step`] gives them): the `top` largest, then one row
+/// for the rest.
+pub fn rows_table(rows: &[KernelRow], top: usize) -> crate::report::Table {
+    let mut t = crate::report::Table::new(&[
+        "kernel",
+        "grid",
+        "launches/step",
+        "µs/launch",
+        "ms/step",
+        "share",
+    ]);
+    for r in rows.iter().take(top) {
+        t.push(vec![
+            r.kernel.clone(),
+            format!("{}×{}×{}", r.grid.0, r.grid.1, r.grid.2),
+            format!("{:.1}", r.launches_per_step),
+            format!("{:.1}", 1e3 * r.ms_per_step / r.launches_per_step.max(1e-9)),
+            format!("{:.4}", r.ms_per_step),
+            format!("{:.1}%", 100.0 * r.share),
+        ]);
+    }
+    if rows.len() > top {
+        let rest = &rows[top..];
+        t.push(vec![
+            format!("({} more)", rest.len()),
+            String::new(),
+            format!(
+                "{:.1}",
+                rest.iter().map(|r| r.launches_per_step).sum::<f64>()
+            ),
+            String::new(),
+            format!("{:.4}", rest.iter().map(|r| r.ms_per_step).sum::<f64>()),
+            format!("{:.1}%", 100.0 * rest.iter().map(|r| r.share).sum::<f64>()),
+        ]);
+    }
+    t
 }
 
 struct Pending {
@@ -263,9 +263,10 @@ mod tests {
         }
         t.add("conv2d_fwd", (2, 1, 1), 0.75);
         t.add("conv2d_fwd", (2, 1, 1), 0.75);
-        assert_eq!(t.launches(), 10);
         assert_eq!(t.total_ms(), 4.0);
         let rows = t.per_step(2).unwrap();
+        let launches: f64 = rows.iter().map(|r| r.launches_per_step).sum();
+        assert_eq!(launches, 5.0, "10 launches over 2 steps");
         assert_eq!(rows.len(), 3, "the same kernel on two grids is two rows");
         assert_eq!(
             (rows[0].kernel.as_str(), rows[0].grid),
