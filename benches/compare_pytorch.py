@@ -144,16 +144,26 @@ def main():
             cmd += ["--filter", args.filter]
         lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
     peaks = {}
+    maths = set()
     for line in lines:
         if line.strip().startswith("{"):
             r = json.loads(line)
             ours[r["workload"]] = r["s_per_step"]
             peaks[r["workload"]] = r.get("peak_gpu_bytes")
+            if r.get("conv_math"):
+                maths.add(r["conv_math"])
 
     gpu = args.device != "cpu"
     mib = lambda b: f"{b / 2**20:.1f}" if b is not None else "n/a"
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}"
           + (f", {torch.cuda.get_device_name()}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}" if gpu else ""))
+    if gpu and maths:
+        # A like-for-like comparison pairs splitinv --conv-math tf32 with
+        # PyTorch's default and --conv-math fp32 with --no-tf32; say so when
+        # the two sides differ.
+        theirs = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        print(f"splitinv conv math: {', '.join(sorted(maths))}; PyTorch convolutions: {theirs}"
+              + ("" if maths == {theirs} else " (NOT the same precision)"))
     if gpu:
         print("| workload | PyTorch ms/step | splitinv ms/step | speed-up | PyTorch peak MiB | splitinv peak MiB |")
         print("|---|---:|---:|---:|---:|---:|")

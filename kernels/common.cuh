@@ -308,9 +308,19 @@ struct SiTiles128P {
     float a[SI_BK][SI_BM + PAD];
     float b[SI_BK][SI_BN + PAD];
 };
-// The shared tiles of the FFMA (TC = false) or tensor-core (TC = true) core.
-template <bool TC>
-using SiTiles128 = SiTiles128P<TC ? SI_BPAD_TC : SI_BPAD>;
+
+// How the 128×128 core does its multiply-adds:
+//   Ffma   — FP32 FFMA on the CUDA cores (the *_t128 kernels);
+//   Tf32x3 — TF32 tensor cores, three products per operand pair, as
+//            accurate as FP32 (the *_tc kernels);
+//   Tf32   — TF32 tensor cores, one product of the operands rounded to
+//            TF32 (the *_tf32 kernels): about 3 significant decimal digits
+//            per product, PyTorch's default for convolutions
+//            (torch.backends.cudnn.allow_tf32), opt-in here.
+enum class SiMath { Ffma, Tf32x3, Tf32 };
+// The shared tiles of each core (the tensor-core ones read mma fragments).
+template <SiMath MATH>
+using SiTiles128 = SiTiles128P<MATH == SiMath::Ffma ? SI_BPAD : SI_BPAD_TC>;
 
 template <class L>
 struct SiTile128Pos {
@@ -327,7 +337,7 @@ struct SiTile128Pos {
 // One staged K step: acc[i][j] += Σ_kk As[kk][ty + 16i] · Bs[kk][tx + 16j],
 // for the first RI row groups (RI = 4 when the tile's rows 64.. are all past M).
 template <int RI>
-SI_DEV void si_tile128_mac(const SiTiles128<false>& t, int tx, int ty, float acc[8][8]) {
+SI_DEV void si_tile128_mac(const SiTiles128<SiMath::Ffma>& t, int tx, int ty, float acc[8][8]) {
 #pragma unroll
     for (int kk = 0; kk < SI_BK; ++kk) {
         float av[RI], bv[8];
@@ -419,15 +429,27 @@ SI_DEV void si_mma_tf32(float c[4], const float a[4], const float b[2]) {
 // mma tiles of 16 × 8. Its lanes keep
 //     acc[2·mi + h][2·ni + e] = C(64·wm + 16·mi + 8·h + g, 32·wn + 8·ni + 2·t + e),
 // the layout conv.cu's SiMmaLayout stores from.
-SI_DEV void si_tile128_mma(const SiTiles128<true>& s, int wm, int wn, int g, int t, float acc[8][8]) {
+//
+// Tf32x3 splits each operand it reads into hi + lo and runs three mma;
+// Tf32 reads operands that si_gemm_tile128 already rounded to TF32 when it
+// staged them (8 roundings per thread and K step instead of 24 here) and
+// runs one.
+template <SiMath MATH>
+SI_DEV void si_tile128_mma(const SiTiles128<MATH>& s, int wm, int wn, int g, int t, float acc[8][8]) {
+    static_assert(MATH != SiMath::Ffma, "si_tile128_mma is the tensor-core step");
+    constexpr bool split = MATH == SiMath::Tf32x3;
     float b_hi[4][2], b_lo[4][2];
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
             const float v = s.b[t + 4 * q][32 * wn + 8 * ni + g];
-            b_hi[ni][q] = si_tf32(v);
-            b_lo[ni][q] = si_tf32(v - b_hi[ni][q]);
+            if constexpr (split) {
+                b_hi[ni][q] = si_tf32(v);
+                b_lo[ni][q] = si_tf32(v - b_hi[ni][q]);
+            } else {
+                b_hi[ni][q] = v;
+            }
         }
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi) {
@@ -435,16 +457,22 @@ SI_DEV void si_tile128_mma(const SiTiles128<true>& s, int wm, int wn, int g, int
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const float v = s.a[t + 4 * (q >> 1)][64 * wm + 16 * mi + 8 * (q & 1) + g];
-            a_hi[q] = si_tf32(v);
-            a_lo[q] = si_tf32(v - a_hi[q]);
+            if constexpr (split) {
+                a_hi[q] = si_tf32(v);
+                a_lo[q] = si_tf32(v - a_hi[q]);
+            } else {
+                a_hi[q] = v;
+            }
         }
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
             float c[4] = {acc[2 * mi][2 * ni], acc[2 * mi][2 * ni + 1], acc[2 * mi + 1][2 * ni],
                           acc[2 * mi + 1][2 * ni + 1]};
-            // Small terms first, so they are not lost next to the big one.
-            si_mma_tf32(c, a_lo, b_hi[ni]);
-            si_mma_tf32(c, a_hi, b_lo[ni]);
+            if constexpr (split) {
+                // Small terms first, so they are not lost next to the big one.
+                si_mma_tf32(c, a_lo, b_hi[ni]);
+                si_mma_tf32(c, a_hi, b_lo[ni]);
+            }
             si_mma_tf32(c, a_hi, b_hi[ni]);
             acc[2 * mi][2 * ni] = c[0];
             acc[2 * mi][2 * ni + 1] = c[1];
@@ -455,11 +483,11 @@ SI_DEV void si_tile128_mma(const SiTiles128<true>& s, int wm, int wn, int g, int
 }
 
 // acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j)
-// (TC = false), or the same sums on tensor cores with the accumulator layout
-// of si_tile128_mma (TC = true). Requires m0 < M and n0 < N (the grid covers
-// the output exactly).
-template <class L, bool TC = false>
-SI_DEV void si_gemm_tile128(SiTiles128<TC>& tiles, const L& ld, int M, int N, int k_begin, int k_end,
+// (MATH = Ffma), or the same sums on tensor cores with the accumulator
+// layout of si_tile128_mma (Tf32x3, Tf32). Requires m0 < M and n0 < N (the
+// grid covers the output exactly).
+template <class L, SiMath MATH = SiMath::Ffma>
+SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, int k_begin, int k_end,
                             int m0, int n0, float acc[8][8]) {
     using Pos = SiTile128Pos<L>;
     // Every conv loader reads A along k; the other layout is written out but
@@ -504,8 +532,14 @@ SI_DEV void si_gemm_tile128(SiTiles128<TC>& tiles, const L& ld, int M, int N, in
     auto stage = [&]() {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = ra[r];
-            tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = rb[r];
+            if constexpr (MATH == SiMath::Tf32) {
+                // Rounded once here, not by each of the warps that read it.
+                tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = si_tf32(ra[r]);
+                tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = si_tf32(rb[r]);
+            } else {
+                tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = ra[r];
+                tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = rb[r];
+            }
         }
     };
 
@@ -518,12 +552,12 @@ SI_DEV void si_gemm_tile128(SiTiles128<TC>& tiles, const L& ld, int M, int N, in
         stage();
         __syncthreads();
         if (k0 + SI_BK < k_end) fetch(k0 + SI_BK);  // in flight while we compute
-        if constexpr (TC) {
+        if constexpr (MATH != SiMath::Ffma) {
             // Warps 4..7 own rows 64..127: nothing to do there in a low-half
             // tile (the same for the whole warp, as mma.sync requires).
             const int warp = tid >> 5, lane = tid & 31;
             if (!(low_half && warp >= 4))
-                si_tile128_mma(tiles, warp >> 2, warp & 3, lane >> 2, lane & 3, acc);
+                si_tile128_mma<MATH>(tiles, warp >> 2, warp & 3, lane >> 2, lane & 3, acc);
         } else {
             if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
             else si_tile128_mac<8>(tiles, tx, ty, acc);

@@ -348,33 +348,33 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
 // fails on any spill it does not know of).
 //
 
-// The 128×128 bodies, on FFMA (TC = false: the *_t128 kernels) or on
-// tensor cores (TC = true: the *_tc kernels).
-template <bool TC>
+// The 128×128 bodies, on FFMA (the *_t128 kernels) or on tensor cores (the
+// *_tc and *_tf32 kernels); SiMath in common.cuh.
+template <SiMath MATH>
 SI_DEV void conv_fwd_run128(const ConvParams& p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
-    __shared__ SiTiles128<TC> tiles;
-    si_gemm_tile128<ConvFwdHoisted, TC>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.oh * p.ow, m0, n0);
+    __shared__ SiTiles128<MATH> tiles;
+    si_gemm_tile128<ConvFwdHoisted, MATH>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    if constexpr (MATH != SiMath::Ffma) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.oh * p.ow, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
-template <bool TC>
+template <SiMath MATH>
 SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
     float acc[8][8] = {};
-    __shared__ SiTiles128<TC> tiles;
-    si_gemm_tile128<ConvBwdDataHoisted, TC>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    if constexpr (TC) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.h * p.w, m0, n0);
+    __shared__ SiTiles128<MATH> tiles;
+    si_gemm_tile128<ConvBwdDataHoisted, MATH>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    if constexpr (MATH != SiMath::Ffma) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.h * p.w, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
 // With split_k > 1 it writes the same workspace layout as conv2d_bwd_weight,
 // reduced by conv2d_bwd_weight_reduce.
-template <bool TC>
+template <SiMath MATH>
 SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     const int M = p.cout, N = p.cin * p.kh * p.kw, K = p.batch * p.oh * p.ow;
     const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
@@ -382,30 +382,30 @@ SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     int k_begin, k_end;
     si_split_k(K, splits, blockIdx.z, &k_begin, &k_end);
     float acc[8][8] = {};
-    __shared__ SiTiles128<TC> tiles;
-    si_gemm_tile128<ConvBwdWeightHoisted, TC>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
+    __shared__ SiTiles128<MATH> tiles;
+    si_gemm_tile128<ConvBwdWeightHoisted, MATH>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
                                               k_end, m0, n0, acc);
-    if constexpr (TC) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
+    if constexpr (MATH != SiMath::Ffma) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
     else conv_store_dw(p, acc, M, N, splits, m0, n0);
 }
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
-    conv_fwd_run128<false>(p);
+    conv_fwd_run128<SiMath::Ffma>(p);
 }
 
 // conv2d_bwd_data on 128×128 tiles (bias must be null here).
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_t128(ConvParams p) {
-    conv_bwd_data_run128<false>(p);
+    conv_bwd_data_run128<SiMath::Ffma>(p);
 }
 
 // conv_transpose2d_fwd on 128×128 tiles.
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_t128(ConvParams p) {
-    conv_bwd_data_run128<false>(p);
+    conv_bwd_data_run128<SiMath::Ffma>(p);
 }
 
 // conv2d_bwd_weight on 128×128 tiles (split-K as conv2d_bwd_weight).
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_t128(ConvParams p) {
-    conv_bwd_weight_run128<false>(p);
+    conv_bwd_weight_run128<SiMath::Ffma>(p);
 }
 
 // ---- the *_tc kernels: the *_t128 ones on tensor cores ---------------------
@@ -417,17 +417,42 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weig
 // FFMA kernels; the emulation in tests/cuda_emu checks their results.
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tc(ConvParams p) {
-    conv_fwd_run128<true>(p);
+    conv_fwd_run128<SiMath::Tf32x3>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_tc(ConvParams p) {
-    conv_bwd_data_run128<true>(p);
+    conv_bwd_data_run128<SiMath::Tf32x3>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_tc(ConvParams p) {
-    conv_bwd_data_run128<true>(p);
+    conv_bwd_data_run128<SiMath::Tf32x3>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_tc(ConvParams p) {
-    conv_bwd_weight_run128<true>(p);
+    conv_bwd_weight_run128<SiMath::Tf32x3>(p);
+}
+
+// ---- the *_tf32 kernels: one TF32 product ------------------------------------
+//
+// The *_tc kernels with one mma per step on operands rounded to TF32
+// (SiMath::Tf32): each product carries TF32's 11 significant bits, the sums
+// are FP32. This is the precision PyTorch's convolutions run at by default
+// (cuDNN with allow_tf32), a third of the tensor work of 3xTF32. Opt-in
+// (--conv-math tf32); the emulation checks them against references computed
+// from the TF32-rounded operands.
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tf32(ConvParams p) {
+    conv_fwd_run128<SiMath::Tf32>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_tf32(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_tf32(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_tf32(ConvParams p) {
+    conv_bwd_weight_run128<SiMath::Tf32>(p);
 }

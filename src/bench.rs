@@ -40,6 +40,11 @@ pub struct BenchResult {
     /// host overhead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_s_per_step: Option<f64>,
+    /// On a GPU: the convolution precision the step ran at
+    /// (`--conv-math`), so that a result says which PyTorch setting it is
+    /// to be compared with (TF32 convolutions, PyTorch's default, or FP32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_math: Option<crate::cuda::ConvMath>,
     /// With a kernel profile: per kernel and grid, largest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<Vec<crate::cuda::profile::KernelRow>>,
@@ -274,6 +279,10 @@ pub fn run(w: &Workload, quick: bool, profile_steps: Option<usize>) -> Result<Be
         steps,
         peak_gpu_bytes,
         activation_bytes: activation_bytes(w)?,
+        conv_math: match gpu {
+            Some(_) => Some(crate::cuda::conv_math()?),
+            None => None,
+        },
         kernel_s_per_step,
         kernels,
     })

@@ -90,6 +90,45 @@ fn bad_device_and_budget_values_are_rejected() {
     assert!(stderr.contains("more than 0 bytes"), "{stderr}");
 }
 
+#[test]
+fn conv_math_is_validated_and_reported() {
+    let (ok, stdout, _) = splitinv(&["--device", "cpu", "info"]);
+    assert!(ok);
+    assert!(stdout.contains("conv math: fp32 on a GPU"), "{stdout}");
+    let (ok, stdout, _) = splitinv(&["--device", "cpu", "--conv-math", "tf32", "info"]);
+    assert!(ok);
+    assert!(stdout.contains("conv math: tf32 on a GPU"), "{stdout}");
+    let (ok, _, stderr) = splitinv(&["--device", "cpu", "--conv-math", "fp16", "info"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--conv-math") && stderr.contains("'fp16'") && stderr.contains("tf32"),
+        "{stderr}"
+    );
+    // The environment's setting, checked before the command runs; the flag wins.
+    let run_env = |v: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+            .env("SPLITINV_CONV_MATH", v)
+            .args(args)
+            .output()
+            .expect("the binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, stderr) = run_env("bf16", &["--device", "cpu", "info"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("SPLITINV_CONV_MATH") && stderr.contains("'bf16'"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = run_env("tf32", &["--device", "cpu", "info"]);
+    assert!(ok && stdout.contains("conv math: tf32"), "{stdout}");
+    let (ok, stdout, _) = run_env("tf32", &["--device", "cpu", "--conv-math", "fp32", "info"]);
+    assert!(ok && stdout.contains("conv math: fp32"), "{stdout}");
+}
+
 /// Whether a GPU is there; without one, says "skipped" (or fails under
 /// SPLITINV_REQUIRE_CUDA=1, as on a GPU machine where CUDA must work).
 fn gpu_or_skip() -> bool {

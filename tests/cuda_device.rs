@@ -70,7 +70,7 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 8] = [
+    let parts: [(&str, Part); 10] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
@@ -82,12 +82,17 @@ fn cuda_backend_on_a_real_gpu() {
         ("conv_tc_kernels", |d| {
             conv_big_tile_kernels(d, ConvTile::Tc)
         }),
+        ("conv_tf32_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::Tf32)
+        }),
+        ("conv_math_dispatch", conv_math_dispatch),
         ("budget_and_peaks", budget_and_peaks),
     ];
     let mut failed = Vec::new();
     for (name, part) in parts {
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(&dev))).is_ok();
         cuda::set_memory_budget(None);
+        cuda::set_conv_math(cuda::ConvMath::Fp32);
         println!("part {name}: {}", if ok { "ok" } else { "FAILED" });
         if !ok {
             failed.push(name);
@@ -346,33 +351,59 @@ fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
     assert_close("conv2d_bwd_weight split-K = no split", &b, &a, 1e-3, 1e-4);
 }
 
-/// The 128×128 kernels of `tile` (`*_t128` on FFMA, `*_tc` on tensor
-/// cores) launched directly (whatever the size rule would pick): against
-/// the host reference for the forward, against the 64×64 kernels
+/// x rounded to TF32 as the `_tf32` kernels round their operands
+/// (`si_tf32` in kernels/common.cuh: to nearest, ties away from zero).
+fn tf32(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return x;
+    }
+    f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000)
+}
+
+/// The 128×128 kernels of `tile` (`*_t128` on FFMA, `*_tc` and `*_tf32` on
+/// tensor cores) launched directly (whatever the size rule would pick):
+/// against the host reference for the forward, against the 64×64 kernels
 /// (themselves checked above and in the emulator) for the input gradient,
 /// the transposed conv with bias and the weight gradient with and without
-/// split-K, at the same tolerances for both (the `_tc` kernels' 3xTF32 is
-/// meant to be as accurate as FP32). Stride 2 and odd sizes: partial
-/// 128×128 tiles in M and N.
+/// split-K, at the same tolerances for all (the `_tc` kernels' 3xTF32 is
+/// meant to be as accurate as FP32; the `_tf32` kernels' references get the
+/// operands rounded to TF32, whose products are exact, so they too must
+/// agree to FP32 rounding). Stride 2 and odd sizes: partial 128×128 tiles
+/// in M and N.
 fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
-    if tile == ConvTile::Tc && dev.compute_capability().0 < 8 {
+    if tile.needs_tensor_cores() && dev.compute_capability().0 < 8 {
         // No TF32 tensor cores: the kernels would trap (the library refuses).
-        println!("skipped: the _tc kernels need compute capability 8.0 or later");
+        println!("skipped: the {tile:?} kernels need compute capability 8.0 or later");
         return;
     }
     // FFMA sums in FP32: 1e-3 either way. The _tc kernels must be as
     // accurate: with K from 171 to 1350 here, dropping 3xTF32's correction
     // terms (plain TF32, ~2^-11 relative per operand) errs by several 1e-3,
     // FP32 by a few 1e-5, so this bound tells the two apart.
-    let (atol, rtol) = if tile == ConvTile::Tc {
-        (3e-4, 1e-4)
-    } else {
+    let (atol, rtol) = if tile == ConvTile::T128 {
         (1e-3, 1e-3)
+    } else {
+        (3e-4, 1e-4)
     };
     let (n, ci, h, w, co, k, s, pad) = (3, 19, 23, 21, 150, 3, 2, 1);
     let x = rand_vec(n * ci * h * w, 17);
     let wt = rand_vec(co * ci * k * k, 18);
-    let (want, oh, ow) = conv_ref(&x, &wt, (n, ci, h, w), (co, k, k), s, pad);
+    // What the references multiply.
+    let operands = |v: &[f32]| -> Vec<f32> {
+        match tile {
+            ConvTile::Tf32 => v.iter().map(|&a| tf32(a)).collect(),
+            _ => v.to_vec(),
+        }
+    };
+    let (want, oh, ow) = conv_ref(
+        &operands(&x),
+        &operands(&wt),
+        (n, ci, h, w),
+        (co, k, k),
+        s,
+        pad,
+    );
     let dy_host = rand_vec(want.len(), 19);
     let bias_host = rand_vec(co.max(ci), 20);
     let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap());
@@ -382,6 +413,17 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
         x: dx.ptr(),
         weight: dw.ptr(),
         ..conv_geometry((n, ci, h, w), (co, k), (oh, ow), s, pad)
+    };
+    // The 64×64 reference launches read these.
+    let (x_ref, w_ref) = (
+        dev.upload(&operands(&x)).unwrap(),
+        dev.upload(&operands(&wt)).unwrap(),
+    );
+    let dy_ref = dev.upload(&operands(&dy_host)).unwrap();
+    let base_ref = ConvParams {
+        x: x_ref.ptr(),
+        weight: w_ref.ptr(),
+        ..base
     };
     let big = |rows, cols, split| Launch::conv_tiles(tile, rows, cols, split).unwrap();
     // Forward, without a bias: the host reference has none.
@@ -398,14 +440,19 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     for (k64, b) in [("conv2d_bwd_data", 0), ("conv_transpose2d_fwd", bias.ptr())] {
         let k128 = tile.kernel(k64);
         let (g64, g128) = (dev.alloc(x.len()).unwrap(), dev.alloc(x.len()).unwrap());
-        let mut p = ConvParams {
-            dy: dy.ptr(),
+        let p_ref = ConvParams {
+            dy: dy_ref.ptr(),
             bias: b,
             out: g64.ptr(),
+            ..base_ref
+        };
+        launch(dev, k64, Launch::tiles(ci, n * h * w, 1).unwrap(), &p_ref).unwrap();
+        let p = ConvParams {
+            dy: dy.ptr(),
+            bias: b,
+            out: g128.ptr(),
             ..base
         };
-        launch(dev, k64, Launch::tiles(ci, n * h * w, 1).unwrap(), &p).unwrap();
-        p.out = g128.ptr();
         launch(dev, &k128, big(ci, n * h * w, 1), &p).unwrap();
         let (a, b) = (g64.to_host().unwrap(), g128.to_host().unwrap());
         assert_close(&format!("{k128} = {k64}"), &b, &a, atol, rtol);
@@ -414,9 +461,9 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     let gn = ci * k * k;
     let want_dw = dev.alloc(co * gn).unwrap();
     let p = ConvParams {
-        dy: dy.ptr(),
+        dy: dy_ref.ptr(),
         out: want_dw.ptr(),
-        ..base
+        ..base_ref
     };
     launch(
         dev,
@@ -445,6 +492,53 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
         }
         let name = format!("{bwd_w} split_k={split} = conv2d_bwd_weight");
         assert_close(&name, &g.to_host().unwrap(), &want_dw, atol, rtol);
+    }
+}
+
+/// `--conv-math`: under `tf32` a convolution the size rule puts on
+/// 128×128 tiles runs on the `_tf32` kernels (seen in a kernel profile) and
+/// stays within TF32's error of the CPU; under `fp32` the same launch runs
+/// on `_t128`; a small one stays on the 64×64 FP32 kernel either way.
+fn conv_math_dispatch(_dev: &Arc<GpuDevice>) {
+    use splitinv::ops::{self, Conv2dParams};
+    use splitinv::{Device, Tensor};
+    let rnd = |dims: &[usize], seed: u64| {
+        let v = rand_vec(dims.iter().product(), seed);
+        Tensor::from_vec(v, dims.to_vec()).unwrap()
+    };
+    // M = Cout 70, N = 38·30·30: 268 tiles of 128×128 (the rule's big side).
+    let (x, w) = (rnd(&[38, 5, 32, 32], 40), rnd(&[70, 5, 3, 3], 41));
+    let (xs, ws) = (rnd(&[2, 5, 8, 8], 42), rnd(&[70, 5, 3, 3], 43));
+    let p = Conv2dParams::new(1, 0);
+    let want = ops::conv2d(&x, &w, None, p).unwrap().to_vec().unwrap();
+    let gpu = Device::Cuda(0);
+    let on = |t: &Tensor| t.to_device(gpu).unwrap();
+    let kernels_of = |f: &dyn Fn() -> Vec<f32>| -> (Vec<String>, Vec<f32>) {
+        cuda::profile::start();
+        let out = f();
+        let rows = cuda::profile::stop().unwrap().per_step(1).unwrap();
+        (rows.into_iter().map(|r| r.kernel).collect(), out)
+    };
+    for (math, big_kernel, atol) in [
+        (cuda::ConvMath::Tf32, "conv2d_fwd_tf32", 2e-2),
+        (cuda::ConvMath::Fp32, "conv2d_fwd_t128", 1e-3),
+    ] {
+        cuda::set_conv_math(math);
+        let (names, y) = kernels_of(&|| {
+            ops::conv2d(&on(&x), &on(&w), None, p)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+        });
+        assert!(names.iter().any(|k| k == big_kernel), "{math}: {names:?}");
+        assert_close(&format!("{big_kernel} by the rule"), &y, &want, atol, 1e-2);
+        let (names, _) = kernels_of(&|| {
+            ops::conv2d(&on(&xs), &on(&ws), None, p)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+        });
+        assert!(names.iter().any(|k| k == "conv2d_fwd"), "{math}: {names:?}");
     }
 }
 

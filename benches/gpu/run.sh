@@ -5,16 +5,19 @@
 # time limit and the steps are chosen on the command line, most important
 # first:
 #
-#   bash benches/gpu/run.sh                 # tests tc bench compare profile
+#   bash benches/gpu/run.sh                 # tests tf32 bench fp32 tc profile
 #   bash benches/gpu/run.sh tests bench t64 fp32 reproduce
 #
-# Steps: tests (the three CUDA test binaries, side by side), profile (the
-# CIFAR workloads' GPU time per kernel, bench --profile, FFMA and tc), sweep
+# Steps: tests (the three CUDA test binaries, side by side), tf32 (bench
+# with --conv-math tf32 against PyTorch's default, which also runs its
+# convolutions on TF32: the like-for-like pair), profile (the
+# CIFAR workloads' GPU time per kernel, bench --profile, FFMA, tc and tf32), sweep
 # (tc with the 128×128 threshold at 264, 132 and 66 blocks), tc (the op
 # tests and the benchmark with the tensor-core conv kernels,
 # SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
 # (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
-# the 64×64 tiles), fp32 (PyTorch without TF32), demo, reproduce (CIFAR-10
+# the 64×64 tiles), fp32 (PyTorch without TF32 against bench's FP32
+# numbers: the other like-for-like pair; after bench), demo, reproduce (CIFAR-10
 # with the zoo's weights, limit $REPRODUCE_LIMIT s, default 400),
 # reproduce_train (the same after training a fresh target with the zoo's
 # recipe: the "training included" run). Both reproduce steps write under
@@ -62,13 +65,16 @@ tests() {
   rm -f "$O"/t_cuda_device.txt "$O"/t_ops_device.txt "$O"/t_cli_device.txt
 }
 
-for s in "${@:-tests tc bench compare profile}"; do for s in $s; do case $s in
+for s in "${@:-tests tf32 bench fp32 tc profile}"; do for s in $s; do case $s in
   tests) echo; echo "===== tests $(el)"; tests; echo "===== tests done $(el)" ;;
   bench) step bench 140 sh -c "$S --device cuda bench --json > $O/bench_cuda.json"; head -c 3000 "$O/bench_cuda.json"; echo ;;
   tc) step ops_tc 120 sh -c "SPLITINV_CONV_TILE=tc $G/ops_device cuda > $O/t_ops_tc.txt 2>&1"; grep -E "^test result|FAILED|panicked" "$O/t_ops_tc.txt" | head -20
       step bench_tc 140 sh -c "SPLITINV_CONV_TILE=tc $S --device cuda bench --json > $O/bench_cuda_tc.json"; cat "$O/bench_cuda_tc.json" | cut -c1-110 ;;
+  tf32) step bench_tf32 140 sh -c "$S --device cuda --conv-math tf32 bench --json > $O/bench_cuda_tf32.json"; cut -c1-110 "$O/bench_cuda_tf32.json"
+      step compare_tf32 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda_tf32.json | tee $O/compare_cuda_tf32.md" ;;
   profile) # Where each CIFAR workload's GPU time goes, per kernel and grid (into the log).
       step profile 150 $S --device cuda bench --quick --filter cifar --profile 10
+      step profile_tf32 150 $S --device cuda --conv-math tf32 bench --quick --filter cifar --profile 10
       step profile_tc 150 env SPLITINV_CONV_TILE=tc $S --device cuda bench --quick --filter cifar --profile 10 ;;
   sweep) # The size rule's threshold with the tensor-core kernels: 264 (default), 132, 66 blocks.
       for b in 264 132 66; do step sweep_tc_$b 90 env SPLITINV_CONV_TILE=tc SPLITINV_CONV_BIG_MIN_BLOCKS=$b $S --device cuda bench --quick --filter cifar; done ;;

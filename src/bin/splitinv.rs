@@ -33,6 +33,12 @@ struct Cli {
     /// after every command that used the GPU.
     #[arg(long, global = true)]
     gpu_mem: Option<String>,
+    /// GPU convolution precision: fp32 (as on the CPU) or tf32 (the large
+    /// convolutions multiply operands rounded to TF32 on tensor cores and
+    /// sum in FP32, as PyTorch's do by default). Default:
+    /// $SPLITINV_CONV_MATH, else fp32.
+    #[arg(long, global = true)]
+    conv_math: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -509,6 +515,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("threads:  {}", threads::num_threads());
             println!("cuda:     {}", splitinv::cuda::info());
+            println!(
+                "conv math: {} on a GPU (--conv-math fp32|tf32)",
+                splitinv::cuda::conv_math()?
+            );
             Ok(())
         }
         Cmd::Bench {
@@ -534,6 +544,9 @@ fn run(cli: Cli) -> Result<()> {
                 ));
             }
             if !json {
+                if on_gpu {
+                    println!("GPU convolutions: {}", splitinv::cuda::conv_math()?);
+                }
                 println!(
                     "{:<28} {:>12} {:>12} {:>7} {:>12} {:>12}",
                     "workload", "ms/step", "images/s", "steps", "GPU peak", "act+grad"
@@ -610,6 +623,17 @@ fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
         }
         splitinv::cuda::set_memory_budget(Some(bytes));
     }
+    if let Some(m) = &cli.conv_math {
+        let math = m.parse::<splitinv::cuda::ConvMath>().map_err(|_| {
+            Error::invalid(
+                "--conv-math",
+                format!("'{m}' is not a conv precision: use fp32 or tf32"),
+            )
+        })?;
+        splitinv::cuda::set_conv_math(math);
+    }
+    // A bad SPLITINV_CONV_MATH stops the command here, not at its first conv.
+    splitinv::cuda::conv_math()?;
     let (dev, notice) = splitinv::cuda::select_device(&cli.device)?;
     if let Some(n) = notice {
         eprintln!("{n}");

@@ -136,6 +136,10 @@ pub enum ConvTile {
     /// products per operand pair for FP32 accuracy (`_tc` suffix; sm_80 and
     /// later). Opt-in (`SPLITINV_CONV_TILE=tc`) until measured on a GPU.
     Tc,
+    /// The 128×128 kernels on TF32 tensor cores with one product of the
+    /// operands rounded to TF32 (`_tf32` suffix; sm_80 and later): PyTorch's
+    /// default convolution precision. Only with [`ConvMath::Tf32`].
+    Tf32,
 }
 
 impl ConvTile {
@@ -143,7 +147,7 @@ impl ConvTile {
     pub fn edge(self) -> usize {
         match self {
             ConvTile::T64 => TILE,
-            ConvTile::T128 | ConvTile::Tc => TILE_BIG,
+            ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => TILE_BIG,
         }
     }
 
@@ -154,7 +158,92 @@ impl ConvTile {
             ConvTile::T64 => base.to_string(),
             ConvTile::T128 => format!("{base}_t128"),
             ConvTile::Tc => format!("{base}_tc"),
+            ConvTile::Tf32 => format!("{base}_tf32"),
         }
+    }
+
+    /// Whether this core runs on TF32 tensor cores (compute capability 8.0
+    /// or later).
+    pub fn needs_tensor_cores(self) -> bool {
+        matches!(self, ConvTile::Tc | ConvTile::Tf32)
+    }
+}
+
+/// How a convolution on the GPU may round its products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvMath {
+    /// FP32 products and sums, as on the CPU (the default).
+    Fp32,
+    /// The large convolutions (those the size rule puts on 128×128 tiles)
+    /// may multiply operands rounded to TF32, 11 significant bits, and sum
+    /// in FP32: [`ConvTile::Tf32`]. What PyTorch's convolutions do by
+    /// default (`torch.backends.cudnn.allow_tf32`), and what its speed on
+    /// the large CIFAR workloads comes from. The small ones stay on the
+    /// 64×64 FP32 kernels; on a GPU without TF32 tensor cores (before
+    /// compute capability 8.0) every conv stays FP32.
+    Tf32,
+}
+
+impl std::str::FromStr for ConvMath {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "fp32" => Ok(ConvMath::Fp32),
+            "tf32" => Ok(ConvMath::Tf32),
+            other => Err(Error::invalid(
+                "conv math",
+                format!("'{other}' is not a conv precision: use fp32 (the default) or tf32"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ConvMath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvMath::Fp32 => "fp32",
+            ConvMath::Tf32 => "tf32",
+        })
+    }
+}
+
+/// The conv precision set by [`set_conv_math`] (`--conv-math`), if any.
+static CONV_MATH_SET: std::sync::Mutex<Option<ConvMath>> = std::sync::Mutex::new(None);
+
+/// Sets the conv precision for the rest of the process (`--conv-math`);
+/// it wins over `SPLITINV_CONV_MATH`.
+pub fn set_conv_math(math: ConvMath) {
+    if let Ok(mut m) = CONV_MATH_SET.lock() {
+        *m = Some(math);
+    }
+}
+
+/// The conv precision: [`set_conv_math`]'s, else `SPLITINV_CONV_MATH`
+/// (`fp32` or `tf32`, read once; anything else is an error on every conv
+/// launch on a GPU), else [`ConvMath::Fp32`].
+pub fn conv_math() -> Result<ConvMath> {
+    if let Some(m) = CONV_MATH_SET.lock().ok().and_then(|m| *m) {
+        return Ok(m);
+    }
+    static FROM_ENV: OnceLock<std::result::Result<ConvMath, String>> = OnceLock::new();
+    FROM_ENV
+        .get_or_init(|| match std::env::var("SPLITINV_CONV_MATH") {
+            Err(_) => Ok(ConvMath::Fp32),
+            Ok(v) if v.trim().is_empty() => Ok(ConvMath::Fp32),
+            Ok(v) => v.parse::<ConvMath>().map_err(|e| e.to_string()),
+        })
+        .clone()
+        .map_err(|msg| Error::invalid("SPLITINV_CONV_MATH", msg))
+}
+
+/// The core a `tile` choice of the size rule runs on under `math`: with
+/// TF32 allowed, the 128×128 choices (`T128`, and `Tc`, which is FP32-exact)
+/// go to [`ConvTile::Tf32`]; the 64×64 kernels stay FP32.
+pub fn with_math(tile: ConvTile, math: ConvMath) -> ConvTile {
+    match (math, tile) {
+        (ConvMath::Tf32, ConvTile::T128 | ConvTile::Tc) => ConvTile::Tf32,
+        (_, t) => t,
     }
 }
 
@@ -206,13 +295,8 @@ pub fn conv_tile_for_min(
 /// size. The variable is read once per process; any other value is an
 /// error on every conv launch on a GPU (not a panic).
 pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
-    Ok(conv_tile_for_min(
-        m,
-        n,
-        split_k,
-        conv_tile_override()?,
-        big_tile_min_blocks()?,
-    ))
+    let tile = conv_tile_for_min(m, n, split_k, conv_tile_override()?, big_tile_min_blocks()?);
+    Ok(with_math(tile, conv_math()?))
 }
 
 /// The fewest blocks for which the size rule picks the 128×128 core:
@@ -384,6 +468,10 @@ mod tests {
         assert_eq!(ConvTile::T128.kernel("a"), "a_t128");
         assert_eq!(ConvTile::T64.kernel("a"), "a");
         assert_eq!(ConvTile::Tc.kernel("a"), "a_tc");
+        assert_eq!(ConvTile::Tf32.kernel("a"), "a_tf32");
+        assert_eq!(ConvTile::Tf32.edge(), TILE_BIG);
+        assert!(ConvTile::Tf32.needs_tensor_cores() && ConvTile::Tc.needs_tensor_cores());
+        assert!(!ConvTile::T128.needs_tensor_cores() && !ConvTile::T64.needs_tensor_cores());
         let l = Launch::conv_tiles(ConvTile::Tc, 129, 128 * 3 + 1, 5).unwrap();
         assert_eq!(l.grid, (4, 2, 5));
     }
@@ -422,6 +510,25 @@ mod tests {
             conv_tile_for(128, 1024, 1, Some(ConvTile::Tc)),
             ConvTile::T64
         );
+    }
+
+    #[test]
+    fn tf32_math_moves_only_the_big_tiles_to_tensor_cores() {
+        use ConvMath::*;
+        for t in [ConvTile::T128, ConvTile::Tc, ConvTile::Tf32] {
+            assert_eq!(with_math(t, Tf32), ConvTile::Tf32, "{t:?}");
+        }
+        assert_eq!(with_math(ConvTile::T64, Tf32), ConvTile::T64);
+        for t in [ConvTile::T64, ConvTile::T128, ConvTile::Tc] {
+            assert_eq!(with_math(t, Fp32), t, "{t:?}");
+        }
+        assert_eq!("tf32".parse::<ConvMath>().unwrap(), Tf32);
+        assert_eq!(" fp32\n".parse::<ConvMath>().unwrap(), Fp32);
+        for bad in ["TF32", "fp16", "", "3xtf32"] {
+            let e = bad.parse::<ConvMath>().unwrap_err().to_string();
+            assert!(e.contains("fp32") && e.contains("tf32"), "{e}");
+        }
+        assert_eq!(Tf32.to_string().parse::<ConvMath>().unwrap(), Tf32);
     }
 
     #[test]

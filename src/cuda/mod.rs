@@ -20,6 +20,7 @@ pub mod pool;
 pub mod profile;
 
 pub use context::{device, device_for, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
+pub use launch::{conv_math, set_conv_math, ConvMath};
 pub use pool::{format_bytes, parse_bytes, PoolStats};
 
 use crate::error::{Error, Result};

@@ -290,6 +290,12 @@ struct ConvKernels {
     void (*transpose)(ConvParams);
     int tile;            // output tile edge: the grid is ceil(GEMM N / tile) × ceil(GEMM M / tile)
     std::string suffix;  // appended to the kernel names in the check names
+    // One TF32 product (the *_tf32 kernels): the references are computed
+    // from the operands rounded to TF32 (si_tf32), and then the kernels must
+    // meet them at the FP32 tolerances: the products of TF32 numbers are
+    // exact, only the FP32 sums round. So the check pins the rounding (to
+    // nearest, once per operand), not just "about three digits".
+    bool tf32_operands = false;
 };
 static const ConvKernels CONV64{conv2d_fwd, conv2d_bwd_data, conv2d_bwd_weight, conv_transpose2d_fwd, 64, ""};
 static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_bwd_weight_t128,
@@ -297,6 +303,17 @@ static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_b
 // The *_tc kernels: the *_t128 ones with the K step on tensor cores (3xTF32).
 static const ConvKernels CONVTC{conv2d_fwd_tc, conv2d_bwd_data_tc, conv2d_bwd_weight_tc,
                                 conv_transpose2d_fwd_tc, 128, "_tc"};
+// The *_tf32 kernels: the *_tc ones with one TF32 product.
+static const ConvKernels CONVTF32{conv2d_fwd_tf32, conv2d_bwd_data_tf32, conv2d_bwd_weight_tf32,
+                                  conv_transpose2d_fwd_tf32, 128, "_tf32", true};
+// What the references multiply: v itself, or v rounded to TF32 for a
+// family with tf32_operands.
+static V operands_of(const ConvKernels& ks, const V& v) {
+    if (!ks.tf32_operands) return v;
+    V r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = si_tf32(v[i]);
+    return r;
+}
 static unsigned tiles_of(int n, int tile) { return (unsigned)((n + tile - 1) / tile); }
 
 static void test_conv(const ConvShape& s, const std::string& tag, const ConvKernels& ks = CONV64) {
@@ -304,12 +321,14 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
     const size_t nx = (size_t)s.n * s.cin * s.h * s.w, nw = (size_t)s.cout * s.cin * s.kh * s.kw;
     const size_t ny = (size_t)s.n * s.cout * OH * OW;
     V x = rand_vec(nx), w = rand_vec(nw), bias = rand_vec(s.cout), dy = rand_vec(ny);
+    // The kernels get x, w, dy; the references multiply these.
+    const V xr = operands_of(ks, x), wr = operands_of(ks, w), dyr = operands_of(ks, dy);
     ConvParams p = conv_params(s);
     // forward
     V y(ny, NAN);
     p.x = x.data(); p.weight = w.data(); p.bias = bias.data(); p.out = y.data();
     emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.tile)}, 256, p);
-    D want_y = conv_ref(s, x, w, &bias);
+    D want_y = conv_ref(s, xr, wr, &bias);
     check("conv2d_fwd" + ks.suffix + " " + tag, y, want_y, 1e-4, 1e-4);
     // accumulate = 1 adds to what out holds: a second pass doubles y.
     p.accumulate = 1;
@@ -333,8 +352,8 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
                                 const int iy = oy * s.sh - s.ph + ky * s.dh, ix = ox * s.sw - s.pw + kx * s.dw;
                                 if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
                                 want_dx[((n * s.cin + ci) * s.h + iy) * s.w + ix] +=
-                                    (double)w[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] *
-                                    dy[((n * s.cout + co) * OH + oy) * OW + ox];
+                                    (double)wr[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] *
+                                    dyr[((n * s.cout + co) * OH + oy) * OW + ox];
                             }
     check("conv2d_bwd_data" + ks.suffix + " " + tag, dx, want_dx, 1e-4, 1e-4);
     // weight gradient, without and with split-K (+ accumulate)
@@ -349,8 +368,8 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
                                 const int iy = oy * s.sh - s.ph + ky * s.dh, ix = ox * s.sw - s.pw + kx * s.dw;
                                 if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
                                 want_dw[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] +=
-                                    (double)dy[((n * s.cout + co) * OH + oy) * OW + ox] *
-                                    x[((n * s.cin + ci) * s.h + iy) * s.w + ix];
+                                    (double)dyr[((n * s.cout + co) * OH + oy) * OW + ox] *
+                                    xr[((n * s.cin + ci) * s.h + iy) * s.w + ix];
                             }
     const int GN = s.cin * s.kh * s.kw;
     for (int split : {1, 3}) {
@@ -364,10 +383,12 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
     }
     // The two backward kernels are adjoints of the forward:
     //   <conv(x; w), dy> = <x, dx> = <w, dw>.
-    const D y_nb = conv_ref(s, x, w, nullptr);
+    // (With TF32 operands, of the rounded ones: dx is the adjoint applied to
+    // the rounded dy and w.)
+    const D y_nb = conv_ref(s, xr, wr, nullptr);
     double lhs = 0;
-    for (size_t i = 0; i < ny; ++i) lhs += y_nb[i] * dy[i];
-    check1("adjoint <conv(x),dy> = <x,dx>" + ks.suffix + " " + tag, (float)dot(x, dx), lhs, 1e-3, 1e-4);
+    for (size_t i = 0; i < ny; ++i) lhs += y_nb[i] * dyr[i];
+    check1("adjoint <conv(x),dy> = <x,dx>" + ks.suffix + " " + tag, (float)dot(xr, dx), lhs, 1e-3, 1e-4);
 }
 
 // conv_transpose2d_fwd against its own definition (scatter with output padding).
@@ -375,6 +396,7 @@ static void test_conv_transpose(const ConvKernels& ks = CONV64) {
     const int N = 2, CI = 3, CO = 4, IH = 5, IW = 4, K = 3, S = 2, P = 1, OP = 1;
     const int OH = (IH - 1) * S - 2 * P + K + OP, OW = (IW - 1) * S - 2 * P + K + OP;
     V xt = rand_vec((size_t)N * CI * IH * IW), wt = rand_vec((size_t)CI * CO * K * K), bias = rand_vec(CO);
+    const V xtr = operands_of(ks, xt), wtr = operands_of(ks, wt);
     D want((size_t)N * CO * OH * OW, 0.0);
     for (int n = 0; n < N; ++n)
         for (int co = 0; co < CO; ++co)
@@ -389,7 +411,7 @@ static void test_conv_transpose(const ConvKernels& ks = CONV64) {
                                 const int oy = iy * S - P + ky, ox = ix * S - P + kx;
                                 if (oy < 0 || oy >= OH || ox < 0 || ox >= OW) continue;
                                 want[((n * CO + co) * OH + oy) * OW + ox] +=
-                                    (double)xt[((n * CI + ci) * IH + iy) * IW + ix] * wt[((ci * CO + co) * K + ky) * K + kx];
+                                    (double)xtr[((n * CI + ci) * IH + iy) * IW + ix] * wtr[((ci * CO + co) * K + ky) * K + kx];
                             }
     V yt(want.size(), NAN);
     ConvParams p{};
@@ -775,6 +797,15 @@ int main(int argc, char** argv) {
         test_conv_transpose(CONVTC);
         test_conv(ConvShape{2, 130, 9, 10, 200, 1, 1, 1, 1, 0, 0, 1, 1}, "(1x1 130->200, M,N > 128)", CONVTC);
         test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONVTC);
+    }
+    if (want("conv") || want("convtf32")) {
+        // One TF32 product: the same shapes as the 3xTF32 kernels, against
+        // references from TF32-rounded operands (ConvKernels::tf32_operands).
+        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONVTF32);
+        test_conv(ConvShape{2, 5, 10, 9, 70, 3, 3, 1, 1, 1, 1, 1, 1}, "(Cout 70, k3 p1)", CONVTF32);
+        test_conv_transpose(CONVTF32);
+        test_conv(ConvShape{2, 130, 9, 10, 200, 1, 1, 1, 1, 0, 0, 1, 1}, "(1x1 130->200, M,N > 128)", CONVTF32);
+        test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONVTF32);
     }
     if (want("pool")) test_pool();
     if (want("loss")) test_losses();

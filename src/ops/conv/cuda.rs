@@ -10,9 +10,11 @@
 //!
 //! Each has a twin with a `_t128` suffix on 128×128 tiles (grid in units of
 //! 128), faster on large problems, and a `_tc` one that runs the 128×128
-//! tiles on tensor cores; which one runs is decided per launch by
+//! tiles on tensor cores at FP32 accuracy (3xTF32), and a `_tf32` one with
+//! a single TF32 product; which one runs is decided per launch by
 //! [`tile_for`] (the rule: [`crate::cuda::launch::conv_tile_for`];
-//! `SPLITINV_CONV_TILE=64|128` forces one, `tc` opts into tensor cores).
+//! `SPLITINV_CONV_TILE=64|128` forces one, `tc` opts into tensor cores;
+//! `--conv-math tf32` puts the 128×128 choices on `_tf32`).
 //!
 //! Every function takes the *conv2d* geometry `g` (for a transposed conv,
 //! the conv2d whose input-gradient it is, as in `mod.rs`).
@@ -20,8 +22,8 @@
 use super::cpu::ConvGeom;
 use crate::cuda::exec::{gemm_side, i32_of, out, ptr, run};
 use crate::cuda::launch::{
-    big_tile_min_blocks, conv_tile, conv_tile_override, split_k_for, split_k_for_tile, ConvTile,
-    Launch, TILE_BIG,
+    big_tile_min_blocks, conv_math, conv_tile, conv_tile_override, split_k_for, split_k_for_tile,
+    with_math, ConvTile, Launch, TILE_BIG,
 };
 use crate::cuda::params::{ConvParams, DevPtr};
 use crate::cuda::CudaBuffer;
@@ -75,28 +77,30 @@ fn params(g: &ConvGeom) -> Result<ConvParams> {
     })
 }
 
-/// [`conv_tile`] for a launch on GPU `ordinal`: the `_tc` kernels need TF32
-/// tensor cores (compute capability 8.0 or later); asking for them on an
-/// older GPU is an error, not a wrong result.
+/// [`conv_tile`] for a launch on GPU `ordinal`, see [`on_device`].
 fn tile_for(ordinal: usize, m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
-    let tile = conv_tile(m, n, split_k)?;
-    if tile == ConvTile::Tc {
-        check_tensor_cores(ordinal)?;
-    }
-    Ok(tile)
+    on_device(ordinal, conv_tile(m, n, split_k)?)
 }
 
-fn check_tensor_cores(ordinal: usize) -> Result<()> {
+/// `tile` where GPU `ordinal` can run it. The tensor-core kernels need
+/// compute capability 8.0 or later: before that, `tc` (a benchmark's
+/// explicit request) is an error, not a wrong result, and TF32 (a
+/// permission to round, `--conv-math tf32`) falls back to the FP32 kernels.
+fn on_device(ordinal: usize, tile: ConvTile) -> Result<ConvTile> {
+    if !tile.needs_tensor_cores() {
+        return Ok(tile);
+    }
     let (major, minor) = crate::cuda::device(ordinal)?.compute_capability();
-    if major < 8 {
-        return Err(Error::invalid(
+    match tile {
+        _ if major >= 8 => Ok(tile),
+        ConvTile::Tf32 => Ok(ConvTile::T128),
+        _ => Err(Error::invalid(
             "SPLITINV_CONV_TILE",
             format!(
                 "tc needs TF32 tensor cores (compute capability 8.0 or later); cuda:{ordinal} is {major}.{minor}: use 64, 128 or unset it"
             ),
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// The GEMM's N (a pixel count over the batch) must fit the kernels' int.
@@ -175,9 +179,7 @@ pub(crate) fn weight_grad(
     let dw = out(ordinal, m * n)?;
     let (tile, split) =
         weight_grad_plan(m, n, big_k, conv_tile_override()?, big_tile_min_blocks()?);
-    if tile == ConvTile::Tc {
-        check_tensor_cores(ordinal)?;
-    }
+    let tile = on_device(ordinal, with_math(tile, conv_math()?))?;
     let kernel = tile.kernel("conv2d_bwd_weight");
     let mut p = ConvParams {
         x: ptr(x)?,
@@ -220,7 +222,7 @@ fn weight_grad_plan(
     let split_big = split_k_for_tile(m, n, k, min_blocks, TILE_BIG);
     let tile = crate::cuda::launch::conv_tile_for_min(m, n, split_big, forced, min_blocks);
     match tile {
-        ConvTile::T128 | ConvTile::Tc => (tile, split_big),
+        ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => (tile, split_big),
         ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
     }
 }
