@@ -565,3 +565,56 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
         __syncthreads();  // everyone is done reading before the next stage()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Few rows: a GEMM with M ≤ 8 (conv.cu's *_m8 kernels: a convolution into 1
+// to 8 channels, e.g. the input gradient of a net's first conv, Cin = 3, or
+// a decoder's last layer). On the 64×64 or 128×128 cores such a GEMM uses
+// at most 8 of each tile's 64 or 128 rows (3 of 128 for an RGB input
+// gradient), and every block still gathers its whole B tile, K step by K
+// step: nearly all of the work is thrown away. Here a block of 256 threads
+// owns all M rows of 256 columns, one column per thread, so each gathered B
+// element feeds M multiply-adds and is loaded once:
+//     acc[m] += A(m, k) · B(k, n)   for m < M, this thread's n,
+// with A staged in shared memory SI_M8_KC values of k at a time (one
+// element per thread, zero past M and K) and read back as two float4
+// broadcasts per k. Launch: grid ceil(N / 256), block 256.
+// ---------------------------------------------------------------------------
+
+#define SI_M8 8
+#define SI_M8_KC 32
+static_assert(SI_M8 * SI_M8_KC == SI_TILE_THREADS, "si_gemm_m8 stages one A element per thread");
+
+template <class L>
+SI_DEV void si_gemm_m8(const L& ld, int M, int N, int K, int n, float acc[SI_M8]) {
+    __shared__ float4 as[SI_M8_KC][SI_M8 / 4];  // A(0..7, k0 + kk)
+    float* const as_f = reinterpret_cast<float*>(&as[0][0]);
+    const int tid = threadIdx.x;
+    const bool col_ok = n < N;
+    // The column is worked out once; a thread past N keeps staging A.
+    const typename L::Col col = ld.col(col_ok ? n : 0);
+    const int am = tid & (SI_M8 - 1), ak = tid / SI_M8;  // the A element this thread stages
+    const typename L::Row row = ld.row(am < M ? am : 0);
+    for (int k0 = 0; k0 < K; k0 += SI_M8_KC) {
+        const int k = k0 + ak;
+        as_f[ak * SI_M8 + am] = (am < M && k < K) ? ld.a_at(k, row) : 0.0f;
+        __syncthreads();
+        if (col_ok) {
+            const int kn = min(SI_M8_KC, K - k0);
+#pragma unroll 4
+            for (int kk = 0; kk < kn; ++kk) {
+                const float b = ld.b_at(k0 + kk, col);
+                const float4 lo = as[kk][0], hi = as[kk][1];
+                acc[0] = fmaf(lo.x, b, acc[0]);
+                acc[1] = fmaf(lo.y, b, acc[1]);
+                acc[2] = fmaf(lo.z, b, acc[2]);
+                acc[3] = fmaf(lo.w, b, acc[3]);
+                acc[4] = fmaf(hi.x, b, acc[4]);
+                acc[5] = fmaf(hi.y, b, acc[5]);
+                acc[6] = fmaf(hi.z, b, acc[6]);
+                acc[7] = fmaf(hi.w, b, acc[7]);
+            }
+        }
+        __syncthreads();  // everyone is done with this A chunk
+    }
+}

@@ -456,3 +456,52 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_weight_tf32(ConvParams p) {
     conv_bwd_weight_run128<SiMath::Tf32>(p);
 }
+
+// ---- the *_m8 kernels: GEMMs with at most 8 rows ---------------------------
+//
+// conv2d_fwd with Cout ≤ 8, conv2d_bwd_data / conv_transpose2d_fwd with
+// Cin ≤ 8, on si_gemm_m8 (common.cuh says why): one column per thread, all
+// rows. Same ConvParams, results and bias / accumulate as the tiled
+// kernels; grid (ceil(GEMM N / 256)), block 256. The host picks them for
+// such GEMMs when N is long (src/cuda/launch.rs, conv_tile_for).
+
+// Column n's M results into NCHW p.out (+ bias[row], or added to out).
+SI_DEV void conv_store_m8(const ConvParams& p, const float (&acc)[SI_M8], int M, int N, int plane,
+                          int n) {
+    if (n >= N) return;
+    const int img = n / plane, pix = n - img * plane;
+    float* const o = p.out + (i64)img * M * plane + pix;
+#pragma unroll
+    for (int m = 0; m < SI_M8; ++m) {
+        if (m >= M) break;
+        const float v = acc[m] + (p.bias ? p.bias[m] : 0.0f);
+        float* const om = o + (i64)m * plane;
+        *om = p.accumulate ? *om + v : v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_fwd_m8(ConvParams p) {
+    const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
+    const int n = blockIdx.x * SI_TILE_THREADS + threadIdx.x;
+    float acc[SI_M8] = {};
+    si_gemm_m8(ConvFwdHoisted::make(p), M, N, K, n, acc);
+    conv_store_m8(p, acc, M, N, p.oh * p.ow, n);
+}
+
+SI_DEV void conv_bwd_data_run_m8(const ConvParams& p) {
+    const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
+    const int n = blockIdx.x * SI_TILE_THREADS + threadIdx.x;
+    float acc[SI_M8] = {};
+    si_gemm_m8(ConvBwdDataHoisted::make(p), M, N, K, n, acc);
+    conv_store_m8(p, acc, M, N, p.h * p.w, n);
+}
+
+// conv2d_bwd_data for Cin ≤ 8 (bias must be null here).
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_data_m8(ConvParams p) {
+    conv_bwd_data_run_m8(p);
+}
+
+// conv_transpose2d_fwd with at most 8 output channels.
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_fwd_m8(ConvParams p) {
+    conv_bwd_data_run_m8(p);
+}

@@ -70,7 +70,7 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 10] = [
+    let parts: [(&str, Part); 11] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
@@ -86,6 +86,7 @@ fn cuda_backend_on_a_real_gpu() {
             conv_big_tile_kernels(d, ConvTile::Tf32)
         }),
         ("conv_math_dispatch", conv_math_dispatch),
+        ("conv_m8_kernels", conv_m8_kernels),
         ("budget_and_peaks", budget_and_peaks),
     ];
     let mut failed = Vec::new();
@@ -492,6 +493,55 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
         }
         let name = format!("{bwd_w} split_k={split} = conv2d_bwd_weight");
         assert_close(&name, &g.to_host().unwrap(), &want_dw, atol, rtol);
+    }
+}
+
+/// The `*_m8` kernels (GEMMs of at most 8 rows, one column per thread)
+/// launched directly: the forward into 7 channels against the host
+/// reference, the input gradient of 5 channels and the transposed conv into
+/// 5 (with bias) against the 64×64 kernels; stride 2, K over several of the
+/// kernels' 32-long A chunks, N over several 256-column blocks.
+fn conv_m8_kernels(dev: &Arc<GpuDevice>) {
+    let (n, ci, h, w, co, k, s, pad) = (3, 5, 23, 21, 7, 5, 2, 2);
+    let x = rand_vec(n * ci * h * w, 27);
+    let wt = rand_vec(co * ci * k * k, 28);
+    let (want, oh, ow) = conv_ref(&x, &wt, (n, ci, h, w), (co, k, k), s, pad);
+    let dy = dev.upload(&rand_vec(want.len(), 29)).unwrap();
+    let bias = dev.upload(&rand_vec(ci, 30)).unwrap();
+    let (dx, dw) = (dev.upload(&x).unwrap(), dev.upload(&wt).unwrap());
+    let base = ConvParams {
+        x: dx.ptr(),
+        weight: dw.ptr(),
+        ..conv_geometry((n, ci, h, w), (co, k), (oh, ow), s, pad)
+    };
+    let m8 = |rows, cols| Launch::conv_tiles(ConvTile::M8, rows, cols, 1).unwrap();
+    let y = dev.alloc(want.len()).unwrap();
+    let p = ConvParams {
+        out: y.ptr(),
+        ..base
+    };
+    launch(dev, "conv2d_fwd_m8", m8(co, n * oh * ow), &p).unwrap();
+    assert_close(
+        "conv2d_fwd_m8 5→7 k5 s2 p2",
+        &y.to_host().unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+    for (k64, b) in [("conv2d_bwd_data", 0), ("conv_transpose2d_fwd", bias.ptr())] {
+        let km8 = ConvTile::M8.kernel(k64);
+        let (g64, g8) = (dev.alloc(x.len()).unwrap(), dev.alloc(x.len()).unwrap());
+        let mut p = ConvParams {
+            dy: dy.ptr(),
+            bias: b,
+            out: g64.ptr(),
+            ..base
+        };
+        launch(dev, k64, Launch::tiles(ci, n * h * w, 1).unwrap(), &p).unwrap();
+        p.out = g8.ptr();
+        launch(dev, &km8, m8(ci, n * h * w), &p).unwrap();
+        let (a, b) = (g64.to_host().unwrap(), g8.to_host().unwrap());
+        assert_close(&format!("{km8} = {k64}"), &b, &a, 1e-4, 1e-4);
     }
 }
 

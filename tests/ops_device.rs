@@ -295,12 +295,17 @@ device_tests! {
         // Problems large enough that the size rule picks the 128×128-tile
         // kernels (conv2d_*_t128; unless SPLITINV_CONV_TILE forces a tile):
         // forward M = Cout 70, N = 38·30·30 = 34200 (268 tile columns);
-        // input gradient M = Cin 5, N = 38·32·32 (304); transposed conv
-        // M = 5, N = 38·32·32; weight gradient M = 130, N = 32·9, K = 12·31·31,
-        // split so that 6 tiles make 264 blocks. Partial tiles everywhere.
-        use splitinv::cuda::launch::{conv_tile_for, split_k_for_tile, ConvTile, MIN_T128_BLOCKS, TILE_BIG};
+        // input gradient M = Cin 12, N = 38·32·32 (304);
+        // weight gradient M = 130, N = 32·9, K = 12·31·31, split so that 6
+        // tiles make 264 blocks. Partial tiles everywhere. And GEMMs of at
+        // most 8 rows with many columns, which go to the *_m8 kernels: the
+        // input gradient M = Cin 5 and the transposed conv M = 5, both
+        // N = 38·32·32.
+        use splitinv::cuda::launch::{conv_tile_for, few_rows, split_k_for_tile, ConvTile, MIN_T128_BLOCKS, TILE_BIG};
         assert_eq!(conv_tile_for(70, 38 * 30 * 30, 1, None), ConvTile::T128);
-        assert_eq!(conv_tile_for(5, 38 * 32 * 32, 1, None), ConvTile::T128);
+        assert_eq!(conv_tile_for(12, 38 * 32 * 32, 1, None), ConvTile::T128);
+        assert_eq!(few_rows(12, 38 * 32 * 32, 1, None), None);
+        assert_eq!(few_rows(5, 38 * 32 * 32, 1, None), Some(ConvTile::M8));
         let split = split_k_for_tile(130, 32 * 9, 12 * 31 * 31, MIN_T128_BLOCKS, TILE_BIG);
         assert_eq!(conv_tile_for(130, 32 * 9, split, None), ConvTile::T128);
         if dev == Device::Cpu {
@@ -315,13 +320,17 @@ device_tests! {
         let gy = rnd(want.dims(), 103, -1.0, 1.0);
         let dx = ops::conv2d_input_grad(&on(&gy), &on(&w), [32, 32], p).unwrap();
         let want = ops::conv2d_input_grad(&gy, &w, [32, 32], p).unwrap();
+        assert_close(&format!("conv2d_input_grad, 5 channels (m8), on {dev}"), &dx.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        let w12 = rnd(&[70, 12, 3, 3], 109, -1.0, 1.0);
+        let dx = ops::conv2d_input_grad(&on(&gy), &on(&w12), [32, 32], p).unwrap();
+        let want = ops::conv2d_input_grad(&gy, &w12, [32, 32], p).unwrap();
         assert_close(&format!("big conv2d_input_grad on {dev}"), &dx.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
         let pt = ConvTranspose2dParams::new(2, 1, 1);
         let (xt, wt, bt) = (rnd(&[38, 6, 16, 16], 104, -1.0, 1.0), rnd(&[6, 5, 3, 3], 105, -1.0, 1.0), rnd(&[5], 106, -1.0, 1.0));
         let yt = ops::conv_transpose2d(&on(&xt), &on(&wt), Some(&on(&bt)), pt).unwrap();
         let want = ops::conv_transpose2d(&xt, &wt, Some(&bt), pt).unwrap();
         assert_eq!(want.dims(), &[38, 5, 32, 32]);
-        assert_close(&format!("big conv_transpose2d on {dev}"), &yt.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        assert_close(&format!("conv_transpose2d into 5 channels (m8) on {dev}"), &yt.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
         let p = Conv2dParams::new(1, 1);
         let (x, gy) = (rnd(&[12, 32, 31, 31], 107, -1.0, 1.0), rnd(&[12, 130, 31, 31], 108, -1.0, 1.0));
         let dw = ops::conv2d_weight_grad(&on(&x), &on(&gy), [3, 3], p).unwrap();

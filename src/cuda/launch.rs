@@ -25,6 +25,18 @@ pub const TILE: usize = 64;
 /// (`SI_BM` = `SI_BN` in common.cuh).
 pub const TILE_BIG: usize = 128;
 
+/// Most GEMM rows of the `*_m8` conv kernels (`SI_M8` in common.cuh).
+pub const M8_ROWS: usize = 8;
+
+/// GEMM columns per block of the `*_m8` conv kernels (one per thread).
+pub const M8_COLUMNS: usize = TILE_THREADS as usize;
+
+/// Fewest GEMM columns for which a GEMM of at most [`M8_ROWS`] rows goes to
+/// the `*_m8` kernels: as many as a 64×64 grid needs to give each of 132
+/// SMs a block. Below that a step is a handful of blocks either way, and
+/// the 64×64 kernels, measured on small workloads, keep them.
+pub const MIN_M8_COLUMNS: usize = 132 * TILE;
+
 /// Fewest blocks a `*_t128` conv grid must have to be chosen: two per SM on
 /// a 132-SM H100 / H200 (two 256-thread blocks of at most 128 registers per
 /// thread fit on an SM), so every SM has work for the whole kernel.
@@ -75,7 +87,25 @@ impl Launch {
 
     /// The launch of a conv kernel of tile size `tile` (64: `conv2d_*`,
     /// 128: `conv2d_*_t128`): `rows`×`cols` GEMM output, `split_k` along z.
+    /// The `*_m8` kernels ([`ConvTile::M8`]) take all (at most 8) rows in
+    /// one block and 256 columns per block, no split.
     pub fn conv_tiles(tile: ConvTile, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
+        if tile == ConvTile::M8 {
+            if rows > M8_ROWS || split_k > 1 {
+                return Err(Error::invalid(
+                    "cuda launch",
+                    format!("the *_m8 conv kernels take at most {M8_ROWS} GEMM rows and no split-K, got {rows} rows, split {split_k}"),
+                ));
+            }
+            return Ok(Launch {
+                grid: (
+                    to_u32(cols.div_ceil(M8_COLUMNS).max(1), "column blocks")?,
+                    1,
+                    1,
+                ),
+                block: (TILE_THREADS, 1, 1),
+            });
+        }
         Launch::tiles_of(tile.edge(), rows, cols, split_k)
     }
 
@@ -140,14 +170,22 @@ pub enum ConvTile {
     /// operands rounded to TF32 (`_tf32` suffix; sm_80 and later): PyTorch's
     /// default convolution precision. Only with [`ConvMath::Tf32`].
     Tf32,
+    /// At most [`M8_ROWS`] GEMM rows (a conv into at most 8 channels: the
+    /// forward with Cout ≤ 8, the input gradient with Cin ≤ 8), all of them
+    /// in one block, one column per thread (`_m8` suffix; no weight-gradient
+    /// kernel). The tiled kernels would use 8 or fewer of their 64 or 128
+    /// rows and gather every B element for nothing else.
+    M8,
 }
 
 impl ConvTile {
-    /// The output tile edge in elements (64 or 128).
+    /// The output tile edge in elements (64 or 128; for [`ConvTile::M8`]
+    /// the columns per block).
     pub fn edge(self) -> usize {
         match self {
             ConvTile::T64 => TILE,
             ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => TILE_BIG,
+            ConvTile::M8 => M8_COLUMNS,
         }
     }
 
@@ -159,6 +197,7 @@ impl ConvTile {
             ConvTile::T128 => format!("{base}_t128"),
             ConvTile::Tc => format!("{base}_tc"),
             ConvTile::Tf32 => format!("{base}_tf32"),
+            ConvTile::M8 => format!("{base}_m8"),
         }
     }
 
@@ -295,8 +334,22 @@ pub fn conv_tile_for_min(
 /// size. The variable is read once per process; any other value is an
 /// error on every conv launch on a GPU (not a panic).
 pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
-    let tile = conv_tile_for_min(m, n, split_k, conv_tile_override()?, big_tile_min_blocks()?);
+    let forced = conv_tile_override()?;
+    if let Some(t) = few_rows(m, n, split_k, forced) {
+        return Ok(t);
+    }
+    let tile = conv_tile_for_min(m, n, split_k, forced, big_tile_min_blocks()?);
     Ok(with_math(tile, conv_math()?))
+}
+
+/// [`ConvTile::M8`] for a forward or input-gradient GEMM of at most
+/// [`M8_ROWS`] rows and at least [`MIN_M8_COLUMNS`] columns, without
+/// split-K, unless `SPLITINV_CONV_TILE` forces 64 or 128 (`tc` keeps the
+/// rule); else `None`, and the size rule decides. (The weight gradient has
+/// no `_m8` kernel and never asks.)
+pub fn few_rows(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) -> Option<ConvTile> {
+    let forced_tile = matches!(forced, Some(ConvTile::T64 | ConvTile::T128));
+    (m <= M8_ROWS && n >= MIN_M8_COLUMNS && split_k <= 1 && !forced_tile).then_some(ConvTile::M8)
 }
 
 /// The fewest blocks for which the size rule picks the 128×128 core:
@@ -415,6 +468,7 @@ mod tests {
     #[test]
     fn tile_edges_match_the_kernel_defines() {
         let src = include_str!("../../kernels/common.cuh");
+        assert!(src.contains(&format!("#define SI_M8 {M8_ROWS}\n")));
         let define = |name: &str| -> usize {
             let line = src
                 .lines()
@@ -510,6 +564,38 @@ mod tests {
             conv_tile_for(128, 1024, 1, Some(ConvTile::Tc)),
             ConvTile::T64
         );
+    }
+
+    #[test]
+    fn few_rows_go_to_the_m8_kernels_when_the_columns_are_many() {
+        // The RGB input gradient of CIFAR's conv11 at batch 1000: M = 3,
+        // N = 1000·32·32.
+        assert_eq!(few_rows(3, 1000 * 1024, 1, None), Some(ConvTile::M8));
+        assert_eq!(few_rows(8, MIN_M8_COLUMNS, 1, None), Some(ConvTile::M8));
+        assert_eq!(
+            few_rows(8, MIN_M8_COLUMNS, 1, Some(ConvTile::Tc)),
+            Some(ConvTile::M8)
+        );
+        // 9 rows, too few columns, split-K, or a forced tile: the size rule.
+        assert_eq!(few_rows(9, 1 << 20, 1, None), None);
+        assert_eq!(few_rows(3, MIN_M8_COLUMNS - 1, 1, None), None);
+        assert_eq!(few_rows(3, 1 << 20, 2, None), None);
+        assert_eq!(few_rows(3, 1 << 20, 1, Some(ConvTile::T64)), None);
+        assert_eq!(few_rows(3, 1 << 20, 1, Some(ConvTile::T128)), None);
+        // TF32 leaves them on FP32 FFMA.
+        assert_eq!(with_math(ConvTile::M8, ConvMath::Tf32), ConvTile::M8);
+        // Launch: one block row, 256 columns a block; more rows is an error.
+        let l = Launch::conv_tiles(ConvTile::M8, 3, 1000 * 1024, 1).unwrap();
+        assert_eq!(l.grid, (4000, 1, 1));
+        assert_eq!(l.block, (TILE_THREADS, 1, 1));
+        assert_eq!(
+            Launch::conv_tiles(ConvTile::M8, 8, 257, 1).unwrap().grid,
+            (2, 1, 1)
+        );
+        assert!(Launch::conv_tiles(ConvTile::M8, 9, 1024, 1).is_err());
+        assert!(Launch::conv_tiles(ConvTile::M8, 3, 1024, 2).is_err());
+        assert_eq!(ConvTile::M8.kernel("conv2d_fwd"), "conv2d_fwd_m8");
+        assert!(!ConvTile::M8.needs_tensor_cores());
     }
 
     #[test]

@@ -303,6 +303,9 @@ static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_b
 // The *_tc kernels: the *_t128 ones with the K step on tensor cores (3xTF32).
 static const ConvKernels CONVTC{conv2d_fwd_tc, conv2d_bwd_data_tc, conv2d_bwd_weight_tc,
                                 conv_transpose2d_fwd_tc, 128, "_tc"};
+// The *_m8 kernels: GEMMs of at most 8 rows, one column per thread (no
+// weight-gradient twin: launched only for the other three).
+static const ConvKernels CONVM8{conv2d_fwd_m8, conv2d_bwd_data_m8, nullptr, conv_transpose2d_fwd_m8, 256, "_m8"};
 // The *_tf32 kernels: the *_tc ones with one TF32 product.
 static const ConvKernels CONVTF32{conv2d_fwd_tf32, conv2d_bwd_data_tf32, conv2d_bwd_weight_tf32,
                                   conv_transpose2d_fwd_tf32, 128, "_tf32", true};
@@ -356,30 +359,32 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
                                     dyr[((n * s.cout + co) * OH + oy) * OW + ox];
                             }
     check("conv2d_bwd_data" + ks.suffix + " " + tag, dx, want_dx, 1e-4, 1e-4);
-    // weight gradient, without and with split-K (+ accumulate)
-    D want_dw(nw, 0.0);
-    for (int n = 0; n < s.n; ++n)
-        for (int co = 0; co < s.cout; ++co)
-            for (int oy = 0; oy < OH; ++oy)
-                for (int ox = 0; ox < OW; ++ox)
-                    for (int ci = 0; ci < s.cin; ++ci)
-                        for (int ky = 0; ky < s.kh; ++ky)
-                            for (int kx = 0; kx < s.kw; ++kx) {
-                                const int iy = oy * s.sh - s.ph + ky * s.dh, ix = ox * s.sw - s.pw + kx * s.dw;
-                                if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
-                                want_dw[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] +=
-                                    (double)dyr[((n * s.cout + co) * OH + oy) * OW + ox] *
-                                    xr[((n * s.cin + ci) * s.h + iy) * s.w + ix];
-                            }
-    const int GN = s.cin * s.kh * s.kw;
-    for (int split : {1, 3}) {
-        V dw(nw, split == 1 ? NAN : 0.25f), ws((size_t)split * nw, NAN);
-        p.out = dw.data(); p.workspace = ws.data(); p.split_k = split; p.accumulate = split > 1;
-        emu::launch(ks.bwd_weight, dim3{tiles_of(GN, ks.tile), tiles_of(s.cout, ks.tile), (unsigned)split}, 256, p);
-        if (split > 1) emu::launch(conv2d_bwd_weight_reduce, dim3{2}, 256, p);
-        D want = want_dw;
-        if (split > 1) for (auto& v : want) v += 0.25;
-        check("conv2d_bwd_weight" + ks.suffix + " split_k=" + std::to_string(split) + " " + tag, dw, want, 1e-4, 1e-4);
+    if (ks.bwd_weight) {  // (the *_m8 family has none)
+        // weight gradient, without and with split-K (+ accumulate)
+        D want_dw(nw, 0.0);
+        for (int n = 0; n < s.n; ++n)
+            for (int co = 0; co < s.cout; ++co)
+                for (int oy = 0; oy < OH; ++oy)
+                    for (int ox = 0; ox < OW; ++ox)
+                        for (int ci = 0; ci < s.cin; ++ci)
+                            for (int ky = 0; ky < s.kh; ++ky)
+                                for (int kx = 0; kx < s.kw; ++kx) {
+                                    const int iy = oy * s.sh - s.ph + ky * s.dh, ix = ox * s.sw - s.pw + kx * s.dw;
+                                    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
+                                    want_dw[((co * s.cin + ci) * s.kh + ky) * s.kw + kx] +=
+                                        (double)dyr[((n * s.cout + co) * OH + oy) * OW + ox] *
+                                        xr[((n * s.cin + ci) * s.h + iy) * s.w + ix];
+                                }
+        const int GN = s.cin * s.kh * s.kw;
+        for (int split : {1, 3}) {
+            V dw(nw, split == 1 ? NAN : 0.25f), ws((size_t)split * nw, NAN);
+            p.out = dw.data(); p.workspace = ws.data(); p.split_k = split; p.accumulate = split > 1;
+            emu::launch(ks.bwd_weight, dim3{tiles_of(GN, ks.tile), tiles_of(s.cout, ks.tile), (unsigned)split}, 256, p);
+            if (split > 1) emu::launch(conv2d_bwd_weight_reduce, dim3{2}, 256, p);
+            D want = want_dw;
+            if (split > 1) for (auto& v : want) v += 0.25;
+            check("conv2d_bwd_weight" + ks.suffix + " split_k=" + std::to_string(split) + " " + tag, dw, want, 1e-4, 1e-4);
+        }
     }
     // The two backward kernels are adjoints of the forward:
     //   <conv(x; w), dy> = <x, dx> = <w, dw>.
@@ -797,6 +802,19 @@ int main(int argc, char** argv) {
         test_conv_transpose(CONVTC);
         test_conv(ConvShape{2, 130, 9, 10, 200, 1, 1, 1, 1, 0, 0, 1, 1}, "(1x1 130->200, M,N > 128)", CONVTC);
         test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 128)", CONVTC);
+    }
+    if (want("conv") || want("convm8")) {
+        // At most 8 GEMM rows (Cout for the forward, Cin for the input
+        // gradient), one column per thread: short and long K (several A
+        // chunks of 32, the last partial), N over several blocks of 256
+        // with a partial last one, stride, dilation, padding, the
+        // transposed conv with bias.
+        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONVM8);
+        test_conv(ConvShape{1, 2, 8, 9, 3, 3, 3, 1, 2, 2, 1, 2, 1}, "(3x3 dil 2,1)", CONVM8);
+        test_conv(ConvShape{1, 1, 12, 12, 8, 5, 5, 1, 1, 0, 0, 1, 1}, "(LeNet conv1 shape)", CONVM8);
+        test_conv(ConvShape{3, 6, 15, 14, 7, 3, 3, 1, 1, 1, 1, 1, 1}, "(6->7 k3 p1, N > 512)", CONVM8);
+        test_conv(ConvShape{4, 7, 13, 12, 8, 3, 3, 2, 2, 2, 1, 2, 1}, "(7->8 s2 dil 2,1)", CONVM8);
+        test_conv_transpose(CONVM8);
     }
     if (want("conv") || want("convtf32")) {
         // One TF32 product: the same shapes as the 3xTF32 kernels, against

@@ -11,7 +11,8 @@
 //! Each has a twin with a `_t128` suffix on 128×128 tiles (grid in units of
 //! 128), faster on large problems, and a `_tc` one that runs the 128×128
 //! tiles on tensor cores at FP32 accuracy (3xTF32), and a `_tf32` one with
-//! a single TF32 product; which one runs is decided per launch by
+//! a single TF32 product, and GEMMs of at most 8 rows (a conv into at most
+//! 8 channels) have `_m8` ones; which one runs is decided per launch by
 //! [`tile_for`] (the rule: [`crate::cuda::launch::conv_tile_for`];
 //! `SPLITINV_CONV_TILE=64|128` forces one, `tc` opts into tensor cores;
 //! `--conv-math tf32` puts the 128×128 choices on `_tf32`).
@@ -223,7 +224,8 @@ fn weight_grad_plan(
     let tile = crate::cuda::launch::conv_tile_for_min(m, n, split_big, forced, min_blocks);
     match tile {
         ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => (tile, split_big),
-        ConvTile::T64 => (tile, split_k_for(m, n, k, TARGET_BLOCKS)),
+        // (The size rule never answers M8; the weight gradient has no such kernel.)
+        ConvTile::T64 | ConvTile::M8 => (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)),
     }
 }
 
