@@ -12,7 +12,7 @@
 # with --conv-math tf32 against PyTorch's default, which also runs its
 # convolutions on TF32: the like-for-like pair), profile (the
 # CIFAR workloads' GPU time per kernel, bench --profile, FFMA, tc and tf32), sweep
-# (tc with the 128×128 threshold at 264, 132 and 66 blocks), tc (the op
+# (tf32 and tc with other 128×128 thresholds), tc (the op
 # tests and the benchmark with the tensor-core conv kernels,
 # SPLITINV_CONV_TILE=tc), bench (splitinv bench --device cuda), compare
 # (PyTorch CUDA eager on the same workloads), t64 (bench with every conv on
@@ -76,8 +76,9 @@ for s in "${@:-tests tf32 bench fp32 tc profile}"; do for s in $s; do case $s in
       step profile 150 $S --device cuda bench --quick --filter cifar --profile 10
       step profile_tf32 150 $S --device cuda --conv-math tf32 bench --quick --filter cifar --profile 10
       step profile_tc 150 env SPLITINV_CONV_TILE=tc $S --device cuda bench --quick --filter cifar --profile 10 ;;
-  sweep) # The size rule's threshold with the tensor-core kernels: 264 (default), 132, 66 blocks.
-      for b in 264 132 66; do step sweep_tc_$b 90 env SPLITINV_CONV_TILE=tc SPLITINV_CONV_BIG_MIN_BLOCKS=$b $S --device cuda bench --quick --filter cifar; done ;;
+  sweep) # The size rule's threshold with the tensor-core kernels: TF32 at 264, 132 (its default) and 66 blocks, 3xTF32 at 264 (default) and 132.
+      for b in 264 132 66; do step sweep_tf32_$b 90 env SPLITINV_CONV_BIG_MIN_BLOCKS=$b $S --device cuda --conv-math tf32 bench --quick --filter cifar; done
+      for b in 264 132; do step sweep_tc_$b 90 env SPLITINV_CONV_TILE=tc SPLITINV_CONV_BIG_MIN_BLOCKS=$b $S --device cuda bench --quick --filter cifar; done ;;
   t64) step bench_t64 140 sh -c "SPLITINV_CONV_TILE=64 $S --device cuda bench --json > $O/bench_cuda_t64.json" ;;
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;

@@ -353,29 +353,52 @@ pub fn few_rows(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) ->
 }
 
 /// The fewest blocks for which the size rule picks the 128×128 core:
-/// [`MIN_T128_BLOCKS`], or `SPLITINV_CONV_BIG_MIN_BLOCKS` (a positive
-/// integer, read once), so that one GPU run can try other thresholds (the
-/// tensor-core kernels may pay off on smaller grids than the FFMA ones). A
-/// value that is not a positive integer is an error on every conv launch on
-/// a GPU.
+/// `SPLITINV_CONV_BIG_MIN_BLOCKS` (a positive integer, read once), so that
+/// one GPU run can try other thresholds, else [`default_min_blocks`] for
+/// the conv precision. A value that is not a positive integer is an error
+/// on every conv launch on a GPU.
 pub fn big_tile_min_blocks() -> Result<usize> {
-    static MIN: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
-    MIN.get_or_init(|| {
-        let v = std::env::var_os("SPLITINV_CONV_BIG_MIN_BLOCKS");
-        parse_min_blocks(v.as_ref().map(|v| v.to_string_lossy()).as_deref())
-    })
-    .clone()
-    .map_err(|msg| Error::invalid("SPLITINV_CONV_BIG_MIN_BLOCKS", msg))
+    static MIN: OnceLock<std::result::Result<Option<usize>, String>> = OnceLock::new();
+    let set = MIN
+        .get_or_init(|| {
+            let v = std::env::var_os("SPLITINV_CONV_BIG_MIN_BLOCKS");
+            parse_min_blocks(v.as_ref().map(|v| v.to_string_lossy()).as_deref())
+        })
+        .clone()
+        .map_err(|msg| Error::invalid("SPLITINV_CONV_BIG_MIN_BLOCKS", msg))?;
+    match set {
+        Some(n) => Ok(n),
+        None => Ok(default_min_blocks(conv_math()?)),
+    }
 }
 
-/// `None`/empty → [`MIN_T128_BLOCKS`]; a positive integer → itself; else a message.
-fn parse_min_blocks(v: Option<&str>) -> std::result::Result<usize, String> {
+/// Fewest 128×128 blocks for the TF32 kernels: one per SM of an H100 /
+/// H200. One TF32 mma per step does a third of 3xTF32's tensor work and
+/// none of FFMA's 768 multiply-adds per thread, so a block finishes its
+/// tile several times sooner than a `_t128` one, and a grid that gives
+/// each SM one such block is expected to beat four times as many 64×64
+/// FFMA blocks. At batch 128 the CIFAR CNN's 16×16 layers (256 blocks, the
+/// largest share of its FLOPs) then run on tensor cores, where the FP32
+/// threshold keeps them on FFMA. Not yet measured (`run.sh sweep`).
+pub const MIN_TF32_BLOCKS: usize = 132;
+
+/// The size rule's threshold without `SPLITINV_CONV_BIG_MIN_BLOCKS`:
+/// [`MIN_T128_BLOCKS`] for FP32, [`MIN_TF32_BLOCKS`] when TF32 is allowed.
+pub fn default_min_blocks(math: ConvMath) -> usize {
+    match math {
+        ConvMath::Fp32 => MIN_T128_BLOCKS,
+        ConvMath::Tf32 => MIN_TF32_BLOCKS,
+    }
+}
+
+/// `None`/empty → `None` (the default); a positive integer → itself; else a message.
+fn parse_min_blocks(v: Option<&str>) -> std::result::Result<Option<usize>, String> {
     match v.map(str::trim) {
-        None | Some("") => Ok(MIN_T128_BLOCKS),
+        None | Some("") => Ok(None),
         Some(s) => match s.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
+            Ok(n) if n >= 1 => Ok(Some(n)),
             _ => Err(format!(
-                "'{s}' is not a block count: use a positive integer (the default is {MIN_T128_BLOCKS}, two blocks per SM of an H100 / H200)"
+                "'{s}' is not a block count: use a positive integer (the default is {MIN_T128_BLOCKS}, two blocks per SM of an H100 / H200, or {MIN_TF32_BLOCKS} with --conv-math tf32)"
             )),
         },
     }
@@ -619,8 +642,16 @@ mod tests {
 
     #[test]
     fn conv_tile_override_parses() {
-        assert_eq!(parse_min_blocks(None), Ok(MIN_T128_BLOCKS));
-        assert_eq!(parse_min_blocks(Some(" 132 ")), Ok(132));
+        assert_eq!(parse_min_blocks(None), Ok(None));
+        assert_eq!(parse_min_blocks(Some("")), Ok(None));
+        assert_eq!(parse_min_blocks(Some(" 132 ")), Ok(Some(132)));
+        assert_eq!(default_min_blocks(ConvMath::Fp32), MIN_T128_BLOCKS);
+        assert_eq!(default_min_blocks(ConvMath::Tf32), MIN_TF32_BLOCKS);
+        // Under TF32 the CIFAR CNN's 16×16 layers at batch 128 (M = 128,
+        // N = 128·256: 256 blocks) go to the tensor cores.
+        let t = conv_tile_for_min(128, 128 * 256, 1, None, MIN_TF32_BLOCKS);
+        assert_eq!(with_math(t, ConvMath::Tf32), ConvTile::Tf32);
+        assert_eq!(conv_tile_for(128, 128 * 256, 1, None), ConvTile::T64);
         for bad in ["0", "-4", "lots", "1.5"] {
             let e = parse_min_blocks(Some(bad)).unwrap_err();
             assert!(e.contains(bad) && e.contains("positive integer"), "{e}");
