@@ -20,7 +20,8 @@
 # numbers: the other like-for-like pair; after bench), demo, reproduce (CIFAR-10
 # with the zoo's weights, limit $REPRODUCE_LIMIT s, default 400),
 # reproduce_train (the same after training a fresh target with the zoo's
-# recipe: the "training included" run). Both reproduce steps write under
+# recipe: the "training included" run; CONV_MATH=tf32 runs either with TF32
+# convolutions, into its own folder). Both reproduce steps write under
 # target/gpu-rc/ with --resume, so a step cut short by its limit goes on
 # where it stopped when run again on the same (still warm) machine; the
 # cells' own seconds add up to the whole run's time.
@@ -46,6 +47,7 @@ built=$(strings "$G/cli_device" | grep -o -m1 '/[[:alnum:]_./-]*/target/release/
 export SPLITINV_DATA=$G/data SPLITINV_REQUIRE_CUDA=1
 S=$G/splitinv
 RC=$PWD/target/gpu-rc
+CM=${CONV_MATH:-fp32}   # the reproduce steps' --conv-math (CONV_MATH=tf32 for the TF32 run)
 step info 20 $S info
 
 tests() {
@@ -83,10 +85,10 @@ for s in "${@:-tests tf32 bench fp32 tc profile}"; do for s in $s; do case $s in
   compare) step compare 150 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda.md" ;;
   fp32) step compare_fp32 90 sh -c "PYTHONUNBUFFERED=1 python3 benches/compare_pytorch.py --device cuda --no-tf32 --filter cifar --splitinv-json $O/bench_cuda.json | tee $O/compare_cuda_fp32.md" ;;
   demo) step demo 60 $S --device cuda demo --out /tmp/demo ;;
-  reproduce) step reproduce_cifar10 ${REPRODUCE_LIMIT:-400} $S --device cuda reproduce --dataset cifar10 --json --resume --out "$RC/zoo"
-      cp "$RC/zoo/results.json" "$O/reproduce_zoo.json" 2>/dev/null; ls "$RC/zoo/cells" 2>/dev/null | wc -l ;;
-  reproduce_train) step reproduce_train ${REPRODUCE_LIMIT:-400} $S --device cuda reproduce --dataset cifar10 --json --resume --weights "$RC/trained/cifar10cnn.safetensors" --out "$RC/trained"
-      cp "$RC/trained/results.json" "$O/reproduce_trained.json" 2>/dev/null ;;
+  reproduce) step reproduce_cifar10_$CM ${REPRODUCE_LIMIT:-400} $S --device cuda --conv-math $CM reproduce --dataset cifar10 --json --resume --out "$RC/zoo_$CM"
+      cp "$RC/zoo_$CM/results.json" "$O/reproduce_zoo_$CM.json" 2>/dev/null; ls "$RC/zoo_$CM/cells" 2>/dev/null | wc -l ;;
+  reproduce_train) step reproduce_train_$CM ${REPRODUCE_LIMIT:-400} $S --device cuda --conv-math $CM reproduce --dataset cifar10 --json --resume --weights "$RC/trained_$CM/cifar10cnn.safetensors" --out "$RC/trained_$CM"
+      cp "$RC/trained_$CM/results.json" "$O/reproduce_trained_$CM.json" 2>/dev/null ;;
   *) echo "unknown step $s" ;;
 esac; done; done
 echo "done $(el)"

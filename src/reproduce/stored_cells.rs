@@ -79,10 +79,7 @@ impl CellStore {
             ("setting".to_string(), cell.setting.clone()),
             ("split".to_string(), cell.split.clone()),
             ("seconds".to_string(), format!("{}", o.seconds)),
-            (
-                "device".to_string(),
-                crate::device::default_device().to_string(),
-            ),
+            ("device".to_string(), where_cells_run()),
         ]);
         write_tensors(
             &self.path(&cell.attack, &cell.setting, &cell.split),
@@ -154,6 +151,19 @@ impl CellStore {
             outcome,
             device: field("device")?.clone(),
         }))
+    }
+}
+
+/// The device a cell runs on, as a stored cell reports it: `cpu`, `cuda:0`,
+/// or `cuda:0 with TF32 convolutions` under `--conv-math tf32` (a valid run
+/// too, so not part of the run key, but a resumed run says so).
+fn where_cells_run() -> String {
+    let dev = crate::device::default_device();
+    match (dev, crate::cuda::conv_math()) {
+        (crate::Device::Cuda(_), Ok(crate::cuda::ConvMath::Tf32)) => {
+            format!("{dev} with TF32 convolutions")
+        }
+        _ => dev.to_string(),
     }
 }
 
