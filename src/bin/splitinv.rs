@@ -624,13 +624,7 @@ fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
         splitinv::cuda::set_memory_budget(Some(bytes));
     }
     if let Some(m) = &cli.conv_math {
-        let math = m.parse::<splitinv::cuda::ConvMath>().map_err(|_| {
-            Error::invalid(
-                "--conv-math",
-                format!("'{m}' is not a conv precision: use fp32 or tf32"),
-            )
-        })?;
-        splitinv::cuda::set_conv_math(math);
+        splitinv::cuda::set_conv_math(m.parse()?);
     }
     // A bad SPLITINV_CONV_MATH stops the command here, not at its first conv.
     splitinv::cuda::conv_math()?;

@@ -224,17 +224,22 @@ pub enum ConvMath {
     Tf32,
 }
 
+/// `fp32` or `tf32` (surrounding blanks ignored), else what is wrong.
+fn parse_conv_math(s: &str) -> std::result::Result<ConvMath, String> {
+    match s.trim() {
+        "fp32" => Ok(ConvMath::Fp32),
+        "tf32" => Ok(ConvMath::Tf32),
+        other => Err(format!(
+            "'{other}' is not a conv precision: use fp32 (the default) or tf32"
+        )),
+    }
+}
+
+/// Parses `--conv-math`'s value (errors name the flag).
 impl std::str::FromStr for ConvMath {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim() {
-            "fp32" => Ok(ConvMath::Fp32),
-            "tf32" => Ok(ConvMath::Tf32),
-            other => Err(Error::invalid(
-                "conv math",
-                format!("'{other}' is not a conv precision: use fp32 (the default) or tf32"),
-            )),
-        }
+        parse_conv_math(s).map_err(|msg| Error::invalid("--conv-math", msg))
     }
 }
 
@@ -247,30 +252,35 @@ impl std::fmt::Display for ConvMath {
     }
 }
 
-/// The conv precision set by [`set_conv_math`] (`--conv-math`), if any.
-static CONV_MATH_SET: std::sync::Mutex<Option<ConvMath>> = std::sync::Mutex::new(None);
+/// The conv precision set by [`set_conv_math`] (`--conv-math`): 0 none,
+/// else 1 + the [`ConvMath`] (read on every conv launch, so an atomic).
+static CONV_MATH_SET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Sets the conv precision for the rest of the process (`--conv-math`);
 /// it wins over `SPLITINV_CONV_MATH`.
 pub fn set_conv_math(math: ConvMath) {
-    if let Ok(mut m) = CONV_MATH_SET.lock() {
-        *m = Some(math);
-    }
+    let code = match math {
+        ConvMath::Fp32 => 1,
+        ConvMath::Tf32 => 2,
+    };
+    CONV_MATH_SET.store(code, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The conv precision: [`set_conv_math`]'s, else `SPLITINV_CONV_MATH`
 /// (`fp32` or `tf32`, read once; anything else is an error on every conv
 /// launch on a GPU), else [`ConvMath::Fp32`].
 pub fn conv_math() -> Result<ConvMath> {
-    if let Some(m) = CONV_MATH_SET.lock().ok().and_then(|m| *m) {
-        return Ok(m);
+    match CONV_MATH_SET.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return Ok(ConvMath::Fp32),
+        2 => return Ok(ConvMath::Tf32),
+        _ => {}
     }
     static FROM_ENV: OnceLock<std::result::Result<ConvMath, String>> = OnceLock::new();
     FROM_ENV
-        .get_or_init(|| match std::env::var("SPLITINV_CONV_MATH") {
-            Err(_) => Ok(ConvMath::Fp32),
-            Ok(v) if v.trim().is_empty() => Ok(ConvMath::Fp32),
-            Ok(v) => v.parse::<ConvMath>().map_err(|e| e.to_string()),
+        .get_or_init(|| match std::env::var_os("SPLITINV_CONV_MATH") {
+            None => Ok(ConvMath::Fp32),
+            Some(v) if v.to_string_lossy().trim().is_empty() => Ok(ConvMath::Fp32),
+            Some(v) => parse_conv_math(&v.to_string_lossy()),
         })
         .clone()
         .map_err(|msg| Error::invalid("SPLITINV_CONV_MATH", msg))
