@@ -281,6 +281,21 @@ struct SiDivisor {
 // walk (SiTile128Pos::RA / RB).
 // ---------------------------------------------------------------------------
 
+// A loader may declare K_TABLE = true and provide, besides a_at / b_at,
+//   SiKInfo k_info(int k) const;                       // what k alone decides
+//   float a_at(int k, const SiKInfo&, const Row&) const;
+//   float b_at(int k, const SiKInfo&, const Col&) const;
+// The 128×128 core then splits each k of a K step once for the whole block
+// (threads 0..7 write k_info of the next step's 8 k into shared memory while
+// staging the current one) instead of once per gathered element: the conv
+// loaders' two multiply-shift divisions and the products of k's parts. A
+// thread's 4 B elements of the forward lie at 4 different k, so each paid
+// its own split. (The 64×64 core has no table; a loader's plain a_at / b_at
+// compute k_info themselves.)
+struct alignas(16) SiKInfo {
+    int a, b, dy, dx;  // the loader's meaning (conv.cu)
+};
+
 #define SI_BM 128
 #define SI_BN 128
 #define SI_BK 8
@@ -517,16 +532,32 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
         cols[q] = ld.col(col_ok[q] ? n : n0);
     }
 
+    // With a K_TABLE loader: k_info of a step's 8 k, double-buffered by
+    // the step's parity (a step's entries are written while the previous
+    // step's may still be read).
+    __shared__ SiKInfo ktab[2][SI_BK];
+    auto parity = [&](int k0) { return ((k0 - k_begin) / SI_BK) & 1; };
+    auto fill_table = [&](int k0) {
+        if constexpr (L::K_TABLE) {
+            if (tid < SI_BK && k0 + tid < k_end) ktab[parity(k0)][tid] = ld.k_info(k0 + tid);
+        }
+    };
     float ra[4], rb[4];
     auto fetch = [&](int k0) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             const int qa = L::A_K_FAST ? r : 0;
             const int ka = k0 + Pos::a_k(tid, r);
-            ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
             const int qb = L::B_N_FAST ? 0 : r;
             const int kb = k0 + Pos::b_k(tid, r);
-            rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+            if constexpr (L::K_TABLE) {
+                const SiKInfo* t = ktab[parity(k0)];
+                ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, t[Pos::a_k(tid, r)], rows[qa]) : 0.0f;
+                rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, t[Pos::b_k(tid, r)], cols[qb]) : 0.0f;
+            } else {
+                ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+                rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+            }
         }
     };
     auto stage = [&]() {
@@ -547,9 +578,16 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
     // M = 192, ...), row groups i ≥ 4 hold nothing: skip their shared reads
     // and FMAs. The same for every thread of the block, so no divergence.
     const bool low_half = m0 + 64 >= M;
-    if (k_begin < k_end) fetch(k_begin);
+    if (k_begin < k_end) {
+        if constexpr (L::K_TABLE) {
+            fill_table(k_begin);
+            __syncthreads();
+        }
+        fetch(k_begin);
+    }
     for (int k0 = k_begin; k0 < k_end; k0 += SI_BK) {
         stage();
+        if (k0 + SI_BK < k_end) fill_table(k0 + SI_BK);  // read by everyone after the barrier
         __syncthreads();
         if (k0 + SI_BK < k_end) fetch(k0 + SI_BK);  // in flight while we compute
         if constexpr (MATH != SiMath::Ffma) {

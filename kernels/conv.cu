@@ -148,11 +148,12 @@ SI_DEV void conv_store_dw(const ConvParams& p, const float (&acc)[R][R], int M, 
 // and the 128×128 cores use the same ones. Everything that depends on the
 // output row m or column n alone (an image's base pointer, oy·s − p, ...)
 // is worked out once per thread by row()/col(); in the K loop a_at/b_at
-// only split k, with SiDivisor. Offsets inside one image, and inside w,
-// are 32-bit ints: the host refuses an image or a weight of 2^31 elements
-// or more (src/ops/conv/cuda.rs), so 64-bit arithmetic (and its sign
-// extensions) is left to the image and row base pointers. Notation as in
-// the header: n = (img, oy, ox) etc.
+// only split k, with SiDivisor (on the 128×128 core, once per block and K
+// step: k_info and its table, common.cuh). Offsets inside one image, and
+// inside w, are 32-bit ints: the host refuses an image or a weight of 2^31
+// elements or more (src/ops/conv/cuda.rs), so 64-bit arithmetic (and its
+// sign extensions) is left to the image base pointers (and dy's rows in
+// the weight gradient). Notation as in the header: n = (img, oy, ox) etc.
 
 // Forward: A(co, k) = w[co, k]; B(k = (ci,ky,kx), n = (img,oy,ox)) = x[img, ci, iy, ix].
 struct ConvFwdHoisted {
@@ -166,24 +167,36 @@ struct ConvFwdHoisted {
         return ConvFwdHoisted{p, p.cin * khw, khw, p.h * p.w, p.oh * p.ow,
                               SiDivisor::make(khw), SiDivisor::make(p.kw)};
     }
-    struct Row { const float* w; };  // row co of w
+    // Row co of w, as an offset: w is under 2^31 elements (checked by the
+    // host), and one int per row keeps the 4 rows a thread reads in 4
+    // registers, where pointers took 8 and ptxas rebuilt them every K step.
+    struct Row { int w; };
     // The x of image img, and where output pixel (oy, ox) puts tap (0, 0).
     struct Col { const float* x; int iy0, ix0; };
-    SI_DEV Row row(int co) const { return Row{p.weight + (i64)co * K}; }
-    SI_DEV float a_at(int k, const Row& r) const { return r.w[k]; }
+    SI_DEV Row row(int co) const { return Row{co * K}; }
+    SI_DEV float a_at(int k, const Row& r) const { return p.weight[r.w + k]; }
     SI_DEV Col col(int n) const {
         const int img = n / ohw, pix = n - img * ohw;
         const int oy = pix / p.ow, ox = pix - oy * p.ow;
         return Col{p.x + (i64)img * p.cin * hw, oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w};
     }
-    SI_DEV float b_at(int k, const Col& c) const {
+    // What B(k, ·) needs from k alone (SiKInfo): the offset of tap
+    // (ci, ky, kx) from the tap (0, 0) of the same pixel, and its ky·dh, kx·dw.
+    static constexpr bool K_TABLE = true;
+    SI_DEV SiKInfo k_info(int k) const {
         const int ci = by_khw.div(k), r = k - ci * khw;
         const int ky = by_kw.div(r), kx = r - ky * p.kw;
-        const int iy = c.iy0 + ky * p.dil_h, ix = c.ix0 + kx * p.dil_w;
+        const int dy = ky * p.dil_h, dx = kx * p.dil_w;
+        return SiKInfo{0, ci * hw + dy * p.w + dx, dy, dx};
+    }
+    SI_DEV float a_at(int k, const SiKInfo&, const Row& r) const { return a_at(k, r); }
+    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c) const {
+        const int iy = c.iy0 + ki.dy, ix = c.ix0 + ki.dx;
         // One unsigned compare per axis: a negative index wraps to a huge one.
         if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
-        return c.x[ci * hw + iy * p.w + ix];
+        return c.x[ki.b + (c.iy0 * p.w + c.ix0)];
     }
+    SI_DEV float b_at(int k, const Col& c) const { return b_at(k, k_info(k), c); }
 };
 
 // Input gradient: A(ci, k = (co,ky,kx)) = w[co, ci, ky, kx];
@@ -203,24 +216,29 @@ struct ConvBwdDataHoisted {
                                   SiDivisor::make(khw), SiDivisor::make(p.kw),
                                   SiDivisor::make(p.stride_h), SiDivisor::make(p.stride_w)};
     }
-    struct Row { const float* w; };  // &w[0, ci, 0, 0]
+    struct Row { int w; };  // offset of w[0, ci, 0, 0] (w is under 2^31 elements, as above)
     // The dy of image img, and iy + ph, ix + pw for dx pixel (iy, ix).
     struct Col { const float* dy; int ty0, tx0; };
-    SI_DEV Row row(int ci) const { return Row{p.weight + (i64)ci * khw}; }
-    SI_DEV float a_at(int k, const Row& r) const {
+    SI_DEV Row row(int ci) const { return Row{ci * khw}; }
+    // What A(·, k) and B(k, ·) need from k = (co, ky, kx) alone (SiKInfo):
+    // the offset of w[co, ·, ky, kx] from w[0, ·, 0, 0], of dy[·, co] from
+    // dy[·, 0], and ky·dh, kx·dw.
+    static constexpr bool K_TABLE = true;
+    SI_DEV SiKInfo k_info(int k) const {
         const int co = by_khw.div(k), rr = k - co * khw;
-        return r.w[co * cin_khw + rr];
+        const int ky = by_kw.div(rr), kx = rr - ky * p.kw;
+        return SiKInfo{co * cin_khw + rr, co * ohw, ky * p.dil_h, kx * p.dil_w};
     }
+    SI_DEV float a_at(int, const SiKInfo& ki, const Row& r) const { return p.weight[r.w + ki.a]; }
+    SI_DEV float a_at(int k, const Row& r) const { return a_at(k, k_info(k), r); }
     SI_DEV Col col(int n) const {
         const int img = n / hw, pix = n - img * hw;
         const int iy = pix / p.w, ix = pix - iy * p.w;
         return Col{p.dy + (i64)img * p.cout * ohw, iy + p.pad_h, ix + p.pad_w};
     }
-    SI_DEV float b_at(int k, const Col& c) const {
-        const int co = by_khw.div(k), r = k - co * khw;
-        const int ky = by_kw.div(r), kx = r - ky * p.kw;
+    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c) const {
         // Which output row used input row iy through kernel row ky?
-        int oy = c.ty0 - ky * p.dil_h, ox = c.tx0 - kx * p.dil_w;
+        int oy = c.ty0 - ki.dy, ox = c.tx0 - ki.dx;
         if (strided) {  // stride 1 (the common case) needs no division at all
             if (oy < 0 || ox < 0) return 0.0f;
             const int qy = by_sh.div(oy), qx = by_sw.div(ox);
@@ -229,8 +247,9 @@ struct ConvBwdDataHoisted {
             ox = qx;
         }
         if ((unsigned)oy >= (unsigned)p.oh || (unsigned)ox >= (unsigned)p.ow) return 0.0f;
-        return c.dy[co * ohw + oy * p.ow + ox];
+        return c.dy[ki.b + oy * p.ow + ox];
     }
+    SI_DEV float b_at(int k, const Col& c) const { return b_at(k, k_info(k), c); }
 };
 
 // Weight gradient: A(co, k = (img,oy,ox)) = dy[img, co, oy, ox];
@@ -238,6 +257,9 @@ struct ConvBwdDataHoisted {
 struct ConvBwdWeightHoisted {
     static constexpr bool A_K_FAST = true;   // dy rows contiguous in ox
     static constexpr bool B_N_FAST = false;  // x rows contiguous in ox, which is k here
+    // A and B elements of a thread share their k, so the split below is
+    // already done once per K step; no table.
+    static constexpr bool K_TABLE = false;
     ConvParams p;
     int hw, ohw;
     i64 cout_ohw, cin_hw;  // one image of dy, of x
