@@ -616,7 +616,8 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
 //     acc[m] += A(m, k) · B(k, n)   for m < M, this thread's n,
 // with A staged in shared memory SI_M8_KC values of k at a time (one
 // element per thread, zero past M and K) and read back as two float4
-// broadcasts per k. Launch: grid ceil(N / 256), block 256.
+// broadcasts per k, and, for a K_TABLE loader, the chunk's k_info next to
+// it. Launch: grid ceil(N / 256), block 256.
 // ---------------------------------------------------------------------------
 
 #define SI_M8 8
@@ -633,15 +634,23 @@ SI_DEV void si_gemm_m8(const L& ld, int M, int N, int K, int n, float acc[SI_M8]
     const typename L::Col col = ld.col(col_ok ? n : 0);
     const int am = tid & (SI_M8 - 1), ak = tid / SI_M8;  // the A element this thread stages
     const typename L::Row row = ld.row(am < M ? am : 0);
+    // With a K_TABLE loader, k_info of the chunk's k: split once per block,
+    // not once per thread (every thread walks the same k).
+    __shared__ SiKInfo ktab[SI_M8_KC];
     for (int k0 = 0; k0 < K; k0 += SI_M8_KC) {
         const int k = k0 + ak;
         as_f[ak * SI_M8 + am] = (am < M && k < K) ? ld.a_at(k, row) : 0.0f;
+        if constexpr (L::K_TABLE) {
+            if (tid < SI_M8_KC && k0 + tid < K) ktab[tid] = ld.k_info(k0 + tid);
+        }
         __syncthreads();
         if (col_ok) {
             const int kn = min(SI_M8_KC, K - k0);
 #pragma unroll 4
             for (int kk = 0; kk < kn; ++kk) {
-                const float b = ld.b_at(k0 + kk, col);
+                float b;
+                if constexpr (L::K_TABLE) b = ld.b_at(k0 + kk, ktab[kk], col);
+                else b = ld.b_at(k0 + kk, col);
                 const float4 lo = as[kk][0], hi = as[kk][1];
                 acc[0] = fmaf(lo.x, b, acc[0]);
                 acc[1] = fmaf(lo.y, b, acc[1]);
@@ -653,6 +662,6 @@ SI_DEV void si_gemm_m8(const L& ld, int M, int N, int K, int n, float acc[SI_M8]
                 acc[7] = fmaf(hi.w, b, acc[7]);
             }
         }
-        __syncthreads();  // everyone is done with this A chunk
+        __syncthreads();  // everyone is done with this A chunk (and table)
     }
 }
