@@ -549,8 +549,18 @@ fn conv_m8_kernels(dev: &Arc<GpuDevice>) {
 /// 128×128 tiles runs on the `_tf32` kernels (seen in a kernel profile) and
 /// stays within TF32's error of the CPU; under `fp32` the same launch runs
 /// on `_t128`; a small one stays on the 64×64 FP32 kernel either way.
-fn conv_math_dispatch(_dev: &Arc<GpuDevice>) {
+fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
     use splitinv::ops::{self, Conv2dParams};
+    if dev.compute_capability().0 < 8 {
+        println!("skipped: TF32 falls back to FP32 before compute capability 8.0");
+        return;
+    }
+    for var in ["SPLITINV_CONV_TILE", "SPLITINV_CONV_BIG_MIN_BLOCKS"] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            println!("skipped: {var} changes the size rule this part checks");
+            return;
+        }
+    }
     use splitinv::{Device, Tensor};
     let rnd = |dims: &[usize], seed: u64| {
         let v = rand_vec(dims.iter().product(), seed);

@@ -317,6 +317,12 @@ device_tests! {
         let y = ops::conv2d(&on(&x), &on(&w), Some(&on(&b)), p).unwrap();
         let want = ops::conv2d(&x, &w, Some(&b), p).unwrap();
         assert_close(&format!("big conv2d on {dev}"), &y.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        // Into 6 channels: the forward's m8 kernel (M = Cout 6, N = 34200).
+        assert_eq!(few_rows(6, 38 * 30 * 30, 1, None), Some(ConvTile::M8));
+        let (w6, b6) = (rnd(&[6, 5, 3, 3], 110, -1.0, 1.0), rnd(&[6], 111, -1.0, 1.0));
+        let y = ops::conv2d(&on(&x), &on(&w6), Some(&on(&b6)), p).unwrap();
+        let want6 = ops::conv2d(&x, &w6, Some(&b6), p).unwrap();
+        assert_close(&format!("conv2d into 6 channels (m8) on {dev}"), &y.to_vec().unwrap(), &want6.to_vec().unwrap(), GEMM);
         let gy = rnd(want.dims(), 103, -1.0, 1.0);
         let dx = ops::conv2d_input_grad(&on(&gy), &on(&w), [32, 32], p).unwrap();
         let want = ops::conv2d_input_grad(&gy, &w, [32, 32], p).unwrap();
@@ -331,6 +337,11 @@ device_tests! {
         let want = ops::conv_transpose2d(&xt, &wt, Some(&bt), pt).unwrap();
         assert_eq!(want.dims(), &[38, 5, 32, 32]);
         assert_close(&format!("conv_transpose2d into 5 channels (m8) on {dev}"), &yt.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
+        // Into 12 channels: the 128×128 transposed conv with its bias.
+        let (wt12, bt12) = (rnd(&[6, 12, 3, 3], 112, -1.0, 1.0), rnd(&[12], 113, -1.0, 1.0));
+        let yt = ops::conv_transpose2d(&on(&xt), &on(&wt12), Some(&on(&bt12)), pt).unwrap();
+        let want = ops::conv_transpose2d(&xt, &wt12, Some(&bt12), pt).unwrap();
+        assert_close(&format!("big conv_transpose2d on {dev}"), &yt.to_vec().unwrap(), &want.to_vec().unwrap(), GEMM);
         let p = Conv2dParams::new(1, 1);
         let (x, gy) = (rnd(&[12, 32, 31, 31], 107, -1.0, 1.0), rnd(&[12, 130, 31, 31], 108, -1.0, 1.0));
         let dw = ops::conv2d_weight_grad(&on(&x), &on(&gy), [3, 3], p).unwrap();

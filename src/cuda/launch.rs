@@ -287,8 +287,12 @@ pub fn conv_math() -> Result<ConvMath> {
 }
 
 /// The core a `tile` choice of the size rule runs on under `math`: with
-/// TF32 allowed, the 128×128 choices (`T128`, and `Tc`, which is FP32-exact)
-/// go to [`ConvTile::Tf32`]; the 64×64 kernels stay FP32.
+/// TF32 allowed, the 128×128 choices go to [`ConvTile::Tf32`], including
+/// those `SPLITINV_CONV_TILE=128` forces and those `tc` (3xTF32, FP32-exact)
+/// would take: `--conv-math tf32` wins over the tile variable's kernel
+/// choice, not over its tile size. (So under TF32 a GPU before sm_80, which
+/// has no tensor cores, runs `tc`'s choices on FP32 `_t128` instead of
+/// refusing them.) The 64×64 and `_m8` kernels stay FP32.
 pub fn with_math(tile: ConvTile, math: ConvMath) -> ConvTile {
     match (math, tile) {
         (ConvMath::Tf32, ConvTile::T128 | ConvTile::Tc) => ConvTile::Tf32,
@@ -344,12 +348,15 @@ pub fn conv_tile_for_min(
 /// size. The variable is read once per process; any other value is an
 /// error on every conv launch on a GPU (not a panic).
 pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
-    let forced = conv_tile_override()?;
+    // Every setting is read (and a bad one reported) on every launch.
+    let (forced, math, min_blocks) = (conv_tile_override()?, conv_math()?, big_tile_min_blocks()?);
     if let Some(t) = few_rows(m, n, split_k, forced) {
         return Ok(t);
     }
-    let tile = conv_tile_for_min(m, n, split_k, forced, big_tile_min_blocks()?);
-    Ok(with_math(tile, conv_math()?))
+    Ok(with_math(
+        conv_tile_for_min(m, n, split_k, forced, min_blocks),
+        math,
+    ))
 }
 
 /// [`ConvTile::M8`] for a forward or input-gradient GEMM of at most

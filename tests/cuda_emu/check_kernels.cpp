@@ -814,7 +814,23 @@ int main(int argc, char** argv) {
         test_conv(ConvShape{1, 1, 12, 12, 8, 5, 5, 1, 1, 0, 0, 1, 1}, "(LeNet conv1 shape)", CONVM8);
         test_conv(ConvShape{3, 6, 15, 14, 7, 3, 3, 1, 1, 1, 1, 1, 1}, "(6->7 k3 p1, N > 512)", CONVM8);
         test_conv(ConvShape{4, 7, 13, 12, 8, 3, 3, 2, 2, 2, 1, 2, 1}, "(7->8 s2 dil 2,1)", CONVM8);
+        // All 8 rows in the input gradient; K = 1; K exactly one and two
+        // A chunks; stride, padding and dilation different on each axis.
+        test_conv(ConvShape{2, 8, 11, 13, 6, 3, 3, 1, 1, 1, 1, 1, 1}, "(8->6, input gradient M = 8)", CONVM8);
+        test_conv(ConvShape{3, 1, 20, 20, 1, 1, 1, 1, 1, 0, 0, 1, 1}, "(1x1 1->1, K = 1)", CONVM8);
+        test_conv(ConvShape{2, 4, 12, 12, 8, 4, 2, 1, 1, 0, 0, 1, 1}, "(fwd K = 32, input gradient K = 64)", CONVM8);
+        test_conv(ConvShape{2, 2, 9, 9, 4, 5, 5, 3, 2, 4, 3, 2, 3}, "(s3,2 p4,3 dil 2,3)", CONVM8);
         test_conv_transpose(CONVM8);
+    }
+    if (want("conv") || want("conv128") || want("convtc") || want("convtf32")) {
+        // Every 128×128 family on two more shapes: M between 65 and 128 in
+        // every GEMM (70 -> 90: both row halves, the upper one partial), and
+        // stride, padding and dilation that differ per axis.
+        for (const ConvKernels* ks : {&CONV128, &CONVTC, &CONVTF32}) {
+            if (!want("conv") && !want(ks == &CONV128 ? "conv128" : ks == &CONVTC ? "convtc" : "convtf32")) continue;
+            test_conv(ConvShape{1, 70, 6, 5, 90, 3, 3, 1, 1, 1, 1, 1, 1}, "(70->90, M in 65..128)", *ks);
+            test_conv(ConvShape{2, 3, 9, 9, 20, 5, 5, 3, 2, 4, 3, 2, 3}, "(s3,2 p4,3 dil 2,3)", *ks);
+        }
     }
     if (want("conv") || want("convtf32")) {
         // One TF32 product: the same shapes as the 3xTF32 kernels, against

@@ -44,6 +44,12 @@ fn params(g: &ConvGeom) -> Result<ConvParams> {
         "one output image (Cout·OH·OW elements)",
     )?;
     i32_of(g.cout * g.k(), "the weight (Cout·Cin·kh·kw elements)")?;
+    // The forward's k table holds a tap's offset from the pixel's tap (0, 0),
+    // up to Cin·H·W + (kh − 1)·W + kw − 1 for a tap that lies in the image.
+    i32_of(
+        g.cin * g.in_plane() + g.kh * g.w + g.kw,
+        "one input image and a kernel's reach past it (Cin·H·W + kh·W + kw)",
+    )?;
     // Every side of the three GEMMs, with room for the tile and K-step
     // arithmetic past it (m0 + 127, k0 + 16) to stay a positive int.
     for (v, what) in [
@@ -302,6 +308,25 @@ mod tests {
         let e = params(&long_batch).unwrap_err().to_string();
         assert!(e.contains("batch × input pixels"), "{e}");
         assert!(gemm_n(long_batch.n, 4).is_err());
+        // One row of 2^30 pixels under a 5-tall kernel padded by 2: the image
+        // fits, but tap ky = 2 sits 2·2^30 elements from tap 0 (the k table's
+        // offset), past an int.
+        let tall_reach = ConvGeom {
+            n: 1,
+            cin: 1,
+            h: 1,
+            w: 1 << 30,
+            cout: 1,
+            kh: 5,
+            kw: 1,
+            ph: 2,
+            pw: 0,
+            oh: 1,
+            ow: 1 << 30,
+            ..g
+        };
+        let e = params(&tall_reach).unwrap_err().to_string();
+        assert!(e.contains("a kernel's reach"), "{e}");
     }
 
     #[test]
