@@ -318,10 +318,10 @@ struct alignas(16) SiKInfo {
 static_assert(SI_BM == 128 && SI_BN == 128 && SI_BK == 8 && SI_TILE_THREADS == 256,
               "si_gemm_tile128's thread mapping assumes 256 threads on 128x128x8 tiles");
 
-template <int PAD>
+template <int PAD, int BM = SI_BM, int BN = SI_BN>
 struct SiTiles128P {
-    float a[SI_BK][SI_BM + PAD];
-    float b[SI_BK][SI_BN + PAD];
+    float a[SI_BK][BM + PAD];
+    float b[SI_BK][BN + PAD];
 };
 
 // How the 128×128 core does its multiply-adds:
@@ -333,20 +333,40 @@ struct SiTiles128P {
 //            per product, PyTorch's default for convolutions
 //            (torch.backends.cudnn.allow_tf32), opt-in here.
 enum class SiMath { Ffma, Tf32x3, Tf32 };
+// The wide tile: 64×256 instead of 128×128, for GEMMs of at most 64 rows on
+// tensor cores (conv.cu's *_tf32w kernels; a conv into or out of 64
+// channels: CIFAR's conv11 and conv12 forward, conv12 and conv21 input
+// gradients). On a 128×128 tile such a GEMM leaves rows 64..127 empty:
+// warps 4..7 sit out the mma while every thread still gathers its share
+// of the operands, so a block does half a tile's work for a whole tile's
+// gathers. A 64×256 tile keeps all 8 warps on mma (warp w owns columns
+// 32w .. 32w + 31) and gathers 64·8 + 8·256 operands per K step for
+// 64·256·8 multiply-adds: 0.16 gathers per multiply-add, against 0.25 on
+// the half-used 128×128 tile.
+#define SI_WM 64
+#define SI_WN 256
 // The shared tiles of each core (the tensor-core ones read mma fragments).
-template <SiMath MATH>
-using SiTiles128 = SiTiles128P<MATH == SiMath::Ffma ? SI_BPAD : SI_BPAD_TC>;
+template <SiMath MATH, bool WIDE = false>
+using SiTiles128 = SiTiles128P<MATH == SiMath::Ffma ? SI_BPAD : SI_BPAD_TC, WIDE ? SI_WM : SI_BM,
+                               WIDE ? SI_WN : SI_BN>;
 
-template <class L>
+template <class L, bool WIDE = false>
 struct SiTile128Pos {
-    static constexpr int RA = L::A_K_FAST ? 4 : 1;  // distinct A rows per thread
-    static constexpr int RB = L::B_N_FAST ? 1 : 4;  // distinct B columns per thread
-    // Tile row / k of this thread's r-th A element (r < 4).
+    static constexpr int NA = WIDE ? 2 : 4;  // A elements a thread stages per K step
+    static constexpr int NB = WIDE ? 8 : 4;  // B elements
+    static constexpr int RA = L::A_K_FAST ? NA : 1;  // distinct A rows per thread
+    static constexpr int RB = L::B_N_FAST ? 1 : NB;  // distinct B columns per thread
+    // Tile row / k of this thread's r-th A element (r < NA).
     static SI_DEV int a_m(int tid, int r) { return L::A_K_FAST ? (tid >> 3) + 32 * r : tid & 127; }
     static SI_DEV int a_k(int tid, int r) { return L::A_K_FAST ? tid & 7 : (tid >> 7) + 2 * r; }
-    // Tile k / column of this thread's r-th B element.
-    static SI_DEV int b_k(int tid, int r) { return L::B_N_FAST ? (tid >> 7) + 2 * r : tid & 7; }
-    static SI_DEV int b_n(int tid, int r) { return L::B_N_FAST ? tid & 127 : (tid >> 3) + 32 * r; }
+    // Tile k / column of this thread's r-th B element (r < NB). Wide: one
+    // column per thread, all 8 k (a warp reads 32 neighbouring columns).
+    static SI_DEV int b_k(int tid, int r) {
+        return L::B_N_FAST ? (WIDE ? r : (tid >> 7) + 2 * r) : tid & 7;
+    }
+    static SI_DEV int b_n(int tid, int r) {
+        return L::B_N_FAST ? (WIDE ? tid : tid & 127) : (tid >> 3) + 32 * r;
+    }
 };
 
 // One staged K step: acc[i][j] += Σ_kk As[kk][ty + 16i] · Bs[kk][tx + 16j],
@@ -449,8 +469,8 @@ SI_DEV void si_mma_tf32(float c[4], const float a[4], const float b[2]) {
 // Tf32 reads operands that si_gemm_tile128 already rounded to TF32 when it
 // staged them (8 roundings per thread and K step instead of 24 here) and
 // runs one.
-template <SiMath MATH>
-SI_DEV void si_tile128_mma(const SiTiles128<MATH>& s, int wm, int wn, int g, int t, float acc[8][8]) {
+template <SiMath MATH, class Tiles>
+SI_DEV void si_tile128_mma(const Tiles& s, int wm, int wn, int g, int t, float acc[8][8]) {
     static_assert(MATH != SiMath::Ffma, "si_tile128_mma is the tensor-core step");
     constexpr bool split = MATH == SiMath::Tf32x3;
     float b_hi[4][2], b_lo[4][2];
@@ -500,14 +520,17 @@ SI_DEV void si_tile128_mma(const SiTiles128<MATH>& s, int wm, int wn, int g, int
 // acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j)
 // (MATH = Ffma), or the same sums on tensor cores with the accumulator
 // layout of si_tile128_mma (Tf32x3, Tf32). Requires m0 < M and n0 < N (the
-// grid covers the output exactly).
-template <class L, SiMath MATH = SiMath::Ffma>
-SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, int k_begin, int k_end,
-                            int m0, int n0, float acc[8][8]) {
-    using Pos = SiTile128Pos<L>;
+// grid covers the output exactly). WIDE: the 64×256 tile (tensor cores,
+// M ≤ 64 per tile; warp w is the mma warp (0, w)).
+template <class L, SiMath MATH = SiMath::Ffma, bool WIDE = false>
+SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, int N, int k_begin,
+                            int k_end, int m0, int n0, float acc[8][8]) {
+    using Pos = SiTile128Pos<L, WIDE>;
     // Every conv loader reads A along k; the other layout is written out but
     // no loader uses it, so no test covers it yet.
     static_assert(L::A_K_FAST, "si_gemm_tile128: A_K_FAST = false is untested");
+    static_assert(!WIDE || (MATH != SiMath::Ffma && L::B_N_FAST),
+                  "the wide tile is written for tensor cores and B read along n");
     const int tid = threadIdx.x;
     const int tx = tid & 15, ty = tid >> 4;
 
@@ -542,34 +565,44 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
             if (tid < SI_BK && k0 + tid < k_end) ktab[parity(k0)][tid] = ld.k_info(k0 + tid);
         }
     };
-    float ra[4], rb[4];
+    constexpr int NR = Pos::NA > Pos::NB ? Pos::NA : Pos::NB;
+    float ra[Pos::NA], rb[Pos::NB];
     auto fetch = [&](int k0) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int qa = L::A_K_FAST ? r : 0;
-            const int ka = k0 + Pos::a_k(tid, r);
-            const int qb = L::B_N_FAST ? 0 : r;
-            const int kb = k0 + Pos::b_k(tid, r);
-            if constexpr (L::K_TABLE) {
-                const SiKInfo* t = ktab[parity(k0)];
-                ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, t[Pos::a_k(tid, r)], rows[qa]) : 0.0f;
-                rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, t[Pos::b_k(tid, r)], cols[qb]) : 0.0f;
-            } else {
-                ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
-                rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+        for (int r = 0; r < NR; ++r) {
+            if (r < Pos::NA) {
+                const int qa = L::A_K_FAST ? r : 0;
+                const int ka = k0 + Pos::a_k(tid, r);
+                if constexpr (L::K_TABLE) {
+                    const SiKInfo& ki = ktab[parity(k0)][Pos::a_k(tid, r)];
+                    ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, ki, rows[qa]) : 0.0f;
+                } else {
+                    ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+                }
+            }
+            if (r < Pos::NB) {
+                const int qb = L::B_N_FAST ? 0 : r;
+                const int kb = k0 + Pos::b_k(tid, r);
+                if constexpr (L::K_TABLE) {
+                    const SiKInfo& ki = ktab[parity(k0)][Pos::b_k(tid, r)];
+                    rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, ki, cols[qb]) : 0.0f;
+                } else {
+                    rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+                }
             }
         }
     };
     auto stage = [&]() {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            if constexpr (MATH == SiMath::Tf32) {
-                // Rounded once here, not by each of the warps that read it.
-                tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = si_tf32(ra[r]);
-                tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = si_tf32(rb[r]);
-            } else {
-                tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = ra[r];
-                tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = rb[r];
+        for (int r = 0; r < NR; ++r) {
+            // TF32: rounded once here, not by each of the warps that read it.
+            if (r < Pos::NA) {
+                const float v = MATH == SiMath::Tf32 ? si_tf32(ra[r]) : ra[r];
+                tiles.a[Pos::a_k(tid, r)][Pos::a_m(tid, r)] = v;
+            }
+            if (r < Pos::NB) {
+                const float v = MATH == SiMath::Tf32 ? si_tf32(rb[r]) : rb[r];
+                tiles.b[Pos::b_k(tid, r)][Pos::b_n(tid, r)] = v;
             }
         }
     };
@@ -577,7 +610,7 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
     // When rows m0 + 64 .. m0 + 127 all lie past M (M = 64, the last tile of
     // M = 192, ...), row groups i ≥ 4 hold nothing: skip their shared reads
     // and FMAs. The same for every thread of the block, so no divergence.
-    const bool low_half = m0 + 64 >= M;
+    const bool low_half = !WIDE && m0 + 64 >= M;
     if (k_begin < k_end) {
         if constexpr (L::K_TABLE) {
             fill_table(k_begin);
@@ -594,7 +627,9 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH>& tiles, const L& ld, int M, int N, 
             // Warps 4..7 own rows 64..127: nothing to do there in a low-half
             // tile (the same for the whole warp, as mma.sync requires).
             const int warp = tid >> 5, lane = tid & 31;
-            if (!(low_half && warp >= 4))
+            if (WIDE)
+                si_tile128_mma<MATH>(tiles, 0, warp, lane >> 2, lane & 3, acc);
+            else if (!(low_half && warp >= 4))
                 si_tile128_mma<MATH>(tiles, warp >> 2, warp & 3, lane >> 2, lane & 3, acc);
         } else {
             if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);

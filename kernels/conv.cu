@@ -84,15 +84,19 @@ struct SiFfmaLayout {
     SI_DEV int col(int j) const { return tx + 16 * j; }
 };
 
-struct SiMmaLayout {
+// (WIDE: the 64×256 tile, where warp w is mma warp (0, w).)
+template <bool WIDE = false>
+struct SiMmaLayoutT {
     int r0, c0;  // 64·wm + g and 32·wn + 2t
-    static SI_DEV SiMmaLayout here() {
+    static SI_DEV SiMmaLayoutT here() {
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        return SiMmaLayout{64 * (warp >> 2) + (lane >> 2), 32 * (warp & 3) + 2 * (lane & 3)};
+        const int wm = WIDE ? 0 : warp >> 2, wn = WIDE ? warp : warp & 3;
+        return SiMmaLayoutT{64 * wm + (lane >> 2), 32 * wn + 2 * (lane & 3)};
     }
     SI_DEV int row(int i) const { return r0 + 16 * (i >> 1) + 8 * (i & 1); }
     SI_DEV int col(int j) const { return c0 + 8 * (j >> 1) + (j & 1); }
 };
+using SiMmaLayout = SiMmaLayoutT<false>;
 
 // A GEMM whose rows are channels (M of them) and whose columns are (image,
 // pixel) pairs (`plane` pixels per image) into NCHW p.out, adding
@@ -372,25 +376,30 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(ConvParams p) {
 
 // The 128×128 bodies, on FFMA (the *_t128 kernels) or on tensor cores (the
 // *_tc and *_tf32 kernels); SiMath in common.cuh.
-template <SiMath MATH>
+// (WIDE: the 64×256 tile of the *_tf32w kernels, grid (ceil(N / 256),
+// ceil(M / 64)).)
+template <SiMath MATH, bool WIDE = false>
 SI_DEV void conv_fwd_run128(const ConvParams& p) {
     const int M = p.cout, N = p.batch * p.oh * p.ow, K = p.cin * p.kh * p.kw;
-    const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
+    const int m0 = blockIdx.y * (WIDE ? SI_WM : SI_BM), n0 = blockIdx.x * (WIDE ? SI_WN : SI_BN);
     float acc[8][8] = {};
-    __shared__ SiTiles128<MATH> tiles;
-    si_gemm_tile128<ConvFwdHoisted, MATH>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    if constexpr (MATH != SiMath::Ffma) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.oh * p.ow, m0, n0);
+    __shared__ SiTiles128<MATH, WIDE> tiles;
+    si_gemm_tile128<ConvFwdHoisted, MATH, WIDE>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
+    if constexpr (MATH != SiMath::Ffma)
+        conv_store_nchw<8, SiMmaLayoutT<WIDE>>(p, acc, M, N, p.oh * p.ow, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
-template <SiMath MATH>
+template <SiMath MATH, bool WIDE = false>
 SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     const int M = p.cin, N = p.batch * p.h * p.w, K = p.cout * p.kh * p.kw;
-    const int m0 = blockIdx.y * SI_BM, n0 = blockIdx.x * SI_BN;
+    const int m0 = blockIdx.y * (WIDE ? SI_WM : SI_BM), n0 = blockIdx.x * (WIDE ? SI_WN : SI_BN);
     float acc[8][8] = {};
-    __shared__ SiTiles128<MATH> tiles;
-    si_gemm_tile128<ConvBwdDataHoisted, MATH>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    if constexpr (MATH != SiMath::Ffma) conv_store_nchw<8, SiMmaLayout>(p, acc, M, N, p.h * p.w, m0, n0);
+    __shared__ SiTiles128<MATH, WIDE> tiles;
+    si_gemm_tile128<ConvBwdDataHoisted, MATH, WIDE>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0,
+                                                    n0, acc);
+    if constexpr (MATH != SiMath::Ffma)
+        conv_store_nchw<8, SiMmaLayoutT<WIDE>>(p, acc, M, N, p.h * p.w, m0, n0);
     else conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
@@ -526,4 +535,24 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv2d_bwd_data_m8
 // conv_transpose2d_fwd with at most 8 output channels.
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_fwd_m8(ConvParams p) {
     conv_bwd_data_run_m8(p);
+}
+
+// ---- the *_tf32w kernels: the *_tf32 ones on 64×256 tiles --------------------
+//
+// For GEMMs of at most 64 rows (common.cuh, SI_WM: a 128×128 tile would
+// leave half its warps out of the mma): conv2d_fwd with Cout ≤ 64,
+// conv2d_bwd_data / conv_transpose2d_fwd with Cin ≤ 64. Grid
+// (ceil(GEMM N / 256), ceil(GEMM M / 64)), block 256; otherwise as the
+// *_tf32 kernels. No weight-gradient twin (its B operand is read along k).
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tf32w(ConvParams p) {
+    conv_fwd_run128<SiMath::Tf32, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_tf32w(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_tf32w(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32, true>(p);
 }

@@ -70,7 +70,7 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 11] = [
+    let parts: [(&str, Part); 12] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
@@ -84,6 +84,9 @@ fn cuda_backend_on_a_real_gpu() {
         }),
         ("conv_tf32_kernels", |d| {
             conv_big_tile_kernels(d, ConvTile::Tf32)
+        }),
+        ("conv_tf32w_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::Tf32Wide)
         }),
         ("conv_math_dispatch", conv_math_dispatch),
         ("conv_m8_kernels", conv_m8_kernels),
@@ -387,7 +390,10 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     } else {
         (3e-4, 1e-4)
     };
-    let (n, ci, h, w, co, k, s, pad) = (3, 19, 23, 21, 150, 3, 2, 1);
+    // The wide tile (*_tf32w) takes at most 64 GEMM rows: 50 output channels.
+    let wide = tile == ConvTile::Tf32Wide;
+    let co = if wide { 50 } else { 150 };
+    let (n, ci, h, w, k, s, pad) = (3, 19, 23, 21, 3, 2, 1);
     let x = rand_vec(n * ci * h * w, 17);
     let wt = rand_vec(co * ci * k * k, 18);
     // What the references multiply.
@@ -435,7 +441,7 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     };
     let fwd = tile.kernel("conv2d_fwd");
     launch(dev, &fwd, big(co, n * oh * ow, 1), &p).unwrap();
-    let name = format!("{fwd} 19→150 k3 s2 p1");
+    let name = format!("{fwd} 19→{co} k3 s2 p1");
     assert_close(&name, &y.to_host().unwrap(), &want, atol, rtol);
     // Input gradient and transposed conv (with bias over Cin): 64 vs 128.
     for (k64, b) in [("conv2d_bwd_data", 0), ("conv_transpose2d_fwd", bias.ptr())] {
@@ -457,6 +463,9 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
         launch(dev, &k128, big(ci, n * h * w, 1), &p).unwrap();
         let (a, b) = (g64.to_host().unwrap(), g128.to_host().unwrap());
         assert_close(&format!("{k128} = {k64}"), &b, &a, atol, rtol);
+    }
+    if wide {
+        return; // no weight-gradient kernel on the wide tile
     }
     // Weight gradient: 64 without split vs 128 without and with split-K.
     let gn = ci * k * k;
@@ -546,9 +555,10 @@ fn conv_m8_kernels(dev: &Arc<GpuDevice>) {
 }
 
 /// `--conv-math`: under `tf32` a convolution the size rule puts on
-/// 128×128 tiles runs on the `_tf32` kernels (seen in a kernel profile) and
-/// stays within TF32's error of the CPU; under `fp32` the same launch runs
-/// on `_t128`; a small one stays on the 64×64 FP32 kernel either way.
+/// 128×128 tiles runs on the `_tf32` kernels (seen in a kernel profile),
+/// one into at most 64 channels on the wide `_tf32w` ones, and both stay
+/// within TF32's error of the CPU; under `fp32` the same launches run on
+/// `_t128`; a small one stays on the 64×64 FP32 kernel either way.
 fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
     use splitinv::ops::{self, Conv2dParams};
     if dev.compute_capability().0 < 8 {
@@ -579,9 +589,22 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
         let rows = cuda::profile::stop().unwrap().per_step(1).unwrap();
         (rows.into_iter().map(|r| r.kernel).collect(), out)
     };
-    for (math, big_kernel, atol) in [
-        (cuda::ConvMath::Tf32, "conv2d_fwd_tf32", 2e-2),
-        (cuda::ConvMath::Fp32, "conv2d_fwd_t128", 1e-3),
+    // Into 48 channels (at most 64 GEMM rows): the wide tile under TF32.
+    let w48 = rnd(&[48, 5, 3, 3], 44);
+    let want48 = ops::conv2d(&x, &w48, None, p).unwrap().to_vec().unwrap();
+    for (math, big_kernel, wide_kernel, atol) in [
+        (
+            cuda::ConvMath::Tf32,
+            "conv2d_fwd_tf32",
+            "conv2d_fwd_tf32w",
+            2e-2,
+        ),
+        (
+            cuda::ConvMath::Fp32,
+            "conv2d_fwd_t128",
+            "conv2d_fwd_t128",
+            1e-3,
+        ),
     ] {
         cuda::set_conv_math(math);
         let (names, y) = kernels_of(&|| {
@@ -592,6 +615,20 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
         });
         assert!(names.iter().any(|k| k == big_kernel), "{math}: {names:?}");
         assert_close(&format!("{big_kernel} by the rule"), &y, &want, atol, 1e-2);
+        let (names, y) = kernels_of(&|| {
+            ops::conv2d(&on(&x), &on(&w48), None, p)
+                .unwrap()
+                .to_vec()
+                .unwrap()
+        });
+        assert!(names.iter().any(|k| k == wide_kernel), "{math}: {names:?}");
+        assert_close(
+            &format!("{wide_kernel} by the rule"),
+            &y,
+            &want48,
+            atol,
+            1e-2,
+        );
         let (names, _) = kernels_of(&|| {
             ops::conv2d(&on(&xs), &on(&ws), None, p)
                 .unwrap()

@@ -37,6 +37,12 @@ pub const M8_COLUMNS: usize = TILE_THREADS as usize;
 /// the 64×64 kernels, measured on small workloads, keep them.
 pub const MIN_M8_COLUMNS: usize = 132 * TILE;
 
+/// Most GEMM rows of the wide-tile `*_tf32w` conv kernels (`SI_WM`).
+pub const WIDE_ROWS: usize = 64;
+
+/// GEMM columns per block of the `*_tf32w` conv kernels (`SI_WN`).
+pub const WIDE_COLUMNS: usize = 256;
+
 /// Fewest blocks a `*_t128` conv grid must have to be chosen: two per SM on
 /// a 132-SM H100 / H200 (two 256-thread blocks of at most 128 registers per
 /// thread fit on an SM), so every SM has work for the whole kernel.
@@ -90,6 +96,22 @@ impl Launch {
     /// The `*_m8` kernels ([`ConvTile::M8`]) take all (at most 8) rows in
     /// one block and 256 columns per block, no split.
     pub fn conv_tiles(tile: ConvTile, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
+        if tile == ConvTile::Tf32Wide {
+            if rows > WIDE_ROWS || split_k > 1 {
+                return Err(Error::invalid(
+                    "cuda launch",
+                    format!("the *_tf32w conv kernels take at most {WIDE_ROWS} GEMM rows and no split-K, got {rows} rows, split {split_k}"),
+                ));
+            }
+            return Ok(Launch {
+                grid: (
+                    to_u32(cols.div_ceil(WIDE_COLUMNS).max(1), "column blocks")?,
+                    1,
+                    1,
+                ),
+                block: (TILE_THREADS, 1, 1),
+            });
+        }
         if tile == ConvTile::M8 {
             if rows > M8_ROWS || split_k > 1 {
                 return Err(Error::invalid(
@@ -170,6 +192,12 @@ pub enum ConvTile {
     /// operands rounded to TF32 (`_tf32` suffix; sm_80 and later): PyTorch's
     /// default convolution precision. Only with [`ConvMath::Tf32`].
     Tf32,
+    /// [`ConvTile::Tf32`] on 64×256 tiles (`_tf32w` suffix), for a forward
+    /// or input-gradient GEMM of at most [`WIDE_ROWS`] rows: on a 128×128
+    /// tile such a GEMM leaves half the warps out of the mma while all of
+    /// them gather operands. Only with [`ConvMath::Tf32`]; no weight-gradient
+    /// kernel.
+    Tf32Wide,
     /// At most [`M8_ROWS`] GEMM rows (a conv into at most 8 channels: the
     /// forward with Cout ≤ 8, the input gradient with Cin ≤ 8), all of them
     /// in one block, one column per thread (`_m8` suffix; no weight-gradient
@@ -186,6 +214,7 @@ impl ConvTile {
             ConvTile::T64 => TILE,
             ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => TILE_BIG,
             ConvTile::M8 => M8_COLUMNS,
+            ConvTile::Tf32Wide => WIDE_COLUMNS,
         }
     }
 
@@ -198,13 +227,14 @@ impl ConvTile {
             ConvTile::Tc => format!("{base}_tc"),
             ConvTile::Tf32 => format!("{base}_tf32"),
             ConvTile::M8 => format!("{base}_m8"),
+            ConvTile::Tf32Wide => format!("{base}_tf32w"),
         }
     }
 
     /// Whether this core runs on TF32 tensor cores (compute capability 8.0
     /// or later).
     pub fn needs_tensor_cores(self) -> bool {
-        matches!(self, ConvTile::Tc | ConvTile::Tf32)
+        matches!(self, ConvTile::Tc | ConvTile::Tf32 | ConvTile::Tf32Wide)
     }
 }
 
@@ -353,10 +383,27 @@ pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
     if let Some(t) = few_rows(m, n, split_k, forced) {
         return Ok(t);
     }
-    Ok(with_math(
-        conv_tile_for_min(m, n, split_k, forced, min_blocks),
-        math,
-    ))
+    let tile = with_math(conv_tile_for_min(m, n, split_k, forced, min_blocks), math);
+    Ok(wide_if_few_rows(tile, m, n, split_k, min_blocks))
+}
+
+/// A [`ConvTile::Tf32`] choice for a GEMM of at most [`WIDE_ROWS`] rows
+/// moves to [`ConvTile::Tf32Wide`] when the wide grid (`n` / 256 blocks)
+/// still has `min_blocks` blocks and K is not split; anything else stays.
+/// For the forward and the input gradient only (the weight gradient has no
+/// wide kernel and never asks).
+pub fn wide_if_few_rows(
+    tile: ConvTile,
+    m: usize,
+    n: usize,
+    split_k: usize,
+    min_blocks: usize,
+) -> ConvTile {
+    let fits = m <= WIDE_ROWS && split_k <= 1 && n.div_ceil(WIDE_COLUMNS) >= min_blocks;
+    match tile {
+        ConvTile::Tf32 if fits => ConvTile::Tf32Wide,
+        t => t,
+    }
 }
 
 /// [`ConvTile::M8`] for a forward or input-gradient GEMM of at most
@@ -509,6 +556,8 @@ mod tests {
     fn tile_edges_match_the_kernel_defines() {
         let src = include_str!("../../kernels/common.cuh");
         assert!(src.contains(&format!("#define SI_M8 {M8_ROWS}\n")));
+        assert!(src.contains(&format!("#define SI_WM {WIDE_ROWS}\n")));
+        assert!(src.contains(&format!("#define SI_WN {WIDE_COLUMNS}\n")));
         let define = |name: &str| -> usize {
             let line = src
                 .lines()
@@ -636,6 +685,40 @@ mod tests {
         assert!(Launch::conv_tiles(ConvTile::M8, 3, 1024, 2).is_err());
         assert_eq!(ConvTile::M8.kernel("conv2d_fwd"), "conv2d_fwd_m8");
         assert!(!ConvTile::M8.needs_tensor_cores());
+    }
+
+    #[test]
+    fn tf32_gemms_of_64_rows_or_fewer_take_the_wide_tile() {
+        // CIFAR conv12 forward at batch 128 (M = 64, N = 128·1024): 512
+        // wide blocks.
+        let n = 128 * 1024;
+        assert_eq!(
+            wide_if_few_rows(ConvTile::Tf32, 64, n, 1, MIN_TF32_BLOCKS),
+            ConvTile::Tf32Wide
+        );
+        // 65 rows, split-K, too few wide blocks, or not TF32: unchanged.
+        assert_eq!(
+            wide_if_few_rows(ConvTile::Tf32, 65, n, 1, MIN_TF32_BLOCKS),
+            ConvTile::Tf32
+        );
+        assert_eq!(
+            wide_if_few_rows(ConvTile::Tf32, 64, n, 2, MIN_TF32_BLOCKS),
+            ConvTile::Tf32
+        );
+        let few = (MIN_TF32_BLOCKS - 1) * WIDE_COLUMNS;
+        assert_eq!(
+            wide_if_few_rows(ConvTile::Tf32, 64, few, 1, MIN_TF32_BLOCKS),
+            ConvTile::Tf32
+        );
+        for t in [ConvTile::T64, ConvTile::T128, ConvTile::Tc, ConvTile::M8] {
+            assert_eq!(wide_if_few_rows(t, 64, n, 1, MIN_TF32_BLOCKS), t, "{t:?}");
+        }
+        let l = Launch::conv_tiles(ConvTile::Tf32Wide, 64, n + 1, 1).unwrap();
+        assert_eq!(l.grid, (513, 1, 1));
+        assert!(Launch::conv_tiles(ConvTile::Tf32Wide, 65, n, 1).is_err());
+        assert!(Launch::conv_tiles(ConvTile::Tf32Wide, 64, n, 2).is_err());
+        assert_eq!(ConvTile::Tf32Wide.kernel("conv2d_fwd"), "conv2d_fwd_tf32w");
+        assert!(ConvTile::Tf32Wide.needs_tensor_cores());
     }
 
     #[test]

@@ -296,6 +296,8 @@ struct ConvKernels {
     // exact, only the FP32 sums round. So the check pins the rounding (to
     // nearest, once per operand), not just "about three digits".
     bool tf32_operands = false;
+    int tile_m = 0;  // GEMM rows per block, when not `tile` (the 64×256 *_tf32w kernels)
+    int rows() const { return tile_m ? tile_m : tile; }
 };
 static const ConvKernels CONV64{conv2d_fwd, conv2d_bwd_data, conv2d_bwd_weight, conv_transpose2d_fwd, 64, ""};
 static const ConvKernels CONV128{conv2d_fwd_t128, conv2d_bwd_data_t128, conv2d_bwd_weight_t128,
@@ -309,6 +311,10 @@ static const ConvKernels CONVM8{conv2d_fwd_m8, conv2d_bwd_data_m8, nullptr, conv
 // The *_tf32 kernels: the *_tc ones with one TF32 product.
 static const ConvKernels CONVTF32{conv2d_fwd_tf32, conv2d_bwd_data_tf32, conv2d_bwd_weight_tf32,
                                   conv_transpose2d_fwd_tf32, 128, "_tf32", true};
+// The *_tf32w kernels: the *_tf32 ones on 64×256 tiles, for at most 64 GEMM
+// rows (no weight gradient).
+static const ConvKernels CONVTF32W{conv2d_fwd_tf32w, conv2d_bwd_data_tf32w, nullptr,
+                                   conv_transpose2d_fwd_tf32w, 256, "_tf32w", true, 64};
 // What the references multiply: v itself, or v rounded to TF32 for a
 // family with tf32_operands.
 static V operands_of(const ConvKernels& ks, const V& v) {
@@ -330,12 +336,12 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
     // forward
     V y(ny, NAN);
     p.x = x.data(); p.weight = w.data(); p.bias = bias.data(); p.out = y.data();
-    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.tile)}, 256, p);
+    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.rows())}, 256, p);
     D want_y = conv_ref(s, xr, wr, &bias);
     check("conv2d_fwd" + ks.suffix + " " + tag, y, want_y, 1e-4, 1e-4);
     // accumulate = 1 adds to what out holds: a second pass doubles y.
     p.accumulate = 1;
-    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.tile)}, 256, p);
+    emu::launch(ks.fwd, dim3{tiles_of(s.n * OH * OW, ks.tile), tiles_of(s.cout, ks.rows())}, 256, p);
     for (auto& v : want_y) v *= 2;
     check("conv2d_fwd" + ks.suffix + " accumulate " + tag, y, want_y, 2e-4, 1e-4);
     p.accumulate = 0;
@@ -343,7 +349,7 @@ static void test_conv(const ConvShape& s, const std::string& tag, const ConvKern
     // against the scatter form of the definition.
     V dx(nx, NAN);
     p.bias = nullptr; p.dy = dy.data(); p.out = dx.data();
-    emu::launch(ks.bwd_data, dim3{tiles_of(s.n * s.h * s.w, ks.tile), tiles_of(s.cin, ks.tile)}, 256, p);
+    emu::launch(ks.bwd_data, dim3{tiles_of(s.n * s.h * s.w, ks.tile), tiles_of(s.cin, ks.rows())}, 256, p);
     D want_dx(nx, 0.0);
     for (int n = 0; n < s.n; ++n)
         for (int co = 0; co < s.cout; ++co)
@@ -831,6 +837,17 @@ int main(int argc, char** argv) {
             test_conv(ConvShape{1, 70, 6, 5, 90, 3, 3, 1, 1, 1, 1, 1, 1}, "(70->90, M in 65..128)", *ks);
             test_conv(ConvShape{2, 3, 9, 9, 20, 5, 5, 3, 2, 4, 3, 2, 3}, "(s3,2 p4,3 dil 2,3)", *ks);
         }
+    }
+    if (want("conv") || want("convtf32w")) {
+        // The 64×256 TF32 tile: GEMMs of at most 64 rows (Cout for the
+        // forward, Cin for the input gradient), against references from
+        // TF32-rounded operands: partial column blocks, exactly 64 rows with
+        // a long K, stride and dilation, the transposed conv.
+        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONVTF32W);
+        test_conv(ConvShape{2, 5, 10, 9, 60, 3, 3, 1, 1, 1, 1, 1, 1}, "(5->60 k3 p1)", CONVTF32W);
+        test_conv(ConvShape{1, 64, 6, 5, 64, 3, 3, 1, 1, 1, 1, 1, 1}, "(64->64, M = 64, K = 576)", CONVTF32W);
+        test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 256)", CONVTF32W);
+        test_conv_transpose(CONVTF32W);
     }
     if (want("conv") || want("convtf32")) {
         // One TF32 product: the same shapes as the 3xTF32 kernels, against
