@@ -246,12 +246,35 @@ impl GpuDevice {
         }
         // Compiled outside the lock: NVRTC takes a while and other files may
         // be wanted meanwhile. A duplicate compile in a race is harmless.
-        let ptx = kernels::compile_ptx(file, &self.arch()?)?;
-        let module = guard(file, || {
-            self.ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx.text))
-                .map_err(|e| driver_err(&format!("{file}: loading the PTX failed"), e))
-        })?;
+        // The PTX comes from the on-disk cache when an earlier run made it
+        // from the same source with the same NVRTC (ptx_cache.rs).
+        let arch = self.arch()?;
+        let full = kernels::full_source(file)?;
+        let entry = super::ptx_cache::cache_dir()
+            .zip(kernels::nvrtc_version().ok())
+            .map(|(dir, v)| super::ptx_cache::entry_path(&dir, file, &full, &arch, v));
+        let compile = || kernels::compile_ptx(file, &arch).map(|p| p.text);
+        let (text, cached) = super::ptx_cache::get_or_compile(entry.as_deref(), compile)?;
+        let load = |text: String| {
+            guard(file, || {
+                self.ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_src(text))
+                    .map_err(|e| driver_err(&format!("{file}: loading the PTX failed"), e))
+            })
+        };
+        let module = match load(text) {
+            Ok(m) => m,
+            // A cached entry the driver refuses (damaged on disk, say):
+            // compiled afresh, and the entry replaced.
+            Err(_) if cached => {
+                let fresh = compile()?;
+                if let Some(p) = &entry {
+                    super::ptx_cache::store(p, &fresh);
+                }
+                load(fresh)?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(lock(&self.modules).entry(file).or_insert(module).clone())
     }
 

@@ -18,6 +18,7 @@ pub mod launch;
 pub mod params;
 pub mod pool;
 pub mod profile;
+pub mod ptx_cache;
 
 pub use context::{device, device_for, info, set_memory_budget, CudaInfo, DeviceMemory, GpuDevice};
 pub use launch::{conv_math, set_conv_math, ConvMath};
