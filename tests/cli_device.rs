@@ -5,7 +5,13 @@
 use std::process::Command;
 
 fn splitinv(args: &[&str]) -> (bool, String, String) {
+    splitinv_env(&[], args)
+}
+
+/// [`splitinv`] with extra environment variables.
+fn splitinv_env(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("the binary runs");
@@ -105,18 +111,7 @@ fn conv_math_is_validated_and_reported() {
         "{stderr}"
     );
     // The environment's setting, checked before the command runs; the flag wins.
-    let run_env = |v: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-            .env("SPLITINV_CONV_MATH", v)
-            .args(args)
-            .output()
-            .expect("the binary runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run_env = |v: &str, args: &[&str]| splitinv_env(&[("SPLITINV_CONV_MATH", v)], args);
     let (ok, _, stderr) = run_env("bf16", &["--device", "cpu", "info"]);
     assert!(!ok);
     assert!(

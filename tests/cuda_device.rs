@@ -583,6 +583,12 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
     let want = ops::conv2d(&x, &w, None, p).unwrap().to_vec().unwrap();
     let gpu = Device::Cuda(0);
     let on = |t: &Tensor| t.to_device(gpu).unwrap();
+    let conv_on_gpu = |x: &Tensor, w: &Tensor| {
+        ops::conv2d(&on(x), &on(w), None, p)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+    };
     let kernels_of = |f: &dyn Fn() -> Vec<f32>| -> (Vec<String>, Vec<f32>) {
         cuda::profile::start();
         let out = f();
@@ -607,20 +613,10 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
         ),
     ] {
         cuda::set_conv_math(math);
-        let (names, y) = kernels_of(&|| {
-            ops::conv2d(&on(&x), &on(&w), None, p)
-                .unwrap()
-                .to_vec()
-                .unwrap()
-        });
+        let (names, y) = kernels_of(&|| conv_on_gpu(&x, &w));
         assert!(names.iter().any(|k| k == big_kernel), "{math}: {names:?}");
         assert_close(&format!("{big_kernel} by the rule"), &y, &want, atol, 1e-2);
-        let (names, y) = kernels_of(&|| {
-            ops::conv2d(&on(&x), &on(&w48), None, p)
-                .unwrap()
-                .to_vec()
-                .unwrap()
-        });
+        let (names, y) = kernels_of(&|| conv_on_gpu(&x, &w48));
         assert!(names.iter().any(|k| k == wide_kernel), "{math}: {names:?}");
         assert_close(
             &format!("{wide_kernel} by the rule"),
@@ -629,12 +625,7 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
             atol,
             1e-2,
         );
-        let (names, _) = kernels_of(&|| {
-            ops::conv2d(&on(&xs), &on(&ws), None, p)
-                .unwrap()
-                .to_vec()
-                .unwrap()
-        });
+        let (names, _) = kernels_of(&|| conv_on_gpu(&xs, &ws));
         assert!(names.iter().any(|k| k == "conv2d_fwd"), "{math}: {names:?}");
     }
 }

@@ -93,35 +93,23 @@ impl Launch {
 
     /// The launch of a conv kernel of tile size `tile` (64: `conv2d_*`,
     /// 128: `conv2d_*_t128`): `rows`×`cols` GEMM output, `split_k` along z.
-    /// The `*_m8` kernels ([`ConvTile::M8`]) take all (at most 8) rows in
-    /// one block and 256 columns per block, no split.
+    /// The `*_m8` and `*_tf32w` kernels take all their (at most 8 or 64)
+    /// rows in one block and `edge()` columns per block, no split
+    /// ([`ConvTile::rows_in_one_block`]).
     pub fn conv_tiles(tile: ConvTile, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
-        if tile == ConvTile::Tf32Wide {
-            if rows > WIDE_ROWS || split_k > 1 {
+        if let Some(max_rows) = tile.rows_in_one_block() {
+            if rows > max_rows || split_k > 1 {
                 return Err(Error::invalid(
                     "cuda launch",
-                    format!("the *_tf32w conv kernels take at most {WIDE_ROWS} GEMM rows and no split-K, got {rows} rows, split {split_k}"),
+                    format!(
+                        "the {} conv kernels take at most {max_rows} GEMM rows and no split-K, got {rows} rows, split {split_k}",
+                        tile.kernel("*")
+                    ),
                 ));
             }
             return Ok(Launch {
                 grid: (
-                    to_u32(cols.div_ceil(WIDE_COLUMNS).max(1), "column blocks")?,
-                    1,
-                    1,
-                ),
-                block: (TILE_THREADS, 1, 1),
-            });
-        }
-        if tile == ConvTile::M8 {
-            if rows > M8_ROWS || split_k > 1 {
-                return Err(Error::invalid(
-                    "cuda launch",
-                    format!("the *_m8 conv kernels take at most {M8_ROWS} GEMM rows and no split-K, got {rows} rows, split {split_k}"),
-                ));
-            }
-            return Ok(Launch {
-                grid: (
-                    to_u32(cols.div_ceil(M8_COLUMNS).max(1), "column blocks")?,
+                    to_u32(cols.div_ceil(tile.edge()).max(1), "column blocks")?,
                     1,
                     1,
                 ),
@@ -208,7 +196,7 @@ pub enum ConvTile {
 
 impl ConvTile {
     /// The output tile edge in elements (64 or 128; for [`ConvTile::M8`]
-    /// the columns per block).
+    /// and [`ConvTile::Tf32Wide`] the columns per block).
     pub fn edge(self) -> usize {
         match self {
             ConvTile::T64 => TILE,
@@ -228,6 +216,16 @@ impl ConvTile {
             ConvTile::Tf32 => format!("{base}_tf32"),
             ConvTile::M8 => format!("{base}_m8"),
             ConvTile::Tf32Wide => format!("{base}_tf32w"),
+        }
+    }
+
+    /// For the kernels whose one block row holds every GEMM row
+    /// ([`ConvTile::M8`], [`ConvTile::Tf32Wide`]): how many rows at most.
+    pub fn rows_in_one_block(self) -> Option<usize> {
+        match self {
+            ConvTile::M8 => Some(M8_ROWS),
+            ConvTile::Tf32Wide => Some(WIDE_ROWS),
+            _ => None,
         }
     }
 
