@@ -66,6 +66,30 @@ SI_DEV float si_block_sum(float v) {
     return v;
 }
 
+// *p when ok, else 0, as one predicated load: *p is not read when !ok,
+// so p may then point anywhere (past a tensor, before it). The GEMM cores'
+// gathers go through this: each element is either in range or padding (a
+// tap outside the image, a row past M, a k past the end). Written as
+// `ok ? *p : 0`, ptxas wrapped every gathered element in a branch region of
+// its own (BSSY, BRA, BSYNC, a MOV) and kept the address arithmetic apart
+// from the test; as a predicate the sm_90 K loops shrank by 10–25%
+// (conv2d_fwd_tf32 239 → 211 instructions, conv2d_bwd_data_tf32 472 → 358,
+// sgemm 519 → 457; benches/gpu/sass_loop.py). For read-only inputs only:
+// the asm tells the compiler nothing about memory, so it may move the load
+// past a store. (The CPU emulation reads *p directly.)
+SI_DEV float si_load_if(const float* p, bool ok) {
+#if defined(__CUDA_ARCH__)
+    float v;
+    asm("{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %2, 0;\n\tmov.f32 %0, 0f00000000;\n\t"
+        "@q ld.global.f32 %0, [%1];\n\t}"
+        : "=f"(v)
+        : "l"(p), "r"((int)ok));
+    return v;
+#else
+    return ok ? *p : 0.0f;
+#endif
+}
+
 // Splits a flat NCHW index into (plane = n*C + c, h, w).
 SI_DEV void si_unravel_plane(i64 idx, int H, int W, i64* plane, int* h, int* w) {
     *w = (int)(idx % W);
@@ -99,9 +123,13 @@ SI_DEV int si_floor_div(int a, int b) { return (a >= 0) ? a / b : -((-a + b - 1)
 //   static constexpr bool B_N_FAST;  // true: neighbouring threads read neighbouring n of B
 //   struct Row;  Row row(int m) const;        // what A(m, ·) needs, worked out once
 //   struct Col;  Col col(int n) const;        // what B(·, n) needs, worked out once
-//   float a_at(int k, const Row&) const;      // A(m, k), k in [k_begin, k_end)
-//   float b_at(int k, const Col&) const;      // B(k, n), k in [k_begin, k_end)
-// row()/col() are called only with m < M / n < N, a_at/b_at only for those.
+//   float a_at(int k, const Row&, bool ok) const;  // ok ? A(m, k) : 0
+//   float b_at(int k, const Col&, bool ok) const;  // ok ? B(k, n) : 0
+// row()/col() are called only with m < M / n < N. a_at/b_at get ok = false
+// for an element past the GEMM's edge (m ≥ M, n ≥ N, k ≥ k_end; its Row or
+// Col is then a real one, its k may lie past K) and must then return 0
+// without reading it; they AND ok into their own bounds tests and load with
+// si_load_if, so the whole test is a predicate and not a branch.
 // The *_FAST flags pick which index varies across a warp during the tile
 // load, so global reads coalesce for the operand's memory layout.
 //
@@ -173,10 +201,10 @@ SI_DEV void si_gemm_tile(SiTiles& tiles, const L& ld, int M, int N, int k_begin,
         for (int r = 0; r < 4; ++r) {
             const int qa = L::A_K_FAST ? r : 0;
             const int ka = k0 + Pos::a_k(tid, r);
-            ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+            ra[r] = ld.a_at(ka, rows[qa], row_ok[qa] && ka < k_end);
             const int qb = L::B_N_FAST ? 0 : r;
             const int kb = k0 + Pos::b_k(tid, r);
-            rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+            rb[r] = ld.b_at(kb, cols[qb], col_ok[qb] && kb < k_end);
         }
     };
     auto stage = [&]() {
@@ -283,8 +311,8 @@ struct SiDivisor {
 
 // A loader may declare K_TABLE = true and provide, besides a_at / b_at,
 //   SiKInfo k_info(int k) const;                       // what k alone decides
-//   float a_at(int k, const SiKInfo&, const Row&) const;
-//   float b_at(int k, const SiKInfo&, const Col&) const;
+//   float a_at(int k, const SiKInfo&, const Row&, bool ok) const;
+//   float b_at(int k, const SiKInfo&, const Col&, bool ok) const;
 // The 128×128 core then splits each k of a K step once for the whole block
 // (threads 0..7 write k_info of the next step's 8 k into shared memory while
 // staging the current one) instead of once per gathered element: the conv
@@ -409,32 +437,33 @@ SI_DEV void si_tile128_mac(const SiTiles128<SiMath::Ffma>& t, int tx, int ty, fl
 // (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32).
 // ---------------------------------------------------------------------------
 
-// x rounded to TF32 (nearest, ties away from zero), kept in an FP32 register
-// with the 13 dropped mantissa bits zero. Finite values and Inf round the
-// same on both paths below; a NaN stays a NaN on the CPU emulation's, and
+// x rounded to TF32 (to nearest, ties to even, as cuBLAS and CUTLASS round
+// on sm_90), kept in an FP32 register with the 13 dropped mantissa bits
+// zero. Inf stays Inf and a NaN stays a NaN on the CPU emulation's path;
 // on the GPU's too unless its payload lies only in the 13 dropped bits
 // (then it becomes Inf, and the lo part of the 3xTF32 split, NaN − Inf, is
 // NaN, so the product is still NaN).
 //
-// On the GPU this is cvt.rna.tf32.f32. ptxas expands it (sm_80, sm_90) to
-// about the bit arithmetic below, a compare against infinity, an add and a
-// mask, but schedules it better: the conv2d_fwd_tc K loop was 480
-// instructions with it, 549 with the bit arithmetic (benches/gpu/
-// sass_loop.py). PTX calls the layout of a .tf32 value in its 32-bit
-// register implementation-defined; reading it as an FP32 with the low 13
-// bits masked is what the hardware's expansion shows, and what CUTLASS and
-// Triton rely on too. The bit arithmetic is the same rounding written out:
-// adding half a unit of the last kept bit (0x1000) and truncating rounds
-// to nearest with ties away from zero, in sign-magnitude. The CPU
-// emulation runs it, and the tests check it.
+// Why ties to even and not ties away (cvt.rna, sm_80's only TF32 cvt): on
+// sm_90 cvt.rn.tf32.f32 is one instruction, F2FP.TF32.F32.PACK_B, while
+// ptxas expands cvt.rna to three (a compare against infinity, an add of
+// 0x1000 under it, a mask), and the *_tf32 kernels round every operand
+// they stage: 8 values per thread and K step, 10 on the wide tile
+// (benches/gpu/sass_loop.py counts the loops). Its result is the FP32 bit
+// pattern with the low 13 bits zero, which CUTLASS's sm_90 converter also
+// reads back as a float; the *_tc kernels' split x − hi needs exactly
+// that, and the GPU tests of those kernels at FP32 tolerances would show
+// otherwise. Before sm_90 (and in the CPU emulation) the same rounding is
+// written out in bits: adding 0x0fff plus the last kept bit and truncating
+// rounds to nearest, ties to even, in sign-magnitude.
 SI_DEV float si_tf32(float x) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     unsigned u;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
-    return __uint_as_float(u & 0xffffe000u);
+    asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return __uint_as_float(u);
 #else
     unsigned u = __float_as_uint(x);
-    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x0fffu + ((u >> 13) & 1u)) & 0xffffe000u;
     return __uint_as_float(u);
 #endif
 }
@@ -575,9 +604,9 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, i
                 const int ka = k0 + Pos::a_k(tid, r);
                 if constexpr (L::K_TABLE) {
                     const SiKInfo& ki = ktab[parity(k0)][Pos::a_k(tid, r)];
-                    ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, ki, rows[qa]) : 0.0f;
+                    ra[r] = ld.a_at(ka, ki, rows[qa], row_ok[qa] && ka < k_end);
                 } else {
-                    ra[r] = (row_ok[qa] && ka < k_end) ? ld.a_at(ka, rows[qa]) : 0.0f;
+                    ra[r] = ld.a_at(ka, rows[qa], row_ok[qa] && ka < k_end);
                 }
             }
             if (r < Pos::NB) {
@@ -585,9 +614,9 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, i
                 const int kb = k0 + Pos::b_k(tid, r);
                 if constexpr (L::K_TABLE) {
                     const SiKInfo& ki = ktab[parity(k0)][Pos::b_k(tid, r)];
-                    rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, ki, cols[qb]) : 0.0f;
+                    rb[r] = ld.b_at(kb, ki, cols[qb], col_ok[qb] && kb < k_end);
                 } else {
-                    rb[r] = (col_ok[qb] && kb < k_end) ? ld.b_at(kb, cols[qb]) : 0.0f;
+                    rb[r] = ld.b_at(kb, cols[qb], col_ok[qb] && kb < k_end);
                 }
             }
         }
@@ -674,7 +703,7 @@ SI_DEV void si_gemm_m8(const L& ld, int M, int N, int K, int n, float acc[SI_M8]
     __shared__ SiKInfo ktab[SI_M8_KC];
     for (int k0 = 0; k0 < K; k0 += SI_M8_KC) {
         const int k = k0 + ak;
-        as_f[ak * SI_M8 + am] = (am < M && k < K) ? ld.a_at(k, row) : 0.0f;
+        as_f[ak * SI_M8 + am] = ld.a_at(k, row, am < M && k < K);
         if constexpr (L::K_TABLE) {
             if (tid < SI_M8_KC && k0 + tid < K) ktab[tid] = ld.k_info(k0 + tid);
         }
@@ -684,8 +713,8 @@ SI_DEV void si_gemm_m8(const L& ld, int M, int N, int K, int n, float acc[SI_M8]
 #pragma unroll 4
             for (int kk = 0; kk < kn; ++kk) {
                 float b;
-                if constexpr (L::K_TABLE) b = ld.b_at(k0 + kk, ktab[kk], col);
-                else b = ld.b_at(k0 + kk, col);
+                if constexpr (L::K_TABLE) b = ld.b_at(k0 + kk, ktab[kk], col, true);
+                else b = ld.b_at(k0 + kk, col, true);
                 const float4 lo = as[kk][0], hi = as[kk][1];
                 acc[0] = fmaf(lo.x, b, acc[0]);
                 acc[1] = fmaf(lo.y, b, acc[1]);

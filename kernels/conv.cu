@@ -178,7 +178,7 @@ struct ConvFwdHoisted {
     // The x of image img, and where output pixel (oy, ox) puts tap (0, 0).
     struct Col { const float* x; int iy0, ix0; };
     SI_DEV Row row(int co) const { return Row{co * K}; }
-    SI_DEV float a_at(int k, const Row& r) const { return p.weight[r.w + k]; }
+    SI_DEV float a_at(int k, const Row& r, bool ok) const { return si_load_if(p.weight + (r.w + k), ok); }
     SI_DEV Col col(int n) const {
         const int img = n / ohw, pix = n - img * ohw;
         const int oy = pix / p.ow, ox = pix - oy * p.ow;
@@ -193,14 +193,14 @@ struct ConvFwdHoisted {
         const int dy = ky * p.dil_h, dx = kx * p.dil_w;
         return SiKInfo{0, ci * hw + dy * p.w + dx, dy, dx};
     }
-    SI_DEV float a_at(int k, const SiKInfo&, const Row& r) const { return a_at(k, r); }
-    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c) const {
+    SI_DEV float a_at(int k, const SiKInfo&, const Row& r, bool ok) const { return a_at(k, r, ok); }
+    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c, bool ok) const {
         const int iy = c.iy0 + ki.dy, ix = c.ix0 + ki.dx;
         // One unsigned compare per axis: a negative index wraps to a huge one.
-        if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
-        return c.x[ki.b + (c.iy0 * p.w + c.ix0)];
+        const bool in = (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.w;
+        return si_load_if(c.x + (ki.b + (c.iy0 * p.w + c.ix0)), ok && in);
     }
-    SI_DEV float b_at(int k, const Col& c) const { return b_at(k, k_info(k), c); }
+    SI_DEV float b_at(int k, const Col& c, bool ok) const { return b_at(k, k_info(k), c, ok); }
 };
 
 // Input gradient: A(ci, k = (co,ky,kx)) = w[co, ci, ky, kx];
@@ -233,27 +233,33 @@ struct ConvBwdDataHoisted {
         const int ky = by_kw.div(rr), kx = rr - ky * p.kw;
         return SiKInfo{co * cin_khw + rr, co * ohw, ky * p.dil_h, kx * p.dil_w};
     }
-    SI_DEV float a_at(int, const SiKInfo& ki, const Row& r) const { return p.weight[r.w + ki.a]; }
-    SI_DEV float a_at(int k, const Row& r) const { return a_at(k, k_info(k), r); }
+    SI_DEV float a_at(int, const SiKInfo& ki, const Row& r, bool ok) const {
+        return si_load_if(p.weight + (r.w + ki.a), ok);
+    }
+    SI_DEV float a_at(int k, const Row& r, bool ok) const { return a_at(k, k_info(k), r, ok); }
     SI_DEV Col col(int n) const {
         const int img = n / hw, pix = n - img * hw;
         const int iy = pix / p.w, ix = pix - iy * p.w;
         return Col{p.dy + (i64)img * p.cout * ohw, iy + p.pad_h, ix + p.pad_w};
     }
-    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c) const {
+    SI_DEV float b_at(int, const SiKInfo& ki, const Col& c, bool ok) const {
         // Which output row used input row iy through kernel row ky?
         int oy = c.ty0 - ki.dy, ox = c.tx0 - ki.dx;
         if (strided) {  // stride 1 (the common case) needs no division at all
-            if (oy < 0 || ox < 0) return 0.0f;
+            // Only a tap a whole number of strides from the output counts;
+            // a negative one is outside (and is divided as 0 instead).
+            ok = ok && oy >= 0 && ox >= 0;
+            oy = max(oy, 0);
+            ox = max(ox, 0);
             const int qy = by_sh.div(oy), qx = by_sw.div(ox);
-            if (qy * p.stride_h != oy || qx * p.stride_w != ox) return 0.0f;
+            ok = ok && qy * p.stride_h == oy && qx * p.stride_w == ox;
             oy = qy;
             ox = qx;
         }
-        if ((unsigned)oy >= (unsigned)p.oh || (unsigned)ox >= (unsigned)p.ow) return 0.0f;
-        return c.dy[ki.b + oy * p.ow + ox];
+        const bool in = (unsigned)oy < (unsigned)p.oh && (unsigned)ox < (unsigned)p.ow;
+        return si_load_if(c.dy + (ki.b + oy * p.ow + ox), ok && in);
     }
-    SI_DEV float b_at(int k, const Col& c) const { return b_at(k, k_info(k), c); }
+    SI_DEV float b_at(int k, const Col& c, bool ok) const { return b_at(k, k_info(k), c, ok); }
 };
 
 // Weight gradient: A(co, k = (img,oy,ox)) = dy[img, co, oy, ox];
@@ -277,9 +283,9 @@ struct ConvBwdWeightHoisted {
     // Offset of x[0, ci, 0, 0], and ky·dh − ph, kx·dw − pw for tap (ci, ky, kx).
     struct Col { int x_off, iy_off, ix_off; };
     SI_DEV Row row(int co) const { return Row{p.dy + (i64)co * ohw}; }
-    SI_DEV float a_at(int k, const Row& r) const {
+    SI_DEV float a_at(int k, const Row& r, bool ok) const {
         const int img = by_ohw.div(k), pix = k - img * ohw;
-        return r.dy[(i64)img * cout_ohw + pix];
+        return si_load_if(r.dy + (i64)img * cout_ohw + pix, ok);
     }
     SI_DEV Col col(int n) const {
         const int khw = p.kh * p.kw;
@@ -287,13 +293,13 @@ struct ConvBwdWeightHoisted {
         const int ky = r / p.kw, kx = r - ky * p.kw;
         return Col{ci * hw, ky * p.dil_h - p.pad_h, kx * p.dil_w - p.pad_w};
     }
-    SI_DEV float b_at(int k, const Col& c) const {
+    SI_DEV float b_at(int k, const Col& c, bool ok) const {
         // The same k split as a_at's: the compiler computes it once per step.
         const int img = by_ohw.div(k), pix = k - img * ohw;
         const int oy = by_ow.div(pix), ox = pix - oy * p.ow;
         const int iy = oy * p.stride_h + c.iy_off, ix = ox * p.stride_w + c.ix_off;
-        if ((unsigned)iy >= (unsigned)p.h || (unsigned)ix >= (unsigned)p.w) return 0.0f;
-        return p.x[(i64)img * cin_hw + (c.x_off + iy * p.w + ix)];
+        const bool in = (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.w;
+        return si_load_if(p.x + (i64)img * cin_hw + (c.x_off + iy * p.w + ix), ok && in);
     }
 };
 

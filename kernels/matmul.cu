@@ -34,8 +34,12 @@ struct MatLoader {
     struct Col { const float* b; };
     SI_DEV Row row(int m) const { return Row{TA ? a_ptr + m : a_ptr + (i64)m * lda}; }
     SI_DEV Col col(int n) const { return Col{TB ? b_ptr + (i64)n * ldb : b_ptr + n}; }
-    SI_DEV float a_at(int k, const Row& r) const { return TA ? r.a[(i64)k * lda] : r.a[k]; }
-    SI_DEV float b_at(int k, const Col& c) const { return TB ? c.b[k] : c.b[(i64)k * ldb]; }
+    SI_DEV float a_at(int k, const Row& r, bool ok) const {
+        return si_load_if(TA ? r.a + (i64)k * lda : r.a + k, ok);
+    }
+    SI_DEV float b_at(int k, const Col& c, bool ok) const {
+        return si_load_if(TB ? c.b + k : c.b + (i64)k * ldb, ok);
+    }
 };
 
 template <bool TA, bool TB>

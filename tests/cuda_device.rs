@@ -356,13 +356,13 @@ fn conv_forward_and_weight_grad(dev: &Arc<GpuDevice>) {
 }
 
 /// x rounded to TF32 as the `_tf32` kernels round their operands
-/// (`si_tf32` in kernels/common.cuh: to nearest, ties away from zero).
+/// (`si_tf32` in kernels/common.cuh: to nearest, ties to even).
 fn tf32(x: f32) -> f32 {
     let u = x.to_bits();
     if u & 0x7f80_0000 == 0x7f80_0000 {
         return x;
     }
-    f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000)
+    f32::from_bits(u.wrapping_add(0x0fff + ((u >> 13) & 1)) & 0xffff_e000)
 }
 
 /// The 128×128 kernels of `tile` (`*_t128` on FFMA, `*_tc` and `*_tf32` on

@@ -74,11 +74,16 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
 }
 
 /// Kernels allowed to spill registers, with a bound on the spill-store
-/// bytes: ptxas puts 4 bytes of conv2d_bwd_weight_tc's state in local
-/// memory on sm_90 (none on sm_80; 20–24 bytes before its loader's offsets
-/// went 32-bit), under __launch_bounds__(256, 2)'s 128 registers. Any other
+/// bytes: under __launch_bounds__(256, 2)'s 128 registers, ptxas keeps 4
+/// bytes of conv2d_bwd_weight_t128's state in local memory on sm_80 and
+/// sm_90 since the gathers became predicated loads (common.cuh,
+/// si_load_if): one LDL per K step of 1143 loop instructions (sm_90,
+/// benches/gpu/sass_loop.py), against the 25 the change saved there.
+/// (conv2d_bwd_weight_tc's 4 bytes went the same way; its weight rows as
+/// 32-bit offsets cleared that spill but cost the 64×64 kernel one outside
+/// its loop and 7–9 loop instructions in the 128×128 ones.) Any other
 /// spill, or a larger one, is a change to look at before it lands.
-const KNOWN_SPILLS: [(&str, u32); 1] = [("conv2d_bwd_weight_tc", 8)];
+const KNOWN_SPILLS: [(&str, u32); 1] = [("conv2d_bwd_weight_t128", 4)];
 
 #[test]
 fn every_kernel_assembles_to_machine_code_for_sm80_and_sm90_without_spills() {

@@ -5,6 +5,7 @@
 // on any mismatch. Built and run by tests/cuda_emulated.rs.
 #include "emu.h"
 
+#include <cfloat>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -435,7 +436,7 @@ static void test_conv_transpose(const ConvKernels& ks = CONV64) {
 }
 
 // si_tf32 (common.cuh) keeps the top 10 mantissa bits, rounding to nearest
-// (ties away from zero), and x − si_tf32(x) rounded again restores x to
+// (ties to even), and x − si_tf32(x) rounded again restores x to
 // within 2^-21 relative — the premise of the 3xTF32 split.
 static void test_tf32_rounding() {
     long bad = 0;
@@ -448,9 +449,17 @@ static void test_tf32_rounding() {
         if (std::fabs((double)hi - x) > std::ldexp(std::fabs((double)x), -11)) ++bad;  // not within half a TF32 ulp
         if (x != 0) worst_split = std::max(worst_split, std::fabs(((double)hi + lo - x) / x));
     }
-    // A tie rounds away from zero: 1 + 2^-11 (half a TF32 ulp above 1) → 1 + 2^-10.
-    if (si_tf32(1.0f + std::ldexp(1.0f, -11)) != 1.0f + std::ldexp(1.0f, -10)) ++bad;
-    if (si_tf32(-(1.0f + std::ldexp(1.0f, -11))) != -(1.0f + std::ldexp(1.0f, -10))) ++bad;
+    // A tie goes to the even neighbour: 1 + 2^-11 (half a TF32 ulp above 1)
+    // → 1, and 1 + 3·2^-11 (half-way between 1 + 2^-10 and 1 + 2^-9) → 1 + 2^-9,
+    // on either sign; just past a tie rounds up.
+    for (float s : {1.0f, -1.0f}) {
+        if (si_tf32(s * (1.0f + std::ldexp(1.0f, -11))) != s) ++bad;
+        if (si_tf32(s * (1.0f + 3 * std::ldexp(1.0f, -11))) != s * (1.0f + std::ldexp(1.0f, -9))) ++bad;
+        if (si_tf32(s * (1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -23))) != s * (1.0f + std::ldexp(1.0f, -10)))
+            ++bad;
+    }
+    // The largest float rounds past the largest TF32 number, to infinity.
+    if (!std::isinf(si_tf32(FLT_MAX))) ++bad;
     if (!std::isinf(si_tf32(INFINITY)) || !std::isnan(si_tf32(NAN))) ++bad;
     check1("si_tf32 rounding (" + std::to_string(bad) + " bad)", (float)bad, 0.0, 0.0, 0.0);
     check1("si_tf32 hi + lo restores x (worst relative error)", (float)worst_split, 0.0, std::ldexp(1.0, -21), 0.0);
