@@ -90,6 +90,19 @@ SI_DEV float si_load_if(const float* p, bool ok) {
 #endif
 }
 
+// p itself, but opaque to the compiler: what it was computed from is
+// forgotten. For a per-thread base pointer that a K loop offsets by an int
+// (si_load_if(base + i, ...)): knowing base = p.x + 64-bit offset, the
+// compiler kept the offset and rebuilt the address from p.x for every
+// load, a 64-bit add and scale of four instructions, where a pointer held
+// in two registers needs one IMAD.WIDE.
+SI_DEV const float* si_opaque(const float* p) {
+#if defined(__CUDA_ARCH__)
+    asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+    return p;
+}
+
 // Splits a flat NCHW index into (plane = n*C + c, h, w).
 SI_DEV void si_unravel_plane(i64 idx, int H, int W, i64* plane, int* h, int* w) {
     *w = (int)(idx % W);
@@ -311,6 +324,7 @@ struct SiDivisor {
 
 // A loader may declare K_TABLE = true and provide, besides a_at / b_at,
 //   SiKInfo k_info(int k) const;                       // what k alone decides
+//   SiKInfo k_none() const;                            // the entry of a k past the end
 //   float a_at(int k, const SiKInfo&, const Row&, bool ok) const;
 //   float b_at(int k, const SiKInfo&, const Col&, bool ok) const;
 // The 128×128 core then splits each k of a K step once for the whole block
@@ -320,9 +334,20 @@ struct SiDivisor {
 // thread's 4 B elements of the forward lie at 4 different k, so each paid
 // its own split. (The 64×64 core has no table; a loader's plain a_at / b_at
 // compute k_info themselves.)
+//
+// The entries of k ≥ k_end (the last step's tail) are k_none(): a tap so
+// far outside every image that b_at's own bounds test fails, so b_at reads
+// nothing and returns 0 for it whatever the column. The core therefore
+// passes B only its column test as ok and leaves the k test to the table:
+// one compare and one predicate AND less per gathered element (A, whose
+// product with that 0 must not be NaN, keeps its k test).
 struct alignas(16) SiKInfo {
     int a, b, dy, dx;  // the loader's meaning (conv.cu)
 };
+// k_none()'s tap shift: past any image the host accepts (it refuses a
+// padded side of SI_TAP_FAR pixels or more, src/ops/conv/cuda.rs), and
+// small enough that adding it to a pixel index cannot overflow an int.
+#define SI_TAP_FAR (1 << 30)
 
 #define SI_BM 128
 #define SI_BN 128
@@ -591,33 +616,29 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, i
     auto parity = [&](int k0) { return ((k0 - k_begin) / SI_BK) & 1; };
     auto fill_table = [&](int k0) {
         if constexpr (L::K_TABLE) {
-            if (tid < SI_BK && k0 + tid < k_end) ktab[parity(k0)][tid] = ld.k_info(k0 + tid);
+            if (tid < SI_BK) ktab[parity(k0)][tid] = k0 + tid < k_end ? ld.k_info(k0 + tid) : ld.k_none();
         }
     };
     constexpr int NR = Pos::NA > Pos::NB ? Pos::NA : Pos::NB;
     float ra[Pos::NA], rb[Pos::NB];
     auto fetch = [&](int k0) {
+        // k0 + i < k_end as i < k_left: one compare against a constant i per
+        // element instead of an add and a compare.
+        const int k_left = k_end - k0;
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
             if (r < Pos::NA) {
                 const int qa = L::A_K_FAST ? r : 0;
-                const int ka = k0 + Pos::a_k(tid, r);
-                if constexpr (L::K_TABLE) {
-                    const SiKInfo& ki = ktab[parity(k0)][Pos::a_k(tid, r)];
-                    ra[r] = ld.a_at(ka, ki, rows[qa], row_ok[qa] && ka < k_end);
-                } else {
-                    ra[r] = ld.a_at(ka, rows[qa], row_ok[qa] && ka < k_end);
-                }
+                const int ia = Pos::a_k(tid, r), ka = k0 + ia;
+                const bool ok = row_ok[qa] && ia < k_left;
+                if constexpr (L::K_TABLE) ra[r] = ld.a_at(ka, ktab[parity(k0)][ia], rows[qa], ok);
+                else ra[r] = ld.a_at(ka, rows[qa], ok);
             }
             if (r < Pos::NB) {
                 const int qb = L::B_N_FAST ? 0 : r;
-                const int kb = k0 + Pos::b_k(tid, r);
-                if constexpr (L::K_TABLE) {
-                    const SiKInfo& ki = ktab[parity(k0)][Pos::b_k(tid, r)];
-                    rb[r] = ld.b_at(kb, ki, cols[qb], col_ok[qb] && kb < k_end);
-                } else {
-                    rb[r] = ld.b_at(kb, cols[qb], col_ok[qb] && kb < k_end);
-                }
+                const int ib = Pos::b_k(tid, r), kb = k0 + ib;
+                if constexpr (L::K_TABLE) rb[r] = ld.b_at(kb, ktab[parity(k0)][ib], cols[qb], col_ok[qb]);
+                else rb[r] = ld.b_at(kb, cols[qb], col_ok[qb] && ib < k_left);
             }
         }
     };

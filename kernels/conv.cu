@@ -175,14 +175,17 @@ struct ConvFwdHoisted {
     // host), and one int per row keeps the 4 rows a thread reads in 4
     // registers, where pointers took 8 and ptxas rebuilt them every K step.
     struct Row { int w; };
-    // The x of image img, and where output pixel (oy, ox) puts tap (0, 0).
+    // Where output pixel (oy, ox) of image img puts tap (0, 0): its row and
+    // column in the image, and its address (outside x when the tap lies in
+    // the padding; B only reads taps inside).
     struct Col { const float* x; int iy0, ix0; };
     SI_DEV Row row(int co) const { return Row{co * K}; }
     SI_DEV float a_at(int k, const Row& r, bool ok) const { return si_load_if(p.weight + (r.w + k), ok); }
     SI_DEV Col col(int n) const {
         const int img = n / ohw, pix = n - img * ohw;
         const int oy = pix / p.ow, ox = pix - oy * p.ow;
-        return Col{p.x + (i64)img * p.cin * hw, oy * p.stride_h - p.pad_h, ox * p.stride_w - p.pad_w};
+        const int iy0 = oy * p.stride_h - p.pad_h, ix0 = ox * p.stride_w - p.pad_w;
+        return Col{si_opaque(p.x + (i64)img * p.cin * hw + (iy0 * p.w + ix0)), iy0, ix0};
     }
     // What B(k, ·) needs from k alone (SiKInfo): the offset of tap
     // (ci, ky, kx) from the tap (0, 0) of the same pixel, and its ky·dh, kx·dw.
@@ -193,12 +196,14 @@ struct ConvFwdHoisted {
         const int dy = ky * p.dil_h, dx = kx * p.dil_w;
         return SiKInfo{0, ci * hw + dy * p.w + dx, dy, dx};
     }
+    // A tap SI_TAP_FAR rows and columns above the image: iy and ix < 0.
+    SI_DEV SiKInfo k_none() const { return SiKInfo{0, 0, -SI_TAP_FAR, -SI_TAP_FAR}; }
     SI_DEV float a_at(int k, const SiKInfo&, const Row& r, bool ok) const { return a_at(k, r, ok); }
     SI_DEV float b_at(int, const SiKInfo& ki, const Col& c, bool ok) const {
         const int iy = c.iy0 + ki.dy, ix = c.ix0 + ki.dx;
         // One unsigned compare per axis: a negative index wraps to a huge one.
         const bool in = (unsigned)iy < (unsigned)p.h && (unsigned)ix < (unsigned)p.w;
-        return si_load_if(c.x + (ki.b + (c.iy0 * p.w + c.ix0)), ok && in);
+        return si_load_if(c.x + ki.b, ok && in);
     }
     SI_DEV float b_at(int k, const Col& c, bool ok) const { return b_at(k, k_info(k), c, ok); }
 };
@@ -221,18 +226,27 @@ struct ConvBwdDataHoisted {
                                   SiDivisor::make(p.stride_h), SiDivisor::make(p.stride_w)};
     }
     struct Row { int w; };  // offset of w[0, ci, 0, 0] (w is under 2^31 elements, as above)
-    // The dy of image img, and iy + ph, ix + pw for dx pixel (iy, ix).
+    // iy + ph and ix + pw for dx pixel (iy, ix) of image img, and the dy
+    // address B's offsets start from: dy[img, 0, iy + ph, ix + pw] at stride
+    // 1, where every tap meets output (iy + ph − ky·dh, ix + pw − kx·dw) and
+    // k_info's offset already holds −(ky·dh·OW + kx·dw); dy[img, 0, 0, 0]
+    // when strided, where the output is found by division. (Either may lie
+    // outside dy; B only reads taps inside.)
     struct Col { const float* dy; int ty0, tx0; };
     SI_DEV Row row(int ci) const { return Row{ci * khw}; }
     // What A(·, k) and B(k, ·) need from k = (co, ky, kx) alone (SiKInfo):
-    // the offset of w[co, ·, ky, kx] from w[0, ·, 0, 0], of dy[·, co] from
-    // dy[·, 0], and ky·dh, kx·dw.
+    // the offset of w[co, ·, ky, kx] from w[0, ·, 0, 0], B's offset from
+    // Col::dy (dy[·, co] from dy[·, 0], at stride 1 less the tap's shift),
+    // and ky·dh, kx·dw.
     static constexpr bool K_TABLE = true;
     SI_DEV SiKInfo k_info(int k) const {
         const int co = by_khw.div(k), rr = k - co * khw;
         const int ky = by_kw.div(rr), kx = rr - ky * p.kw;
-        return SiKInfo{co * cin_khw + rr, co * ohw, ky * p.dil_h, kx * p.dil_w};
+        const int dy = ky * p.dil_h, dx = kx * p.dil_w;
+        return SiKInfo{co * cin_khw + rr, co * ohw - (strided ? 0 : dy * p.ow + dx), dy, dx};
     }
+    // A tap shift of SI_TAP_FAR: oy and ox < 0, outside at any stride.
+    SI_DEV SiKInfo k_none() const { return SiKInfo{0, 0, SI_TAP_FAR, SI_TAP_FAR}; }
     SI_DEV float a_at(int, const SiKInfo& ki, const Row& r, bool ok) const {
         return si_load_if(p.weight + (r.w + ki.a), ok);
     }
@@ -240,7 +254,9 @@ struct ConvBwdDataHoisted {
     SI_DEV Col col(int n) const {
         const int img = n / hw, pix = n - img * hw;
         const int iy = pix / p.w, ix = pix - iy * p.w;
-        return Col{p.dy + (i64)img * p.cout * ohw, iy + p.pad_h, ix + p.pad_w};
+        const int ty0 = iy + p.pad_h, tx0 = ix + p.pad_w;
+        const float* img_dy = p.dy + (i64)img * p.cout * ohw;
+        return Col{si_opaque(strided ? img_dy : img_dy + (ty0 * p.ow + tx0)), ty0, tx0};
     }
     SI_DEV float b_at(int, const SiKInfo& ki, const Col& c, bool ok) const {
         // Which output row used input row iy through kernel row ky?
@@ -257,7 +273,7 @@ struct ConvBwdDataHoisted {
             ox = qx;
         }
         const bool in = (unsigned)oy < (unsigned)p.oh && (unsigned)ox < (unsigned)p.ow;
-        return si_load_if(c.dy + (ki.b + oy * p.ow + ox), ok && in);
+        return si_load_if(c.dy + (strided ? ki.b + oy * p.ow + ox : ki.b), ok && in);
     }
     SI_DEV float b_at(int k, const Col& c, bool ok) const { return b_at(k, k_info(k), c, ok); }
 };

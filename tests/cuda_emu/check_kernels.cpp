@@ -502,6 +502,51 @@ static void test_divisor() {
     }
 }
 
+// k_none() (common.cuh, conv.cu): the table entry of a k past the end must
+// make b_at read nothing and give 0 for every column, since the 128×128
+// core then passes B no k test of its own. x and dy are all NaN here, so an
+// entry that let b_at read would give NaN (and ASan would see a read of
+// the 4-element buffers in the last two shapes, whose images are far
+// larger). Shapes: padding, stride and dilation per axis; the largest
+// padded sides the host accepts (just under 2^30 pixels, with padding).
+static void test_k_none() {
+    const ConvShape shapes[] = {
+        {2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1},
+        {2, 2, 9, 9, 4, 5, 5, 3, 2, 4, 3, 2, 3},
+        {1, 1, 1, (1 << 30) - 4, 1, 1, 1, 1, 1, 0, 1, 1, 1},
+        {1, 1, (1 << 30) - 6, 1, 1, 3, 1, 1, 1, 1, 0, 1, 1},
+    };
+    long tried = 0, bad = 0;
+    for (const ConvShape& sh : shapes) {
+        const bool huge = (long long)sh.h * sh.w > (1 << 20);
+        const size_t nx = huge ? 4 : (size_t)sh.n * sh.cin * sh.h * sh.w;
+        const size_t ny = huge ? 4 : (size_t)sh.n * sh.cout * sh.oh() * sh.ow();
+        V x(nx, NAN), dy(ny, NAN);
+        ConvParams p = conv_params(sh);
+        p.x = x.data();
+        p.dy = dy.data();
+        const ConvFwdHoisted fwd = ConvFwdHoisted::make(p);
+        const ConvBwdDataHoisted bwd = ConvBwdDataHoisted::make(p);
+        const long long nf = (long long)sh.n * sh.oh() * sh.ow(), nb = (long long)sh.n * sh.h * sh.w;
+        auto columns = [&](long long n_cols, auto&& f) {
+            for (long long c = 0; c < n_cols; c += (n_cols > 4096 ? n_cols / 1000 : 1)) f((int)c);
+            f((int)(n_cols - 1));
+        };
+        columns(nf, [&](int c) {
+            ++tried;
+            const float v = fwd.b_at(0, fwd.k_none(), fwd.col(c), true);
+            if (v != 0.0f && bad++ < 5) printf("  fwd k_none: column %d gave %g\n", c, v);
+        });
+        columns(nb, [&](int c) {
+            ++tried;
+            const float v = bwd.b_at(0, bwd.k_none(), bwd.col(c), true);
+            if (v != 0.0f && bad++ < 5) printf("  bwd_data k_none: column %d gave %g\n", c, v);
+        });
+    }
+    check1("k_none reads nothing (" + std::to_string(tried) + " columns, " + std::to_string(bad) + " bad)",
+           (float)bad, 0.0, 0.0, 0.0);
+}
+
 // ---------------------------------------------------------------- pooling
 static void test_pool() {
     const int planes = 3, H = 7, W = 6;
@@ -787,6 +832,7 @@ int main(int argc, char** argv) {
         // The 128×128-tile twins on the same shapes (stride 2, dilation,
         // Cout 70, k5 without padding, split-K 1 and 3, the transposed conv)...
         test_divisor();
+        test_k_none();
         test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONV128);
         test_conv(ConvShape{1, 2, 8, 9, 3, 3, 3, 1, 2, 2, 1, 2, 1}, "(3x3 dil 2,1)", CONV128);
         test_conv(ConvShape{2, 5, 10, 9, 70, 3, 3, 1, 1, 1, 1, 1, 1}, "(Cout 70, k3 p1)", CONV128);

@@ -36,6 +36,21 @@ use crate::tensor::Tensor;
 const TARGET_BLOCKS: usize = 4 * 132;
 
 fn params(g: &ConvGeom) -> Result<ConvParams> {
+    // The k table's entry for a k past the end shifts a tap by 2^30 rows
+    // and columns (SI_TAP_FAR in kernels/common.cuh) to land it outside
+    // every image: that needs each padded side, with the kernel, under 2^30.
+    for (side, pad, k, what) in [(g.h, g.ph, g.kh, "height"), (g.w, g.pw, g.kw, "width")] {
+        let v = side + 2 * pad + k;
+        if v >= 1 << 30 {
+            return Err(Error::invalid(
+                "cuda",
+                format!(
+                    "the padded input {what} and the kernel ({side} + 2·{pad} + {k} = {v} pixels) \
+                     must stay under 2^30 for the GPU convolutions"
+                ),
+            ));
+        }
+    }
     // The kernels address inside one image, and inside w, with 32-bit ints
     // (kernels/conv.cu, "the operands"): refuse what would overflow them.
     i32_of(g.cin * g.in_plane(), "one input image (Cin·H·W elements)")?;
@@ -49,6 +64,14 @@ fn params(g: &ConvGeom) -> Result<ConvParams> {
     i32_of(
         g.cin * g.in_plane() + g.kh * g.w + g.kw,
         "one input image and a kernel's reach past it (Cin·H·W + kh·W + kw)",
+    )?;
+    // A pixel's tap (0, 0) as an offset from its image's first element,
+    // negative in the padding: up to (H + ph)·W + W + pw in the forward, and
+    // in the input gradient at stride 1 up to (H + ph)·OW + W + pw, from
+    // which k table entries take up to kh·OW + kw.
+    i32_of(
+        (g.h + g.ph + g.kh) * g.w.max(g.ow) + g.w + g.pw + g.kw,
+        "a padded image's rows and a kernel's reach ((H + ph + kh)·max(W, OW) + W + pw + kw)",
     )?;
     // Every side of the three GEMMs, with room for the tile and K-step
     // arithmetic past it (m0 + 127, k0 + 16) to stay a positive int.
@@ -308,25 +331,65 @@ mod tests {
         let e = params(&long_batch).unwrap_err().to_string();
         assert!(e.contains("batch × input pixels"), "{e}");
         assert!(gemm_n(long_batch.n, 4).is_err());
-        // One row of 2^30 pixels under a 5-tall kernel padded by 2: the image
-        // fits, but tap ky = 2 sits 2·2^30 elements from tap 0 (the k table's
-        // offset), past an int.
+        // Four channels of one row of 2^28 pixels under a 5-tall kernel
+        // padded by 2: the image fits, but tap (ci = 3, ky = 4) sits
+        // 3·2^28 + 4·2^28 elements from tap 0 (the k table's offset), and
+        // with the kernel's reach past the image that passes an int.
         let tall_reach = ConvGeom {
             n: 1,
-            cin: 1,
+            cin: 4,
             h: 1,
-            w: 1 << 30,
+            w: 1 << 28,
             cout: 1,
             kh: 5,
             kw: 1,
             ph: 2,
             pw: 0,
             oh: 1,
-            ow: 1 << 30,
+            ow: 1 << 28,
             ..g
         };
         let e = params(&tall_reach).unwrap_err().to_string();
         assert!(e.contains("a kernel's reach"), "{e}");
+        // Rows of 600 M pixels padded by one row: the image and its taps fit
+        // an int, but the padded rows (3 of them, from −1) do not.
+        let padded_rows = ConvGeom {
+            n: 1,
+            cin: 1,
+            h: 1,
+            w: 600_000_000,
+            cout: 1,
+            kh: 1,
+            kw: 1,
+            ph: 1,
+            pw: 0,
+            oh: 3,
+            ow: 600_000_000,
+            ..g
+        };
+        let e = params(&padded_rows).unwrap_err().to_string();
+        assert!(e.contains("a padded image's rows"), "{e}");
+        // One row of 2^30 pixels: every int holds it, but not the table's
+        // 2^30-pixel shift for a k past the end.
+        let wide_row = ConvGeom {
+            n: 1,
+            cin: 1,
+            h: 1,
+            w: 1 << 30,
+            cout: 1,
+            kh: 1,
+            kw: 1,
+            ph: 0,
+            pw: 0,
+            oh: 1,
+            ow: 1 << 30,
+            ..g
+        };
+        let e = params(&wide_row).unwrap_err().to_string();
+        assert!(
+            e.contains("padded input width") && e.contains("2^30"),
+            "{e}"
+        );
     }
 
     #[test]
