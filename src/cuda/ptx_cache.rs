@@ -5,8 +5,10 @@
 //!
 //! An entry is keyed by everything that decides the PTX: the full source
 //! (common header included), the architecture and the NVRTC version, hashed
-//! into the file name. A source change therefore never meets a stale entry;
-//! old entries are simply left behind. The cache only ever saves time: a
+//! into the file name. A source change therefore never meets a stale entry,
+//! and a new entry removes the older ones of its file and architecture (a
+//! full set of kernels is ~2.7 MB of PTX, one per build that ever ran). The
+//! cache only ever saves time: a
 //! folder that cannot be created or written, or an entry that cannot be
 //! read, means compiling as if there were no cache, and a cached PTX the
 //! driver refuses is compiled afresh and replaced (see `context.rs`).
@@ -76,15 +78,45 @@ pub fn get_or_compile(
     Ok((text, false))
 }
 
-/// Writes an entry; a failure only means the next run compiles again.
+/// Writes an entry and removes the older entries of the same file and
+/// architecture (other sources or NVRTC versions); a failure only means the
+/// next run compiles again, or an old entry stays.
 pub fn store(path: &Path, text: &str) {
     let Some(dir) = path.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
     let tmp = path.with_extension(format!("ptx.tmp{}", std::process::id()));
-    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_err() {
+    if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return;
+    }
+    remove_older(dir, path);
+}
+
+/// Removes the entries of `kept`'s file and architecture other than `kept`:
+/// `conv-sm_90-<hash>.ptx` replaces every other `conv-sm_90-*.ptx`. (Two
+/// builds used in turn then compile in turn; a cache of one entry per
+/// kernel file is what a user would expect to find.)
+fn remove_older(dir: &Path, kept: &Path) {
+    let Some(name) = kept.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    // The name up to the hash: "conv-sm_90-".
+    let Some(prefix) = name.rfind('-').map(|i| &name[..=i]) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let other = e.file_name();
+        let Some(other) = other.to_str() else {
+            continue;
+        };
+        if other != name && other.starts_with(prefix) && other.ends_with(".ptx") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -156,6 +188,19 @@ mod tests {
         let blocked = path.join("below-a-file.ptx");
         let (t, _) = get_or_compile(Some(&blocked), || Ok("PTX 3".into())).unwrap();
         assert_eq!(t, "PTX 3");
+        // A new source replaces the file's older entry for that architecture,
+        // and only that one.
+        let other_arch = entry_path(&dir, "conv.cu", "src", "sm_80", (12, 9));
+        let other_file = entry_path(&dir, "pool.cu", "src", "sm_90", (12, 9));
+        store(&other_arch, "PTX sm_80");
+        store(&other_file, "PTX pool");
+        let newer = entry_path(&dir, "conv.cu", "src v2", "sm_90", (12, 9));
+        let (t, hit) = get_or_compile(Some(&newer), || Ok("PTX v2".into())).unwrap();
+        assert_eq!((t.as_str(), hit), ("PTX v2", false));
+        assert!(!path.exists(), "the older conv sm_90 entry is removed");
+        for kept in [&newer, &other_arch, &other_file] {
+            assert!(kept.exists(), "{kept:?} is kept");
+        }
         // The compile's own error is the error.
         let e = get_or_compile(None, || {
             Err(crate::error::Error::Cuda("nvrtc says no".into()))
