@@ -386,16 +386,17 @@ struct SiTiles128P {
 //            per product, PyTorch's default for convolutions
 //            (torch.backends.cudnn.allow_tf32), opt-in here.
 enum class SiMath { Ffma, Tf32x3, Tf32 };
-// The wide tile: 64×256 instead of 128×128, for GEMMs of at most 64 rows on
-// tensor cores (conv.cu's *_tf32w kernels; a conv into or out of 64
+// The wide tile: 64×256 instead of 128×128, for GEMMs of at most 64 rows
+// (conv.cu's *_t128w, *_tcw and *_tf32w kernels; a conv into or out of 64
 // channels: CIFAR's conv11 and conv12 forward, conv12 and conv21 input
-// gradients). On a 128×128 tile such a GEMM leaves rows 64..127 empty:
-// warps 4..7 sit out the mma while every thread still gathers its share
-// of the operands, so a block does half a tile's work for a whole tile's
-// gathers. A 64×256 tile keeps all 8 warps on mma (warp w owns columns
-// 32w .. 32w + 31) and gathers 64·8 + 8·256 operands per K step for
-// 64·256·8 multiply-adds: 0.16 gathers per multiply-add, against 0.25 on
-// the half-used 128×128 tile.
+// gradients). On a 128×128 tile such a GEMM leaves rows 64..127 empty: on
+// tensor cores warps 4..7 sit out the mma, on FFMA every thread does half
+// its multiply-adds, while every thread still gathers its share of the
+// operands, so a block does half a tile's work for a whole tile's gathers.
+// A 64×256 tile keeps all 8 warps busy (tensor cores: warp w owns columns
+// 32w .. 32w + 31; FFMA: si_tile_wide_mac) and gathers 64·8 + 8·256
+// operands per K step for 64·256·8 multiply-adds: 0.16 gathers per
+// multiply-add, against 0.25 on the half-used 128×128 tile.
 #define SI_WM 64
 #define SI_WN 256
 // The shared tiles of each core (the tensor-core ones read mma fragments).
@@ -435,6 +436,25 @@ SI_DEV void si_tile128_mac(const SiTiles128<SiMath::Ffma>& t, int tx, int ty, fl
         for (int j = 0; j < 8; ++j) bv[j] = t.b[kk][tx + 16 * j];
 #pragma unroll
         for (int i = 0; i < RI; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+}
+
+// The same step on the 64×256 tile: thread (tx, ty) = (tid & 31, tid >> 5)
+// owns rows ty + 8i and columns tx + 32j, so a warp (one ty) reads each A
+// value as a broadcast and 32 neighbouring B values: no bank conflicts, 16
+// shared reads for 64 FMAs per k, as on the full 128×128 tile.
+SI_DEV void si_tile_wide_mac(const SiTiles128<SiMath::Ffma, true>& t, int tx, int ty, float acc[8][8]) {
+#pragma unroll
+    for (int kk = 0; kk < SI_BK; ++kk) {
+        float av[8], bv[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) av[i] = t.a[kk][ty + 8 * i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) bv[j] = t.b[kk][tx + 32 * j];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
@@ -574,8 +594,9 @@ SI_DEV void si_tile128_mma(const Tiles& s, int wm, int wn, int g, int t, float a
 // acc[i][j] += Σ over k in [k_begin, k_end) of A(m0+ty+16i, k) · B(k, n0+tx+16j)
 // (MATH = Ffma), or the same sums on tensor cores with the accumulator
 // layout of si_tile128_mma (Tf32x3, Tf32). Requires m0 < M and n0 < N (the
-// grid covers the output exactly). WIDE: the 64×256 tile (tensor cores,
-// M ≤ 64 per tile; warp w is the mma warp (0, w)).
+// grid covers the output exactly). WIDE: the 64×256 tile (M ≤ 64 per tile;
+// on tensor cores warp w is the mma warp (0, w), on FFMA the layout of
+// si_tile_wide_mac).
 template <class L, SiMath MATH = SiMath::Ffma, bool WIDE = false>
 SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, int N, int k_begin,
                             int k_end, int m0, int n0, float acc[8][8]) {
@@ -583,8 +604,7 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, i
     // Every conv loader reads A along k; the other layout is written out but
     // no loader uses it, so no test covers it yet.
     static_assert(L::A_K_FAST, "si_gemm_tile128: A_K_FAST = false is untested");
-    static_assert(!WIDE || (MATH != SiMath::Ffma && L::B_N_FAST),
-                  "the wide tile is written for tensor cores and B read along n");
+    static_assert(!WIDE || L::B_N_FAST, "the wide tile is written for B read along n");
     const int tid = threadIdx.x;
     const int tx = tid & 15, ty = tid >> 4;
 
@@ -682,7 +702,8 @@ SI_DEV void si_gemm_tile128(SiTiles128<MATH, WIDE>& tiles, const L& ld, int M, i
             else if (!(low_half && warp >= 4))
                 si_tile128_mma<MATH>(tiles, warp >> 2, warp & 3, lane >> 2, lane & 3, acc);
         } else {
-            if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
+            if constexpr (WIDE) si_tile_wide_mac(tiles, tid & 31, tid >> 5, acc);
+            else if (low_half) si_tile128_mac<4>(tiles, tx, ty, acc);
             else si_tile128_mac<8>(tiles, tx, ty, acc);
         }
         __syncthreads();  // everyone is done reading before the next stage()

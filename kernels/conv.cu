@@ -84,6 +84,17 @@ struct SiFfmaLayout {
     SI_DEV int col(int j) const { return tx + 16 * j; }
 };
 
+// The FFMA core on the 64×256 tile (si_tile_wide_mac): thread (tx, ty) =
+// (tid & 31, tid >> 5) holds rows ty + 8i and columns tx + 32j.
+struct SiFfmaWideLayout {
+    int tx, ty;
+    static SI_DEV SiFfmaWideLayout here() {
+        return SiFfmaWideLayout{(int)threadIdx.x & 31, (int)threadIdx.x >> 5};
+    }
+    SI_DEV int row(int i) const { return ty + 8 * i; }
+    SI_DEV int col(int j) const { return tx + 32 * j; }
+};
+
 // (WIDE: the 64×256 tile, where warp w is mma warp (0, w).)
 template <bool WIDE = false>
 struct SiMmaLayoutT {
@@ -97,6 +108,13 @@ struct SiMmaLayoutT {
     SI_DEV int col(int j) const { return c0 + 8 * (j >> 1) + (j & 1); }
 };
 using SiMmaLayout = SiMmaLayoutT<false>;
+
+// The accumulator layout of the 128×128 / 64×256 core for MATH.
+template <SiMath MATH, bool WIDE> struct SiLayout128Of { using T = SiMmaLayoutT<WIDE>; };
+template <> struct SiLayout128Of<SiMath::Ffma, false> { using T = SiFfmaLayout; };
+template <> struct SiLayout128Of<SiMath::Ffma, true> { using T = SiFfmaWideLayout; };
+template <SiMath MATH, bool WIDE>
+using SiLayout128 = typename SiLayout128Of<MATH, WIDE>::T;
 
 // A GEMM whose rows are channels (M of them) and whose columns are (image,
 // pixel) pairs (`plane` pixels per image) into NCHW p.out, adding
@@ -407,9 +425,7 @@ SI_DEV void conv_fwd_run128(const ConvParams& p) {
     float acc[8][8] = {};
     __shared__ SiTiles128<MATH, WIDE> tiles;
     si_gemm_tile128<ConvFwdHoisted, MATH, WIDE>(tiles, ConvFwdHoisted::make(p), M, N, 0, K, m0, n0, acc);
-    if constexpr (MATH != SiMath::Ffma)
-        conv_store_nchw<8, SiMmaLayoutT<WIDE>>(p, acc, M, N, p.oh * p.ow, m0, n0);
-    else conv_store_nchw(p, acc, M, N, p.oh * p.ow, m0, n0);
+    conv_store_nchw<8, SiLayout128<MATH, WIDE>>(p, acc, M, N, p.oh * p.ow, m0, n0);
 }
 
 template <SiMath MATH, bool WIDE = false>
@@ -420,9 +436,7 @@ SI_DEV void conv_bwd_data_run128(const ConvParams& p) {
     __shared__ SiTiles128<MATH, WIDE> tiles;
     si_gemm_tile128<ConvBwdDataHoisted, MATH, WIDE>(tiles, ConvBwdDataHoisted::make(p), M, N, 0, K, m0,
                                                     n0, acc);
-    if constexpr (MATH != SiMath::Ffma)
-        conv_store_nchw<8, SiMmaLayoutT<WIDE>>(p, acc, M, N, p.h * p.w, m0, n0);
-    else conv_store_nchw(p, acc, M, N, p.h * p.w, m0, n0);
+    conv_store_nchw<8, SiLayout128<MATH, WIDE>>(p, acc, M, N, p.h * p.w, m0, n0);
 }
 
 // With split_k > 1 it writes the same workspace layout as conv2d_bwd_weight,
@@ -438,8 +452,7 @@ SI_DEV void conv_bwd_weight_run128(const ConvParams& p) {
     __shared__ SiTiles128<MATH> tiles;
     si_gemm_tile128<ConvBwdWeightHoisted, MATH>(tiles, ConvBwdWeightHoisted::make(p), M, N, k_begin,
                                               k_end, m0, n0, acc);
-    if constexpr (MATH != SiMath::Ffma) conv_store_dw<8, SiMmaLayout>(p, acc, M, N, splits, m0, n0);
-    else conv_store_dw(p, acc, M, N, splits, m0, n0);
+    conv_store_dw<8, SiLayout128<MATH, false>>(p, acc, M, N, splits, m0, n0);
 }
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128(ConvParams p) {
@@ -559,13 +572,38 @@ extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS) conv_transpose2d_f
     conv_bwd_data_run_m8(p);
 }
 
-// ---- the *_tf32w kernels: the *_tf32 ones on 64×256 tiles --------------------
+// ---- the wide kernels: *_t128w, *_tcw, *_tf32w on 64×256 tiles ------------
 //
 // For GEMMs of at most 64 rows (common.cuh, SI_WM: a 128×128 tile would
-// leave half its warps out of the mma): conv2d_fwd with Cout ≤ 64,
+// do half its work for all its gathers): conv2d_fwd with Cout ≤ 64,
 // conv2d_bwd_data / conv_transpose2d_fwd with Cin ≤ 64. Grid
 // (ceil(GEMM N / 256), ceil(GEMM M / 64)), block 256; otherwise as the
-// *_tf32 kernels. No weight-gradient twin (its B operand is read along k).
+// *_t128, *_tc and *_tf32 kernels. No weight-gradient twins (their B
+// operand is read along k).
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_t128w(ConvParams p) {
+    conv_fwd_run128<SiMath::Ffma, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_t128w(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Ffma, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_t128w(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Ffma, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tcw(ConvParams p) {
+    conv_fwd_run128<SiMath::Tf32x3, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_bwd_data_tcw(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32x3, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv_transpose2d_fwd_tcw(ConvParams p) {
+    conv_bwd_data_run128<SiMath::Tf32x3, true>(p);
+}
 
 extern "C" __global__ void __launch_bounds__(SI_TILE_THREADS, 2) conv2d_fwd_tf32w(ConvParams p) {
     conv_fwd_run128<SiMath::Tf32, true>(p);

@@ -70,7 +70,7 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 12] = [
+    let parts: [(&str, Part); 14] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
@@ -84,6 +84,12 @@ fn cuda_backend_on_a_real_gpu() {
         }),
         ("conv_tf32_kernels", |d| {
             conv_big_tile_kernels(d, ConvTile::Tf32)
+        }),
+        ("conv_t128w_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::T128Wide)
+        }),
+        ("conv_tcw_kernels", |d| {
+            conv_big_tile_kernels(d, ConvTile::TcWide)
         }),
         ("conv_tf32w_kernels", |d| {
             conv_big_tile_kernels(d, ConvTile::Tf32Wide)
@@ -366,7 +372,9 @@ fn tf32(x: f32) -> f32 {
 }
 
 /// The 128×128 kernels of `tile` (`*_t128` on FFMA, `*_tc` and `*_tf32` on
-/// tensor cores) launched directly (whatever the size rule would pick):
+/// tensor cores), or their 64×256 twins (`*_t128w`, `*_tcw`, `*_tf32w`: the
+/// forward and the input gradient only), launched directly (whatever the
+/// size rule would pick):
 /// against the host reference for the forward, against the 64×64 kernels
 /// (themselves checked above and in the emulator) for the input gradient,
 /// the transposed conv with bias and the weight gradient with and without
@@ -385,13 +393,14 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     // accurate: with K from 171 to 1350 here, dropping 3xTF32's correction
     // terms (plain TF32, ~2^-11 relative per operand) errs by several 1e-3,
     // FP32 by a few 1e-5, so this bound tells the two apart.
-    let (atol, rtol) = if tile == ConvTile::T128 {
+    let (atol, rtol) = if matches!(tile, ConvTile::T128 | ConvTile::T128Wide) {
         (1e-3, 1e-3)
     } else {
         (3e-4, 1e-4)
     };
-    // The wide tile (*_tf32w) takes at most 64 GEMM rows: 50 output channels.
-    let wide = tile == ConvTile::Tf32Wide;
+    // The wide tiles (*_t128w, *_tcw, *_tf32w) take at most 64 GEMM rows:
+    // 50 output channels.
+    let wide = tile.rows_in_one_block().is_some();
     let co = if wide { 50 } else { 150 };
     let (n, ci, h, w, k, s, pad) = (3, 19, 23, 21, 3, 2, 1);
     let x = rand_vec(n * ci * h * w, 17);
@@ -399,7 +408,7 @@ fn conv_big_tile_kernels(dev: &Arc<GpuDevice>, tile: ConvTile) {
     // What the references multiply.
     let operands = |v: &[f32]| -> Vec<f32> {
         match tile {
-            ConvTile::Tf32 => v.iter().map(|&a| tf32(a)).collect(),
+            ConvTile::Tf32 | ConvTile::Tf32Wide => v.iter().map(|&a| tf32(a)).collect(),
             _ => v.to_vec(),
         }
     };
@@ -558,7 +567,8 @@ fn conv_m8_kernels(dev: &Arc<GpuDevice>) {
 /// 128×128 tiles runs on the `_tf32` kernels (seen in a kernel profile),
 /// one into at most 64 channels on the wide `_tf32w` ones, and both stay
 /// within TF32's error of the CPU; under `fp32` the same launches run on
-/// `_t128`; a small one stays on the 64×64 FP32 kernel either way.
+/// `_t128` (and a wide one with twice the columns on `_t128w`); a small
+/// one stays on the 64×64 FP32 kernel either way.
 fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
     use splitinv::ops::{self, Conv2dParams};
     if dev.compute_capability().0 < 8 {
@@ -595,13 +605,18 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
         let rows = cuda::profile::stop().unwrap().per_step(1).unwrap();
         (rows.into_iter().map(|r| r.kernel).collect(), out)
     };
-    // Into 48 channels (at most 64 GEMM rows): the wide tile under TF32.
+    // Into 48 channels (at most 64 GEMM rows): the wide tile, under TF32
+    // from 132 blocks of 256 columns on (34200 columns: 134), under FP32
+    // from 264 (76·30·30 = 68400 columns: 268).
     let w48 = rnd(&[48, 5, 3, 3], 44);
     let want48 = ops::conv2d(&x, &w48, None, p).unwrap().to_vec().unwrap();
-    for (math, big_kernel, wide_kernel, atol) in [
+    let x76 = rnd(&[76, 5, 32, 32], 45);
+    let want76 = ops::conv2d(&x76, &w48, None, p).unwrap().to_vec().unwrap();
+    for (math, big_kernel, wide_kernel, wide_76, atol) in [
         (
             cuda::ConvMath::Tf32,
             "conv2d_fwd_tf32",
+            "conv2d_fwd_tf32w",
             "conv2d_fwd_tf32w",
             2e-2,
         ),
@@ -609,6 +624,7 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
             cuda::ConvMath::Fp32,
             "conv2d_fwd_t128",
             "conv2d_fwd_t128",
+            "conv2d_fwd_t128w",
             1e-3,
         ),
     ] {
@@ -625,6 +641,9 @@ fn conv_math_dispatch(dev: &Arc<GpuDevice>) {
             atol,
             1e-2,
         );
+        let (names, y) = kernels_of(&|| conv_on_gpu(&x76, &w48));
+        assert!(names.iter().any(|k| k == wide_76), "{math}: {names:?}");
+        assert_close(&format!("{wide_76} by the rule"), &y, &want76, atol, 1e-2);
         let (names, _) = kernels_of(&|| conv_on_gpu(&xs, &ws));
         assert!(names.iter().any(|k| k == "conv2d_fwd"), "{math}: {names:?}");
     }

@@ -37,10 +37,10 @@ pub const M8_COLUMNS: usize = TILE_THREADS as usize;
 /// the 64×64 kernels, measured on small workloads, keep them.
 pub const MIN_M8_COLUMNS: usize = 132 * TILE;
 
-/// Most GEMM rows of the wide-tile `*_tf32w` conv kernels (`SI_WM`).
+/// Most GEMM rows of the wide-tile conv kernels (`*_t128w`, `*_tcw`, `*_tf32w`; `SI_WM`).
 pub const WIDE_ROWS: usize = 64;
 
-/// GEMM columns per block of the `*_tf32w` conv kernels (`SI_WN`).
+/// GEMM columns per block of the wide-tile conv kernels (`SI_WN`).
 pub const WIDE_COLUMNS: usize = 256;
 
 /// Fewest blocks a `*_t128` conv grid must have to be chosen: two per SM on
@@ -93,9 +93,9 @@ impl Launch {
 
     /// The launch of a conv kernel of tile size `tile` (64: `conv2d_*`,
     /// 128: `conv2d_*_t128`): `rows`×`cols` GEMM output, `split_k` along z.
-    /// The `*_m8` and `*_tf32w` kernels take all their (at most 8 or 64)
-    /// rows in one block and `edge()` columns per block, no split
-    /// ([`ConvTile::rows_in_one_block`]).
+    /// The `*_m8` and the wide (`*_t128w`, `*_tcw`, `*_tf32w`) kernels take
+    /// all their (at most 8 or 64) rows in one block and `edge()` columns
+    /// per block, no split ([`ConvTile::rows_in_one_block`]).
     pub fn conv_tiles(tile: ConvTile, rows: usize, cols: usize, split_k: usize) -> Result<Launch> {
         if let Some(max_rows) = tile.rows_in_one_block() {
             if rows > max_rows || split_k > 1 {
@@ -180,11 +180,16 @@ pub enum ConvTile {
     /// operands rounded to TF32 (`_tf32` suffix; sm_80 and later): PyTorch's
     /// default convolution precision. Only with [`ConvMath::Tf32`].
     Tf32,
-    /// [`ConvTile::Tf32`] on 64×256 tiles (`_tf32w` suffix), for a forward
+    /// [`ConvTile::T128`] on 64×256 tiles (`_t128w` suffix), for a forward
     /// or input-gradient GEMM of at most [`WIDE_ROWS`] rows: on a 128×128
-    /// tile such a GEMM leaves half the warps out of the mma while all of
-    /// them gather operands. Only with [`ConvMath::Tf32`]; no weight-gradient
-    /// kernel.
+    /// tile such a GEMM does half the tile's multiply-adds for all of its
+    /// operand gathers. No weight-gradient kernel (nor for the two below).
+    T128Wide,
+    /// [`ConvTile::Tc`] on 64×256 tiles (`_tcw` suffix), as [`ConvTile::T128Wide`]:
+    /// on a 128×128 tile half the warps would sit out the mma.
+    TcWide,
+    /// [`ConvTile::Tf32`] on 64×256 tiles (`_tf32w` suffix), as
+    /// [`ConvTile::TcWide`]. Only with [`ConvMath::Tf32`].
     Tf32Wide,
     /// At most [`M8_ROWS`] GEMM rows (a conv into at most 8 channels: the
     /// forward with Cout ≤ 8, the input gradient with Cin ≤ 8), all of them
@@ -196,13 +201,13 @@ pub enum ConvTile {
 
 impl ConvTile {
     /// The output tile edge in elements (64 or 128; for [`ConvTile::M8`]
-    /// and [`ConvTile::Tf32Wide`] the columns per block).
+    /// and the wide tiles the columns per block).
     pub fn edge(self) -> usize {
         match self {
             ConvTile::T64 => TILE,
             ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => TILE_BIG,
             ConvTile::M8 => M8_COLUMNS,
-            ConvTile::Tf32Wide => WIDE_COLUMNS,
+            ConvTile::T128Wide | ConvTile::TcWide | ConvTile::Tf32Wide => WIDE_COLUMNS,
         }
     }
 
@@ -215,16 +220,18 @@ impl ConvTile {
             ConvTile::Tc => format!("{base}_tc"),
             ConvTile::Tf32 => format!("{base}_tf32"),
             ConvTile::M8 => format!("{base}_m8"),
+            ConvTile::T128Wide => format!("{base}_t128w"),
+            ConvTile::TcWide => format!("{base}_tcw"),
             ConvTile::Tf32Wide => format!("{base}_tf32w"),
         }
     }
 
     /// For the kernels whose one block row holds every GEMM row
-    /// ([`ConvTile::M8`], [`ConvTile::Tf32Wide`]): how many rows at most.
+    /// ([`ConvTile::M8`] and the wide tiles): how many rows at most.
     pub fn rows_in_one_block(self) -> Option<usize> {
         match self {
             ConvTile::M8 => Some(M8_ROWS),
-            ConvTile::Tf32Wide => Some(WIDE_ROWS),
+            ConvTile::T128Wide | ConvTile::TcWide | ConvTile::Tf32Wide => Some(WIDE_ROWS),
             _ => None,
         }
     }
@@ -232,7 +239,20 @@ impl ConvTile {
     /// Whether this core runs on TF32 tensor cores (compute capability 8.0
     /// or later).
     pub fn needs_tensor_cores(self) -> bool {
-        matches!(self, ConvTile::Tc | ConvTile::Tf32 | ConvTile::Tf32Wide)
+        matches!(
+            self,
+            ConvTile::Tc | ConvTile::Tf32 | ConvTile::TcWide | ConvTile::Tf32Wide
+        )
+    }
+
+    /// The 64×256 twin of a 128×128 core, if it has one.
+    pub fn wide(self) -> Option<ConvTile> {
+        match self {
+            ConvTile::T128 => Some(ConvTile::T128Wide),
+            ConvTile::Tc => Some(ConvTile::TcWide),
+            ConvTile::Tf32 => Some(ConvTile::Tf32Wide),
+            _ => None,
+        }
     }
 }
 
@@ -324,6 +344,7 @@ pub fn conv_math() -> Result<ConvMath> {
 pub fn with_math(tile: ConvTile, math: ConvMath) -> ConvTile {
     match (math, tile) {
         (ConvMath::Tf32, ConvTile::T128 | ConvTile::Tc) => ConvTile::Tf32,
+        (ConvMath::Tf32, ConvTile::T128Wide | ConvTile::TcWide) => ConvTile::Tf32Wide,
         (_, t) => t,
     }
 }
@@ -382,14 +403,21 @@ pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
         return Ok(t);
     }
     let tile = with_math(conv_tile_for_min(m, n, split_k, forced, min_blocks), math);
-    Ok(wide_if_few_rows(tile, m, n, split_k, min_blocks))
+    let forced_tile = matches!(forced, Some(ConvTile::T64 | ConvTile::T128));
+    Ok(if forced_tile {
+        tile
+    } else {
+        wide_if_few_rows(tile, m, n, split_k, min_blocks)
+    })
 }
 
-/// A [`ConvTile::Tf32`] choice for a GEMM of at most [`WIDE_ROWS`] rows
-/// moves to [`ConvTile::Tf32Wide`] when the wide grid (`n` / 256 blocks)
-/// still has `min_blocks` blocks and K is not split; anything else stays.
-/// For the forward and the input gradient only (the weight gradient has no
-/// wide kernel and never asks).
+/// A 128×128 choice ([`ConvTile::T128`], [`ConvTile::Tc`],
+/// [`ConvTile::Tf32`]) for a GEMM of at most [`WIDE_ROWS`] rows moves to
+/// its 64×256 twin ([`ConvTile::wide`]) when the wide grid (`n` / 256
+/// blocks) still has `min_blocks` blocks and K is not split; anything else
+/// stays. For the forward and the input gradient only (the weight gradient
+/// has no wide kernels and never asks); not when `SPLITINV_CONV_TILE`
+/// forces 64 or 128 ([`conv_tile`]).
 pub fn wide_if_few_rows(
     tile: ConvTile,
     m: usize,
@@ -398,9 +426,9 @@ pub fn wide_if_few_rows(
     min_blocks: usize,
 ) -> ConvTile {
     let fits = m <= WIDE_ROWS && split_k <= 1 && n.div_ceil(WIDE_COLUMNS) >= min_blocks;
-    match tile {
-        ConvTile::Tf32 if fits => ConvTile::Tf32Wide,
-        t => t,
+    match tile.wide() {
+        Some(w) if fits => w,
+        _ => tile,
     }
 }
 
@@ -686,37 +714,50 @@ mod tests {
     }
 
     #[test]
-    fn tf32_gemms_of_64_rows_or_fewer_take_the_wide_tile() {
+    fn gemms_of_64_rows_or_fewer_take_the_wide_tile() {
         // CIFAR conv12 forward at batch 128 (M = 64, N = 128·1024): 512
-        // wide blocks.
+        // wide blocks, past both thresholds.
         let n = 128 * 1024;
+        for (t, w, suffix, tensor) in [
+            (ConvTile::T128, ConvTile::T128Wide, "_t128w", false),
+            (ConvTile::Tc, ConvTile::TcWide, "_tcw", true),
+            (ConvTile::Tf32, ConvTile::Tf32Wide, "_tf32w", true),
+        ] {
+            for min in [MIN_T128_BLOCKS, MIN_TF32_BLOCKS] {
+                assert_eq!(wide_if_few_rows(t, 64, n, 1, min), w, "{t:?}");
+            }
+            // 65 rows, split-K or too few wide blocks: unchanged.
+            assert_eq!(wide_if_few_rows(t, 65, n, 1, MIN_TF32_BLOCKS), t);
+            assert_eq!(wide_if_few_rows(t, 64, n, 2, MIN_TF32_BLOCKS), t);
+            let few = (MIN_TF32_BLOCKS - 1) * WIDE_COLUMNS;
+            assert_eq!(wide_if_few_rows(t, 64, few, 1, MIN_TF32_BLOCKS), t);
+            let l = Launch::conv_tiles(w, 64, n + 1, 1).unwrap();
+            assert_eq!(l.grid, (513, 1, 1));
+            assert!(Launch::conv_tiles(w, 65, n, 1).is_err());
+            assert!(Launch::conv_tiles(w, 64, n, 2).is_err());
+            assert_eq!(w.kernel("conv2d_fwd"), format!("conv2d_fwd{suffix}"));
+            assert_eq!(w.needs_tensor_cores(), tensor);
+            assert_eq!(w.wide(), None);
+        }
+        // The FP32 threshold: 264 wide blocks (N = 264·256), not 263.
+        let at = MIN_T128_BLOCKS * WIDE_COLUMNS;
+        let t128 = ConvTile::T128;
         assert_eq!(
-            wide_if_few_rows(ConvTile::Tf32, 64, n, 1, MIN_TF32_BLOCKS),
-            ConvTile::Tf32Wide
-        );
-        // 65 rows, split-K, too few wide blocks, or not TF32: unchanged.
-        assert_eq!(
-            wide_if_few_rows(ConvTile::Tf32, 65, n, 1, MIN_TF32_BLOCKS),
-            ConvTile::Tf32
+            wide_if_few_rows(t128, 64, at, 1, MIN_T128_BLOCKS),
+            ConvTile::T128Wide
         );
         assert_eq!(
-            wide_if_few_rows(ConvTile::Tf32, 64, n, 2, MIN_TF32_BLOCKS),
-            ConvTile::Tf32
+            wide_if_few_rows(t128, 64, at - WIDE_COLUMNS, 1, MIN_T128_BLOCKS),
+            t128
         );
-        let few = (MIN_TF32_BLOCKS - 1) * WIDE_COLUMNS;
-        assert_eq!(
-            wide_if_few_rows(ConvTile::Tf32, 64, few, 1, MIN_TF32_BLOCKS),
-            ConvTile::Tf32
-        );
-        for t in [ConvTile::T64, ConvTile::T128, ConvTile::Tc, ConvTile::M8] {
+        for t in [ConvTile::T64, ConvTile::M8] {
             assert_eq!(wide_if_few_rows(t, 64, n, 1, MIN_TF32_BLOCKS), t, "{t:?}");
         }
-        let l = Launch::conv_tiles(ConvTile::Tf32Wide, 64, n + 1, 1).unwrap();
-        assert_eq!(l.grid, (513, 1, 1));
-        assert!(Launch::conv_tiles(ConvTile::Tf32Wide, 65, n, 1).is_err());
-        assert!(Launch::conv_tiles(ConvTile::Tf32Wide, 64, n, 2).is_err());
-        assert_eq!(ConvTile::Tf32Wide.kernel("conv2d_fwd"), "conv2d_fwd_tf32w");
-        assert!(ConvTile::Tf32Wide.needs_tensor_cores());
+        // TF32 takes the FP32 wide choices to its own wide kernels.
+        for t in [ConvTile::T128Wide, ConvTile::TcWide] {
+            assert_eq!(with_math(t, ConvMath::Tf32), ConvTile::Tf32Wide);
+            assert_eq!(with_math(t, ConvMath::Fp32), t);
+        }
     }
 
     #[test]

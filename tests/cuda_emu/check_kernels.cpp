@@ -316,6 +316,11 @@ static const ConvKernels CONVTF32{conv2d_fwd_tf32, conv2d_bwd_data_tf32, conv2d_
 // rows (no weight gradient).
 static const ConvKernels CONVTF32W{conv2d_fwd_tf32w, conv2d_bwd_data_tf32w, nullptr,
                                    conv_transpose2d_fwd_tf32w, 256, "_tf32w", true, 64};
+// Their FFMA and 3xTF32 twins (*_t128w, *_tcw), at the FP32 tolerances.
+static const ConvKernels CONVT128W{conv2d_fwd_t128w, conv2d_bwd_data_t128w, nullptr,
+                                   conv_transpose2d_fwd_t128w, 256, "_t128w", false, 64};
+static const ConvKernels CONVTCW{conv2d_fwd_tcw, conv2d_bwd_data_tcw, nullptr,
+                                 conv_transpose2d_fwd_tcw, 256, "_tcw", false, 64};
 // What the references multiply: v itself, or v rounded to TF32 for a
 // family with tf32_operands.
 static V operands_of(const ConvKernels& ks, const V& v) {
@@ -893,16 +898,20 @@ int main(int argc, char** argv) {
             test_conv(ConvShape{2, 3, 9, 9, 20, 5, 5, 3, 2, 4, 3, 2, 3}, "(s3,2 p4,3 dil 2,3)", *ks);
         }
     }
-    if (want("conv") || want("convtf32w")) {
-        // The 64×256 TF32 tile: GEMMs of at most 64 rows (Cout for the
-        // forward, Cin for the input gradient), against references from
-        // TF32-rounded operands: partial column blocks, exactly 64 rows with
-        // a long K, stride and dilation, the transposed conv.
-        test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", CONVTF32W);
-        test_conv(ConvShape{2, 5, 10, 9, 60, 3, 3, 1, 1, 1, 1, 1, 1}, "(5->60 k3 p1)", CONVTF32W);
-        test_conv(ConvShape{1, 64, 6, 5, 64, 3, 3, 1, 1, 1, 1, 1, 1}, "(64->64, M = 64, K = 576)", CONVTF32W);
-        test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 256)", CONVTF32W);
-        test_conv_transpose(CONVTF32W);
+    if (want("conv") || want("convtf32w") || want("convt128w") || want("convtcw")) {
+        // The 64×256 tiles: GEMMs of at most 64 rows (Cout for the forward,
+        // Cin for the input gradient): partial column blocks, exactly 64
+        // rows with a long K, stride and dilation, the transposed conv. The
+        // TF32 ones against references from TF32-rounded operands.
+        for (const ConvKernels* ks : {&CONVTF32W, &CONVT128W, &CONVTCW}) {
+            if (!want("conv") && !want(ks == &CONVTF32W ? "convtf32w" : ks == &CONVT128W ? "convt128w" : "convtcw"))
+                continue;
+            test_conv(ConvShape{2, 3, 9, 7, 5, 3, 2, 2, 1, 1, 0, 1, 1}, "(3x2 s2,1 p1,0)", *ks);
+            test_conv(ConvShape{2, 5, 10, 9, 60, 3, 3, 1, 1, 1, 1, 1, 1}, "(5->60 k3 p1)", *ks);
+            test_conv(ConvShape{1, 64, 6, 5, 64, 3, 3, 1, 1, 1, 1, 1, 1}, "(64->64, M = 64, K = 576)", *ks);
+            test_conv(ConvShape{4, 7, 13, 12, 20, 3, 3, 2, 2, 2, 1, 2, 1}, "(s2 dil 2,1, N > 256)", *ks);
+            test_conv_transpose(*ks);
+        }
     }
     if (want("conv") || want("convtf32")) {
         // One TF32 product: the same shapes as the 3xTF32 kernels, against

@@ -123,7 +123,8 @@ fn on_device(ordinal: usize, tile: ConvTile) -> Result<ConvTile> {
     let (major, minor) = crate::cuda::device(ordinal)?.compute_capability();
     match tile {
         _ if major >= 8 => Ok(tile),
-        ConvTile::Tf32 | ConvTile::Tf32Wide => Ok(ConvTile::T128),
+        ConvTile::Tf32 => Ok(ConvTile::T128),
+        ConvTile::Tf32Wide => Ok(ConvTile::T128Wide),
         _ => Err(Error::invalid(
             "SPLITINV_CONV_TILE",
             format!(
@@ -252,9 +253,14 @@ fn weight_grad_plan(
     let split_big = split_k_for_tile(m, n, k, min_blocks, TILE_BIG);
     let tile = crate::cuda::launch::conv_tile_for_min(m, n, split_big, forced, min_blocks);
     match tile {
-        ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 | ConvTile::Tf32Wide => (tile, split_big),
-        // (The size rule never answers M8; the weight gradient has no such kernel.)
-        ConvTile::T64 | ConvTile::M8 => (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)),
+        ConvTile::T128 | ConvTile::Tc | ConvTile::Tf32 => (tile, split_big),
+        // (The size rule never answers M8 or a wide tile; the weight
+        // gradient has no such kernels.)
+        ConvTile::T64
+        | ConvTile::M8
+        | ConvTile::T128Wide
+        | ConvTile::TcWide
+        | ConvTile::Tf32Wide => (ConvTile::T64, split_k_for(m, n, k, TARGET_BLOCKS)),
     }
 }
 
