@@ -484,10 +484,11 @@ SI_DEV void si_tile_wide_mac(const SiTiles128<SiMath::Ffma, true>& t, int tx, in
 
 // x rounded to TF32 (to nearest, ties to even, as cuBLAS and CUTLASS round
 // on sm_90), kept in an FP32 register with the 13 dropped mantissa bits
-// zero. Inf stays Inf and a NaN stays a NaN on the CPU emulation's path;
-// on the GPU's too unless its payload lies only in the 13 dropped bits
-// (then it becomes Inf, and the lo part of the 3xTF32 split, NaN − Inf, is
-// NaN, so the product is still NaN).
+// zero. Inf stays Inf; on the bit path below (before sm_90, and the CPU
+// emulation) a NaN stays a NaN unless its payload lies only in the 13
+// dropped bits (then the mask makes it Inf, and the lo part of the 3xTF32
+// split, NaN − Inf, is NaN, so the product is still NaN). What sm_90's
+// cvt.rn.tf32 makes of a NaN PTX does not say; not checked on a GPU yet.
 //
 // Why ties to even and not ties away (cvt.rna, sm_80's only TF32 cvt): on
 // sm_90 cvt.rn.tf32.f32 is one instruction, F2FP.TF32.F32.PACK_B, while
@@ -510,6 +511,21 @@ SI_DEV float si_tf32(float x) {
     unsigned u = __float_as_uint(x);
     if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x0fffu + ((u >> 13) & 1u)) & 0xffffe000u;
     return __uint_as_float(u);
+#endif
+}
+
+// x rounded to TF32 to nearest, ties either way: the 3xTF32 split
+// (si_tile128_mma), whose hi + lo restores x whichever way a tie goes, so
+// it takes each architecture's cheapest rounding: si_tf32's one F2FP on
+// sm_90, cvt.rna before it (ptxas: three instructions, against about six
+// for si_tf32's ties-to-even in bits; 48 of them per K step and warp).
+SI_DEV float si_tf32_split(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && __CUDA_ARCH__ < 900
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return __uint_as_float(u & 0xffffe000u);
+#else
+    return si_tf32(x);
 #endif
 }
 
@@ -554,8 +570,8 @@ SI_DEV void si_tile128_mma(const Tiles& s, int wm, int wn, int g, int t, float a
         for (int q = 0; q < 2; ++q) {
             const float v = s.b[t + 4 * q][32 * wn + 8 * ni + g];
             if constexpr (split) {
-                b_hi[ni][q] = si_tf32(v);
-                b_lo[ni][q] = si_tf32(v - b_hi[ni][q]);
+                b_hi[ni][q] = si_tf32_split(v);
+                b_lo[ni][q] = si_tf32_split(v - b_hi[ni][q]);
             } else {
                 b_hi[ni][q] = v;
             }
@@ -567,8 +583,8 @@ SI_DEV void si_tile128_mma(const Tiles& s, int wm, int wn, int g, int t, float a
         for (int q = 0; q < 4; ++q) {
             const float v = s.a[t + 4 * (q >> 1)][64 * wm + 16 * mi + 8 * (q & 1) + g];
             if constexpr (split) {
-                a_hi[q] = si_tf32(v);
-                a_lo[q] = si_tf32(v - a_hi[q]);
+                a_hi[q] = si_tf32_split(v);
+                a_lo[q] = si_tf32_split(v - a_hi[q]);
             } else {
                 a_hi[q] = v;
             }

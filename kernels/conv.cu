@@ -212,7 +212,9 @@ struct ConvFwdHoisted {
         const int ci = by_khw.div(k), r = k - ci * khw;
         const int ky = by_kw.div(r), kx = r - ky * p.kw;
         const int dy = ky * p.dil_h, dx = kx * p.dil_w;
-        return SiKInfo{0, ci * hw + dy * p.w + dx, dy, dx};
+        // In unsigned: the 64×64 core also splits a k past K (a row of its
+        // last step that it then does not read), whose ci·hw may pass an int.
+        return SiKInfo{0, (int)((unsigned)ci * hw + (unsigned)(dy * p.w + dx)), dy, dx};
     }
     // A tap SI_TAP_FAR rows and columns above the image: iy and ix < 0.
     SI_DEV SiKInfo k_none() const { return SiKInfo{0, 0, -SI_TAP_FAR, -SI_TAP_FAR}; }
@@ -261,7 +263,10 @@ struct ConvBwdDataHoisted {
         const int co = by_khw.div(k), rr = k - co * khw;
         const int ky = by_kw.div(rr), kx = rr - ky * p.kw;
         const int dy = ky * p.dil_h, dx = kx * p.dil_w;
-        return SiKInfo{co * cin_khw + rr, co * ohw - (strided ? 0 : dy * p.ow + dx), dy, dx};
+        // In unsigned, as the forward's: a k past K, never read, may pass an int.
+        const unsigned a = (unsigned)co * cin_khw + rr;
+        const unsigned b = (unsigned)co * ohw - (unsigned)(strided ? 0 : dy * p.ow + dx);
+        return SiKInfo{(int)a, (int)b, dy, dx};
     }
     // A tap shift of SI_TAP_FAR: oy and ox < 0, outside at any stride.
     SI_DEV SiKInfo k_none() const { return SiKInfo{0, 0, SI_TAP_FAR, SI_TAP_FAR}; }
@@ -291,7 +296,9 @@ struct ConvBwdDataHoisted {
             ox = qx;
         }
         const bool in = (unsigned)oy < (unsigned)p.oh && (unsigned)ox < (unsigned)p.ow;
-        return si_load_if(c.dy + (strided ? ki.b + oy * p.ow + ox : ki.b), ok && in);
+        // (ki.b of a k past K, never read, may be anything: added in unsigned.)
+        const int off = strided ? (int)((unsigned)ki.b + (unsigned)(oy * p.ow + ox)) : ki.b;
+        return si_load_if(c.dy + off, ok && in);
     }
     SI_DEV float b_at(int k, const Col& c, bool ok) const { return b_at(k, k_info(k), c, ok); }
 };

@@ -114,7 +114,12 @@ fn remove_older(dir: &Path, kept: &Path) {
         let Some(other) = other.to_str() else {
             continue;
         };
-        if other != name && other.starts_with(prefix) && other.ends_with(".ptx") {
+        // Only our own names: the prefix, 16 hex digits, ".ptx".
+        let hash = other
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".ptx"));
+        let ours = hash.is_some_and(|h| h.len() == 16 && h.bytes().all(|c| c.is_ascii_hexdigit()));
+        if other != name && ours {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -194,11 +199,14 @@ mod tests {
         let other_file = entry_path(&dir, "pool.cu", "src", "sm_90", (12, 9));
         store(&other_arch, "PTX sm_80");
         store(&other_file, "PTX pool");
+        // A file of the user's that merely looks like an entry stays.
+        let not_ours = dir.join("conv-sm_90-notes.ptx");
+        std::fs::write(&not_ours, "mine").unwrap();
         let newer = entry_path(&dir, "conv.cu", "src v2", "sm_90", (12, 9));
         let (t, hit) = get_or_compile(Some(&newer), || Ok("PTX v2".into())).unwrap();
         assert_eq!((t.as_str(), hit), ("PTX v2", false));
         assert!(!path.exists(), "the older conv sm_90 entry is removed");
-        for kept in [&newer, &other_arch, &other_file] {
+        for kept in [&newer, &other_arch, &other_file, &not_ours] {
             assert!(kept.exists(), "{kept:?} is kept");
         }
         // The compile's own error is the error.

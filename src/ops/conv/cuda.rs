@@ -358,7 +358,9 @@ mod tests {
         let e = params(&tall_reach).unwrap_err().to_string();
         assert!(e.contains("a kernel's reach"), "{e}");
         // Rows of 600 M pixels padded by one row: the image and its taps fit
-        // an int, but the padded rows (3 of them, from −1) do not.
+        // an int. The padded rows (−1..1) would too, but the check bounds
+        // every tap's offset by (H + ph + kh)·max(W, OW) + W + pw + kw (here
+        // 3·600 M), which does not: it refuses a little more than it must.
         let padded_rows = ConvGeom {
             n: 1,
             cin: 1,
