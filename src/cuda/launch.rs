@@ -403,8 +403,7 @@ pub fn conv_tile(m: usize, n: usize, split_k: usize) -> Result<ConvTile> {
         return Ok(t);
     }
     let tile = with_math(conv_tile_for_min(m, n, split_k, forced, min_blocks), math);
-    let forced_tile = matches!(forced, Some(ConvTile::T64 | ConvTile::T128));
-    Ok(if forced_tile {
+    Ok(if forces_tile_size(forced) {
         tile
     } else {
         wide_if_few_rows(tile, m, n, split_k, min_blocks)
@@ -438,8 +437,15 @@ pub fn wide_if_few_rows(
 /// rule); else `None`, and the size rule decides. (The weight gradient has
 /// no `_m8` kernel and never asks.)
 pub fn few_rows(m: usize, n: usize, split_k: usize, forced: Option<ConvTile>) -> Option<ConvTile> {
-    let forced_tile = matches!(forced, Some(ConvTile::T64 | ConvTile::T128));
-    (m <= M8_ROWS && n >= MIN_M8_COLUMNS && split_k <= 1 && !forced_tile).then_some(ConvTile::M8)
+    (m <= M8_ROWS && n >= MIN_M8_COLUMNS && split_k <= 1 && !forces_tile_size(forced))
+        .then_some(ConvTile::M8)
+}
+
+/// Whether `SPLITINV_CONV_TILE` forces a tile size (64 or 128): then the
+/// rule's other shapes (`_m8`, the wide tiles) stay out of the comparison;
+/// `tc` only picks the tensor-core kernels.
+fn forces_tile_size(forced: Option<ConvTile>) -> bool {
+    matches!(forced, Some(ConvTile::T64 | ConvTile::T128))
 }
 
 /// The fewest blocks for which the size rule picks the 128×128 core:
