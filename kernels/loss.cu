@@ -89,6 +89,39 @@ extern "C" __global__ void ce_fwd(CrossEntropyParams p) {
     if (threadIdx.x == 0) p.out[blockIdx.x] = acc * p.scale;
 }
 
+// Index of the largest logit of one row, computed by one warp (every lane
+// gets it): the first of several equal maxima, as the host's argmax; NaN
+// never wins (it compares false), and a row with nothing above −inf gives 0.
+// Indices travel as floats, exact below 2^24 classes.
+SI_DEV int ce_row_argmax(const float* z, int classes, int lane) {
+    float best = SI_NEG_INF, at = (float)classes;  // classes: nothing yet
+    for (int c = lane; c < classes; c += 32)
+        if (z[c] > best) best = z[c], at = (float)c;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float b = __shfl_xor_sync(0xffffffffu, best, o);
+        const float a = __shfl_xor_sync(0xffffffffu, at, o);
+        if (b > best || (b == best && a < at)) best = b, at = a;
+    }
+    return at < (float)classes ? (int)at : 0;
+}
+
+// Training accuracy without a copy to the host: per-block counts of the rows
+// whose largest logit is at their label (times `scale`, 1 for a count),
+// added up by reduce_sum like the loss. No gradient.
+extern "C" __global__ void ce_hits(CrossEntropyParams p) {
+    const int lane = threadIdx.x & 31;
+    const int warps_per_block = blockDim.x >> 5;
+    const int warp = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    const int nwarps = gridDim.x * warps_per_block;
+    float acc = 0.0f;
+    for (int r = warp; r < p.rows; r += nwarps) {
+        const int best = ce_row_argmax(p.logits + (i64)r * p.classes, p.classes, lane);
+        if (lane == 0 && best == p.labels[r]) acc += 1.0f;
+    }
+    acc = si_block_sum(acc);
+    if (threadIdx.x == 0) p.out[blockIdx.x] = acc * p.scale;
+}
+
 extern "C" __global__ void ce_bwd(CrossEntropyParams p) {
     const int lane = threadIdx.x & 31;
     const int warps_per_block = blockDim.x >> 5;

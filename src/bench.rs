@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::models::ModelKind;
 use crate::ops::{self, TvKind};
 use crate::optim::{Adam, Optimizer};
+use crate::step_monitor::StepMonitor;
 use crate::tensor::Tensor;
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
@@ -162,11 +163,11 @@ pub fn prepare(w: &Workload) -> Result<Step> {
             let labels: Vec<usize> = (0..w.batch).map(|i| i % 10).collect();
             let mut opt = Adam::new(1e-3).with_amsgrad(true).with_eps(1e-3);
             let mut drop_rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let mut monitor = StepMonitor::new(dev)?;
             Ok(Box::new(move || {
                 let logits = net.forward_train(&x, &mut drop_rng)?;
                 let loss = ops::cross_entropy(&logits, &labels)?;
-                let grads = loss.backward()?;
-                opt.step(&params, &grads)?;
+                watched_step(&mut monitor, loss, &params, &mut opt)?;
                 sync()
             }))
         }
@@ -179,18 +180,41 @@ pub fn prepare(w: &Workload) -> Result<Step> {
             let target = no_grad(|| f1.forward(&x0))?;
             let x = Tensor::zeros_on([w.batch, c, h, wd], dev)?.requires_grad();
             let mut opt = Adam::new(1e-2).with_amsgrad(true).with_eps(1e-8);
+            let mut monitor = StepMonitor::new(dev)?;
             Ok(Box::new(move || {
                 let feats = f1.forward(&x)?;
                 let loss = ops::add(
                     &ops::mse_loss(&feats, &target)?,
                     &ops::tv_loss(&x, TvKind::Squared)?,
                 )?;
-                let grads = loss.backward()?;
-                opt.step(std::slice::from_ref(&x), &grads)?;
+                watched_step(&mut monitor, loss, std::slice::from_ref(&x), &mut opt)?;
                 sync()
             }))
         }
     }
+}
+
+/// The rest of a step as the training loops and the white-box attack take
+/// it ([`crate::train::fit_with`]): the loss into the step monitor,
+/// backward, the watched update; the monitor is read every
+/// [`crate::train::READ_EVERY`] steps, so a NaN still fails the benchmark.
+fn watched_step(
+    monitor: &mut StepMonitor,
+    loss: Tensor,
+    params: &[Tensor],
+    opt: &mut Adam,
+) -> Result<()> {
+    monitor.begin_step();
+    monitor.add_loss(&loss, 1.0)?;
+    let grads = loss.backward()?;
+    drop(loss);
+    opt.step_watched(params, &grads, monitor)?;
+    if monitor.steps().is_multiple_of(crate::train::READ_EVERY) {
+        if let Some(f) = monitor.read()?.failure {
+            return Err(Error::NonFinite(format!("benchmark step: {f}")));
+        }
+    }
+    Ok(())
 }
 
 /// Times a step: warm-up, then individual steps until `budget` has passed

@@ -136,16 +136,12 @@ pub fn train_classifier(
     }
     let mut swa = resume.swa.unwrap_or_default();
     let model = net.clone();
-    let mut step = |idx: &[usize], rng: &mut TrainRng| -> Result<(Tensor, f64)> {
+    let mut step = |idx: &[usize], rng: &mut TrainRng| -> Result<(Tensor, Option<Tensor>)> {
         let (x, labels) =
             prepare_batch(train, idx, norm, augment.as_ref().map(|a| (a, &mut *rng)))?;
         let logits = model.forward_train(&x, rng)?;
-        let correct = argmax_rows(&logits)?
-            .iter()
-            .zip(&labels)
-            .filter(|(a, b)| a == b)
-            .count();
-        Ok((ops::cross_entropy(&logits, &labels)?, correct as f64))
+        let correct = ops::count_correct(&logits, &labels)?;
+        Ok((ops::cross_entropy(&logits, &labels)?, Some(correct)))
     };
     let mut epochs = Vec::new();
     let eval_net = net.clone();
@@ -447,9 +443,9 @@ pub fn run_whitebox(
     let pb = crate::train::progress_bar(cfg.iterations as u64, true, &format!("white-box {split}"));
     let mut frames = frames;
     let recon = whitebox::invert(&f1, &v, target.chw(), &target.norm, cfg, &mut |p| {
-        if p.iteration % 50 == 0 {
+        if let Some(loss) = p.loss {
             pb.set_position(p.iteration as u64);
-            pb.set_message(format!("loss {:.3e}", p.loss));
+            pb.set_message(format!("loss {loss:.3e}"));
         }
         if let Some((f, every)) = frames.as_mut() {
             if p.iteration % (*every).max(1) == 0 || p.iteration == 1 {

@@ -40,6 +40,7 @@ pub mod optim;
 pub mod report;
 pub mod reproduce;
 pub mod shape;
+pub mod step_monitor;
 pub mod tensor;
 pub mod train;
 pub mod util;

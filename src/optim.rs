@@ -24,19 +24,38 @@
 //! (as PyTorch skips `grad is None`). Before anything is written, every
 //! gradient is checked: a NaN or infinity fails the step with
 //! [`Error::NonFinite`] naming the parameter and element, and no parameter
-//! or state changes.
+//! or state changes. [`Optimizer::step_watched`] keeps that guarantee
+//! without the copy to the host: it records the failure in a
+//! [`StepMonitor`] and skips, for training loops that look only now and then.
 
 use crate::autograd::GradStore;
 use crate::cpu::simd::{self, SimdLevel};
+use crate::cuda::params::DevPtr;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::loss::cpu::multiversion;
+use crate::step_monitor::StepMonitor;
 use crate::tensor::Tensor;
 
 /// Something that updates parameters from their gradients.
 pub trait Optimizer {
     /// Updates every parameter that has a gradient in `grads`, in place.
     fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()>;
+    /// [`step`](Self::step) without waiting for the device: a non-finite
+    /// gradient is recorded in `monitor` instead of failing the call, and
+    /// this update and every later one through the same monitor leave the
+    /// parameters and the state as they were (the GPU kernels read the
+    /// monitor's flag; see [`crate::step_monitor`]). The caller finds out
+    /// from [`StepMonitor::read`]. Other errors (shapes, devices) still
+    /// fail the call. After a recorded failure on a GPU the host-side step
+    /// counter of Adam has moved on while the moments have not: read the
+    /// monitor and stop, as the training loops do.
+    fn step_watched(
+        &mut self,
+        params: &[Tensor],
+        grads: &GradStore,
+        monitor: &mut StepMonitor,
+    ) -> Result<()>;
     /// The current learning rate.
     fn lr(&self) -> f32;
     /// Changes the learning rate (schedules call this between epochs).
@@ -63,7 +82,7 @@ fn check_hyper(op: &'static str, name: &str, v: f32, ok: bool, expected: &str) -
 /// Index of the first NaN or ±inf in `x`, if any. The common all-finite case
 /// is one vectorisable pass: 0·v is 0 for finite v and NaN otherwise, and NaN
 /// survives addition, so independent lane sums flag a bad value.
-fn first_non_finite(x: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(x: &[f32]) -> Option<usize> {
     const L: usize = 16;
     let mut acc = [0f32; L];
     let mut it = x.chunks_exact(L);
@@ -81,12 +100,14 @@ fn first_non_finite(x: &[f32]) -> Option<usize> {
 
 /// Checks every (parameter, gradient) pair before any update: device, shape,
 /// storage, finiteness, and that the parameter list matches the state
-/// (its size and device per parameter).
+/// (its size and device per parameter). With a `monitor`, finiteness is
+/// left to it (recorded, not an error).
 fn validate(
     op: &'static str,
     params: &[Tensor],
     grads: &GradStore,
     state_sizes: &[Option<(usize, Device)>],
+    monitor: Option<&mut StepMonitor>,
 ) -> Result<()> {
     // GPU gradients whose finiteness is checked at the end, all at once.
     let mut on_gpu: Vec<(usize, usize, &Tensor)> = Vec::new();
@@ -134,6 +155,9 @@ fn validate(
                 ));
             }
         }
+        if monitor.is_some() {
+            continue;
+        }
         if let Device::Cuda(n) = dev {
             on_gpu.push((n, i, g));
             continue;
@@ -142,6 +166,9 @@ fn validate(
             let v = g.cpu()?.get(j).copied().unwrap_or(f32::NAN);
             return Err(non_finite(op, i, p, j, v));
         }
+    }
+    if let Some(m) = monitor {
+        return m.watch_gradients(params, grads);
     }
     // A NaN or infinity anywhere makes the sum non-finite; only then is
     // that gradient copied to find the element.
@@ -178,7 +205,7 @@ fn non_finite(op: &str, i: usize, p: &Tensor, j: usize, v: f32) -> Error {
 mod gpu {
     use crate::cuda::exec::{i64_of, opt_ptr, ptr, run};
     use crate::cuda::launch::Launch;
-    use crate::cuda::params::{AdamParams, SgdParams};
+    use crate::cuda::params::{AdamParams, DevPtr, SgdParams};
     use crate::error::Result;
     use crate::tensor::Tensor;
 
@@ -196,11 +223,13 @@ mod gpu {
         dampening: f32,
         nesterov: bool,
         first: bool,
+        skip: DevPtr,
     ) -> Result<()> {
         let prm = SgdParams {
             param: ptr(p)?,
             grad: ptr(g)?,
             momentum_buf: opt_ptr(buf)?,
+            skip,
             n: i64_of(p.numel())?,
             lr,
             momentum: if buf.is_some() { momentum } else { 0.0 },
@@ -225,6 +254,7 @@ mod gpu {
         (lr, beta1, beta2, eps, weight_decay): (f32, f32, f32, f32, f32),
         bc1: f64,
         bc2: f64,
+        skip: DevPtr,
     ) -> Result<()> {
         let prm = AdamParams {
             param: ptr(p)?,
@@ -232,6 +262,7 @@ mod gpu {
             m: ptr(m)?,
             v: ptr(v)?,
             vmax: opt_ptr(vmax)?,
+            skip,
             n: i64_of(p.numel())?,
             lr,
             beta1,
@@ -431,13 +462,41 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
+        self.update(params, grads, None)
+    }
+    fn step_watched(
+        &mut self,
+        params: &[Tensor],
+        grads: &GradStore,
+        monitor: &mut StepMonitor,
+    ) -> Result<()> {
+        self.update(params, grads, Some(monitor))
+    }
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+impl Sgd {
+    fn update(
+        &mut self,
+        params: &[Tensor],
+        grads: &GradStore,
+        mut monitor: Option<&mut StepMonitor>,
+    ) -> Result<()> {
         self.check()?;
         let sizes: Vec<Option<(usize, Device)>> = self
             .bufs
             .iter()
             .map(|b| b.as_ref().map(|t| (t.numel(), t.device())))
             .collect();
-        validate("sgd", params, grads, &sizes)?;
+        validate("sgd", params, grads, &sizes, monitor.as_deref_mut())?;
+        let Some(skip) = skip_flag(monitor.as_deref())? else {
+            return Ok(());
+        };
         let use_momentum = self.momentum != 0.0;
         if use_momentum && self.bufs.is_empty() {
             self.bufs = (0..params.len()).map(|_| None).collect();
@@ -458,7 +517,7 @@ impl Optimizer for Sgd {
                     None
                 };
                 let (m, damp, nest) = (self.momentum, self.dampening, self.nesterov);
-                gpu::sgd(n, p, g, buf, lr, wd, m, damp, nest, first)?;
+                gpu::sgd(n, p, g, buf, lr, wd, m, damp, nest, first, skip)?;
                 continue;
             }
             let g = g.cpu()?;
@@ -484,11 +543,20 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
+}
+
+/// What a watched update passes to the GPU kernels as `skip`: `Some(0)`
+/// (never skip) without a monitor, the monitor's flag on a GPU, and on the
+/// CPU, where the flag can be read for free, `None` (skip this update) once
+/// a failure is recorded.
+fn skip_flag(monitor: Option<&StepMonitor>) -> Result<Option<DevPtr>> {
+    match monitor {
+        None => Ok(Some(0)),
+        Some(m) => match m.device() {
+            Device::Cpu if m.failed_on_host()? => Ok(None),
+            Device::Cpu => Ok(Some(0)),
+            Device::Cuda(_) => m.skip_ptr().map(Some),
+        },
     }
 }
 
@@ -708,13 +776,41 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
+        self.update(params, grads, None)
+    }
+    fn step_watched(
+        &mut self,
+        params: &[Tensor],
+        grads: &GradStore,
+        monitor: &mut StepMonitor,
+    ) -> Result<()> {
+        self.update(params, grads, Some(monitor))
+    }
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+impl Adam {
+    fn update(
+        &mut self,
+        params: &[Tensor],
+        grads: &GradStore,
+        mut monitor: Option<&mut StepMonitor>,
+    ) -> Result<()> {
         self.check()?;
         let sizes: Vec<Option<(usize, Device)>> = self
             .state
             .iter()
             .map(|s| s.as_ref().map(|s| (s.m.numel(), s.m.device())))
             .collect();
-        validate("adam", params, grads, &sizes)?;
+        validate("adam", params, grads, &sizes, monitor.as_deref_mut())?;
+        let Some(skip) = skip_flag(monitor.as_deref())? else {
+            return Ok(());
+        };
         // A state made without AMSGrad has no maximum to continue from.
         if self.amsgrad && self.state.iter().flatten().any(|s| s.vmax.is_none()) {
             return Err(Error::invalid(
@@ -760,7 +856,7 @@ impl Optimizer for Adam {
             };
             if let Device::Cuda(n) = p.device() {
                 let vmax = st.vmax.as_ref().filter(|_| self.amsgrad);
-                gpu::adam(n, p, g, &st.m, &st.v, vmax, hyper, bc1, bc2)?;
+                gpu::adam(n, p, g, &st.m, &st.v, vmax, hyper, bc1, bc2, skip)?;
                 continue;
             }
             let g = g.cpu()?;
@@ -775,12 +871,6 @@ impl Optimizer for Adam {
             adam_pieces(lv, &mut pw, &g, &mut mw, &mut vw, vmw.as_deref_mut(), c);
         }
         Ok(())
-    }
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
     }
 }
 

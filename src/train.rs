@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{Adam, Optimizer, StepLr};
+use crate::step_monitor::{Reading, StepMonitor};
 use crate::tensor::Tensor;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -11,8 +12,18 @@ use rand::SeedableRng;
 /// The seeded generator used for shuffling, dropout and augmentation.
 pub type TrainRng = rand_chacha::ChaCha8Rng;
 
-/// One training step: batch indices in, (loss, metric sum over the batch) out.
-pub type StepFn<'a> = dyn FnMut(&[usize], &mut TrainRng) -> Result<(Tensor, f64)> + 'a;
+/// One training step: batch indices in, (loss, metric summed over the
+/// batch) out. The metric is a one-element tensor on the loss's device
+/// (e.g. [`crate::ops::count_correct`]), or `None` for a loop without one
+/// (its epochs report 0).
+pub type StepFn<'a> = dyn FnMut(&[usize], &mut TrainRng) -> Result<(Tensor, Option<Tensor>)> + 'a;
+
+/// Steps between two looks at a training loop's loss (see
+/// [`crate::step_monitor`]): each look waits for the device, so a loop
+/// that looked every step could not run ahead of it. The progress bar's
+/// loss and a NaN error come at most this many steps late; the parameters
+/// are left as they were before the failing step either way.
+pub const READ_EVERY: usize = 32;
 
 /// Produces a labelled, normalised batch for the given indices.
 pub type BatchFn<'a> = dyn FnMut(&[usize], &mut TrainRng) -> Result<(Tensor, Vec<usize>)> + 'a;
@@ -225,6 +236,10 @@ pub fn fit_with(
     if n == 0 {
         return Err(Error::invalid("train", "the training set is empty"));
     }
+    // The loop's bookkeeping lives where the parameters do.
+    let device = params
+        .first()
+        .map_or(crate::device::Device::Cpu, |p| p.device());
     let mut all = Vec::new();
     for epoch in start_epoch..cfg.epochs {
         let lr = cfg.lr_at(epoch)?;
@@ -241,29 +256,31 @@ pub fn fit_with(
             &format!("{label} {}/{}", epoch + 1, cfg.epochs),
         );
         let t0 = std::time::Instant::now();
-        let (mut loss_sum, mut metric_sum, mut seen) = (0f64, 0f64, 0usize);
-        for idx in order.chunks(cfg.batch) {
+        let mut monitor = StepMonitor::new(device)?;
+        let mut seen = 0usize;
+        for (k, idx) in order.chunks(cfg.batch).enumerate() {
             let (loss, metric) = step(idx, &mut rng)?;
-            let lv = loss.item()?;
-            if !lv.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "{label}: loss is {lv} in epoch {epoch}; lower --lr"
-                )));
+            monitor.begin_step();
+            monitor.add_loss(&loss, idx.len() as f32)?;
+            if let Some(m) = &metric {
+                monitor.add_metric(m)?;
             }
             let grads = loss.backward()?;
             drop(loss);
-            opt.step(params, &grads)?;
-            loss_sum += lv as f64 * idx.len() as f64;
-            metric_sum += metric;
+            opt.step_watched(params, &grads, &mut monitor)?;
             seen += idx.len();
             pb.inc(idx.len() as u64);
-            pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+            if (k + 1).is_multiple_of(READ_EVERY) {
+                let r = checked(monitor.read()?, label, epoch)?;
+                pb.set_message(format!("loss {:.4}", r.loss_sum / seen as f64));
+            }
         }
+        let r = checked(monitor.read()?, label, epoch)?;
         finish_bar(&pb);
         let stats = EpochStats {
             epoch,
-            loss: loss_sum / seen as f64,
-            metric: metric_sum / seen as f64,
+            loss: r.loss_sum / seen as f64,
+            metric: r.metric_sum / seen as f64,
             images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
             lr,
         };
@@ -273,24 +290,26 @@ pub fn fit_with(
     Ok(all)
 }
 
-/// Index of the largest logit in each row.
+/// A monitor's reading, or the loop's error for the NaN or infinity it saw.
+fn checked(r: Reading, label: &str, epoch: usize) -> Result<Reading> {
+    match r.failure {
+        None => Ok(r),
+        Some(f) => Err(Error::NonFinite(format!(
+            "{label}: {f} of epoch {epoch}; no parameter was updated from that step on; lower --lr"
+        ))),
+    }
+}
+
+/// Index of the largest logit in each row (the first of equal maxima, as
+/// [`crate::ops::count_correct`] counts).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
     let (n, c) = logits.shape().matrix("argmax")?;
+    if c == 0 {
+        return Ok(vec![0; n]);
+    }
     let v = logits.to_vec()?;
-    Ok((0..n)
-        .map(|i| {
-            let row = &v[i * c..(i + 1) * c];
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (j, &x)| {
-                    if x > bv {
-                        (j, x)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
-        })
+    Ok(v.chunks_exact(c)
+        .map(crate::ops::loss::row_argmax)
         .collect())
 }
 
@@ -411,5 +430,79 @@ mod tests {
                 .to_string();
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    /// One parameter, a loss of 2·p (gradient 2) and a metric of 1 per
+    /// batch; `bad_at`: the step (1-based, in epoch 0) whose loss is NaN.
+    /// Returns the parameter each step saw, the result, and the parameter.
+    fn run(bad_at: Option<usize>) -> (Vec<f32>, Result<Vec<EpochStats>>, f32) {
+        let p = Tensor::scalar(1.0).requires_grad();
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch: 4,
+            lr: 0.01,
+            ..TrainConfig::default()
+        };
+        let mut seen = Vec::new();
+        let q = p.clone();
+        let mut step = |_: &[usize], _: &mut TrainRng| -> Result<(Tensor, Option<Tensor>)> {
+            seen.push(q.item()?);
+            let mut loss = crate::ops::scale(&q, 2.0)?;
+            if bad_at == Some(seen.len()) {
+                loss = crate::ops::add(&loss, &Tensor::scalar(f32::NAN))?;
+            }
+            Ok((loss, Some(Tensor::scalar(1.0))))
+        };
+        // 50 batches of 4 an epoch: more than READ_EVERY steps.
+        let r = fit(
+            std::slice::from_ref(&p),
+            200,
+            &cfg,
+            0,
+            "t",
+            &mut step,
+            &mut |_| Ok(()),
+        );
+        let last = p.item().unwrap_or(f32::NAN);
+        (seen, r, last)
+    }
+
+    #[test]
+    fn fit_sums_the_loss_and_metric_on_the_monitor() {
+        let (seen, r, last) = run(None);
+        let stats = r.unwrap();
+        assert_eq!(seen.len(), 100);
+        assert!(last < 1.0, "the parameter moved down its gradient");
+        for (e, s) in stats.iter().enumerate() {
+            // The batch-weighted mean of 2·p over the epoch's 50 steps.
+            let steps = &seen[50 * e..50 * (e + 1)];
+            let want = steps.iter().map(|&v| 2.0 * v as f64).sum::<f64>() / 50.0;
+            assert!(
+                (s.loss - want).abs() < 1e-5,
+                "epoch {e}: {} vs {want}",
+                s.loss
+            );
+            // A metric of 1 per batch of 4.
+            assert!((s.metric - 0.25).abs() < 1e-12, "epoch {e}: {}", s.metric);
+        }
+    }
+
+    #[test]
+    fn a_nan_loss_fails_at_the_next_look_with_its_step_and_updates_nothing_after() {
+        let (seen, r, last) = run(Some(3));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("t: loss is NaN at step 3 of epoch 0"), "{e}");
+        assert!(
+            e.contains("no parameter was updated from that step on"),
+            "{e}"
+        );
+        // The loop ran on to its next look, without updating anything.
+        assert_eq!(seen.len(), READ_EVERY);
+        assert!(
+            seen[2] < seen[1] && seen[1] < seen[0],
+            "steps 1 and 2 updated"
+        );
+        assert!(seen[2..].iter().all(|&v| v == seen[2]), "{seen:?}");
+        assert_eq!(last, seen[2]);
     }
 }

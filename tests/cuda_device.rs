@@ -70,7 +70,7 @@ fn cuda_backend_on_a_real_gpu() {
     dev.load_all_kernels().expect("every module loads");
     // Every part runs even when an earlier one fails, so one run on a GPU
     // machine reports every broken kernel, not just the first.
-    let parts: [(&str, Part); 14] = [
+    let parts: [(&str, Part); 15] = [
         ("roundtrip_and_reuse", roundtrip_and_reuse),
         ("elementwise", elementwise),
         ("reduce", reduce),
@@ -97,6 +97,10 @@ fn cuda_backend_on_a_real_gpu() {
         ("conv_math_dispatch", conv_math_dispatch),
         ("conv_m8_kernels", conv_m8_kernels),
         ("budget_and_peaks", budget_and_peaks),
+        (
+            "loops_wait_only_when_they_look",
+            loops_wait_only_when_they_look,
+        ),
     ];
     let mut failed = Vec::new();
     for (name, part) in parts {
@@ -662,4 +666,101 @@ fn budget_and_peaks(dev: &Arc<GpuDevice>) {
     assert!(e.contains("budget"), "{e}");
     assert!(e.contains("16.00 MiB"), "the need is in the message: {e}");
     assert!(dev.alloc(4 << 20).is_ok(), "fits again without a budget");
+}
+
+/// The white-box attack and the training loop queue their steps without
+/// waiting for the GPU: the host waits only when a loop looks at its
+/// monitor (every READ_EVERY steps and at the end), not two or three times
+/// a step as when every step read its loss and gradient sums back. Both
+/// loops still work on the device: the attack lowers its loss, the
+/// training loop counts its accuracy there.
+fn loops_wait_only_when_they_look(dev: &Arc<GpuDevice>) {
+    use rand::SeedableRng;
+    use splitinv::attacks::whitebox::{invert, Normalization, WhiteBoxConfig};
+    use splitinv::nn::{Layer, Sequential};
+    use splitinv::train::{fit, TrainConfig, TrainRng, READ_EVERY};
+    use splitinv::{ops, Device, Tensor};
+    let gpu = Device::Cuda(0);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut net = Sequential::new()
+        .with("conv", Layer::conv2d(3, 8, 3, 1, 1, &mut rng))
+        .unwrap()
+        .with("relu", Layer::Relu)
+        .unwrap();
+    net.to_device(gpu).unwrap();
+    let x0 = Tensor::rand_uniform([2, 3, 8, 8], -1.0, 1.0, &mut rng)
+        .to_device(gpu)
+        .unwrap();
+    let target = net.forward(&x0).unwrap().detach();
+    let norm = Normalization::new(&[0.5; 3], &[0.25; 3]);
+    let iterations = 4 * READ_EVERY;
+    let cfg = WhiteBoxConfig {
+        iterations,
+        ..WhiteBoxConfig::default()
+    };
+    let mut losses = Vec::new();
+    let before = dev.host_waits();
+    invert(&net, &target, [3, 8, 8], &norm, &cfg, &mut |p| {
+        losses.extend(p.loss);
+        Ok(())
+    })
+    .unwrap();
+    let waits = dev.host_waits() - before;
+    // Per look: the loss for the progress bar and the monitor.
+    assert!(
+        waits <= 2 * 4 + 2,
+        "white-box: {waits} host waits in {iterations} iterations"
+    );
+    assert_eq!(losses.len(), 4);
+    assert!(losses[3] < losses[0], "the loss went down: {losses:?}");
+
+    // A linear classifier on 8 separable points, 2 epochs of 64 steps.
+    let mut clf = Sequential::new()
+        .with("fc", Layer::linear(4, 2, &mut rng))
+        .unwrap();
+    clf.to_device(gpu).unwrap();
+    clf.set_trainable(true);
+    let params = clf.params();
+    let xs: Vec<f32> = (0..8)
+        .flat_map(|i| {
+            let s = if i % 2 == 0 { 1.0 } else { -1.0 };
+            [s, 0.5 * s, -s, 0.1 * i as f32]
+        })
+        .collect();
+    let labels: Vec<usize> = (0..8).map(|i| i % 2).collect();
+    let tc = TrainConfig {
+        epochs: 2,
+        batch: 1,
+        lr: 1e-2,
+        ..TrainConfig::default()
+    };
+    let mut step =
+        |idx: &[usize], _: &mut TrainRng| -> splitinv::Result<(Tensor, Option<Tensor>)> {
+            // Uploaded every step, as the real loops do (a copy to the device
+            // does not wait).
+            let rows: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| xs[(i % 8) * 4..(i % 8) * 4 + 4].to_vec())
+                .collect();
+            let x = Tensor::from_vec(rows, [idx.len(), 4])?.to_device(gpu)?;
+            let y: Vec<usize> = idx.iter().map(|&i| labels[i % 8]).collect();
+            let logits = clf.forward(&x)?;
+            Ok((
+                ops::cross_entropy(&logits, &y)?,
+                Some(ops::count_correct(&logits, &y)?),
+            ))
+        };
+    let before = dev.host_waits();
+    let stats = fit(&params, 64, &tc, 0, "t", &mut step, &mut |_| Ok(())).unwrap();
+    let waits = dev.host_waits() - before;
+    assert!(
+        waits <= 2 * (64 / READ_EVERY + 1) + 2,
+        "training: {waits} host waits in 128 steps"
+    );
+    assert!(
+        stats[1].metric > 0.9,
+        "accuracy counted on the device: {:?}",
+        stats[1]
+    );
+    assert!(stats[1].loss < stats[0].loss, "{stats:?}");
 }

@@ -24,6 +24,7 @@ use splitinv::autograd::gradcheck;
 use splitinv::ops::{self, Conv2dParams, ConvTranspose2dParams, Pool2dParams};
 use splitinv::ops::{SsimConfig, TvKind};
 use splitinv::optim::{Adam, Optimizer, Sgd};
+use splitinv::step_monitor::{Reading, Source, StepMonitor};
 use splitinv::{Device, Result, Tensor};
 
 /// The GPU to test on, or `None` (after saying why) when there is none.
@@ -393,6 +394,37 @@ device_tests! {
         let per = ops::ssim_per_image(&c.to_device(dev).unwrap(), &d.to_device(dev).unwrap(), &SsimConfig::standard()).unwrap();
         let want = ops::ssim_per_image(&c, &d, &SsimConfig::standard()).unwrap();
         assert_close("ssim_per_image", &per, &want, EW);
+        // count_correct against the host's argmax: ties (the first maximum
+        // wins), NaN (never the maximum), a row of −inf (index 0), 45
+        // classes (a warp loops over its row), and 300 random rows.
+        let (inf, nan) = (f32::INFINITY, f32::NAN);
+        let rows: Vec<[f32; 4]> = vec![
+            [1.0, 3.0, 3.0, 0.0], [nan, 2.0, nan, 1.0], [-inf; 4], [nan; 4],
+            [inf, inf, 0.0, 1.0], [0.0, -1.0, 5.0, 5.0], [2.0, 2.0, 2.0, 2.0],
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let special = Tensor::from_vec(flat, [rows.len(), 4]).unwrap();
+        let host = splitinv::train::argmax_rows(&special).unwrap();
+        assert_eq!(host, vec![1, 1, 0, 0, 0, 2, 0], "the host's argmax");
+        for labels in [host.clone(), vec![1, 3, 0, 1, 1, 3, 0], vec![3; 7]] {
+            let want = labels.iter().zip(&host).filter(|(a, b)| a == b).count() as f32;
+            let got = ops::count_correct(&special.to_device(dev).unwrap(), &labels).unwrap();
+            assert_eq!(got.device(), dev);
+            assert_eq!(got.to_vec().unwrap(), vec![want], "count_correct, labels {labels:?}");
+        }
+        for (shape, seed) in [([300usize, 10usize], 116u64), ([5, 45], 117)] {
+            // Values on a grid of 8 levels, so rows tie often.
+            let x = Tensor::from_vec(rnd(&shape, seed, 0.0, 8.0).to_vec().unwrap().iter().map(|v| v.floor()).collect(), shape).unwrap();
+            let labels: Vec<usize> = (0..shape[0]).map(|i| (i * 7) % shape[1]).collect();
+            let want = splitinv::train::argmax_rows(&x).unwrap().iter().zip(&labels).filter(|(a, b)| a == b).count() as f32;
+            let got = ops::count_correct(&x.to_device(dev).unwrap(), &labels).unwrap().to_vec().unwrap();
+            assert_eq!(got, vec![want], "count_correct {shape:?}");
+            assert!(want > 0.0, "the case counts something");
+        }
+        let e = ops::count_correct(&special.to_device(dev).unwrap(), &[0, 1]).unwrap_err().to_string();
+        assert!(e.contains("2 labels for a batch of 7"), "{e}");
+        let e = ops::count_correct(&special.to_device(dev).unwrap(), &[4; 7]).unwrap_err().to_string();
+        assert!(e.contains("label 4") && e.contains("4 classes"), "{e}");
     };
     optimizers => |dev: Device| {
         // Three steps of each optimizer, on `dev` and on the CPU, from the
@@ -419,13 +451,78 @@ device_tests! {
             ("sgd momentum nesterov wd", || Box::new(Sgd::new(0.1).with_momentum(0.9).with_nesterov(true).with_weight_decay(0.01))),
             ("sgd momentum dampening", || Box::new(Sgd::new(0.1).with_momentum(0.9).with_dampening(0.3))),
         ];
-        for (name, make) in makers {
+        for (name, make) in &makers {
             let want = run(Device::Cpu, make().as_mut());
             let got = run(dev, make().as_mut());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_close(&format!("{name} parameter {i} on {dev}"), g, w, Tol { atol: 1e-5, rtol: 1e-4 });
             }
         }
+        // The same steps through a StepMonitor (as the training loops take
+        // them): the same parameters, and the loss sum; then a NaN in the
+        // gradient of parameter 1 at step 2, or in the loss at step 2:
+        // recorded, and steps 2 and 3 leave the parameters as step 1 did.
+        // A copy (detach and a move to the same device share the storage
+        // the optimizers update in place).
+        let fresh = |t: &Tensor| Tensor::from_vec(t.to_vec().unwrap(), t.shape().clone()).unwrap();
+        let watched = |d: Device, opt: &mut dyn Optimizer, nan: Option<&str>| -> (Vec<Vec<f32>>, Reading) {
+            let ps: Vec<Tensor> = p0.iter().map(|t| fresh(t).to_device(d).unwrap().requires_grad()).collect();
+            let mut monitor = StepMonitor::new(d).unwrap();
+            for (s, g) in gs.iter().enumerate() {
+                let mut loss = ops::add(
+                    &ops::sum(&ops::mul(&ps[0], &g[0].to_device(d).unwrap()).unwrap()).unwrap(),
+                    &ops::sum(&ops::mul(&ps[1], &g[1].to_device(d).unwrap()).unwrap()).unwrap(),
+                ).unwrap();
+                if s == 1 && nan == Some("gradient") {
+                    // + Σ sqrt(0·p1): the loss stays finite, but p1's
+                    // gradient is 0·(1/(2·sqrt 0)) = 0·inf = NaN.
+                    let zero = Tensor::zeros_on([5], d).unwrap();
+                    loss = ops::add(&loss, &ops::sum(&ops::sqrt(&ops::mul(&ps[1], &zero).unwrap()).unwrap()).unwrap()).unwrap();
+                }
+                if s == 1 && nan == Some("loss") {
+                    loss = ops::add(&loss, &Tensor::scalar(f32::INFINITY).to_device(d).unwrap()).unwrap();
+                }
+                monitor.begin_step();
+                monitor.add_loss(&loss, 2.0).unwrap();
+                let grads = loss.backward().unwrap();
+                opt.step_watched(&ps, &grads, &mut monitor).unwrap();
+            }
+            (ps.iter().map(|p| p.to_vec().unwrap()).collect(), monitor.read().unwrap())
+        };
+        for (name, make) in &makers {
+            let want = run(Device::Cpu, make().as_mut());
+            let (got, r) = watched(dev, make().as_mut(), None);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("{name} watched, parameter {i} on {dev}"), g, w, Tol { atol: 1e-5, rtol: 1e-4 });
+            }
+            assert_eq!(r.failure, None, "{name}");
+            // Σ 2·loss over the three steps, against the CPU's.
+            let (_, rc) = watched(Device::Cpu, make().as_mut(), None);
+            assert!(rc.loss_sum.abs() > 0.1, "{name}: a loss sum that says something: {rc:?}");
+            assert!((r.loss_sum - rc.loss_sum).abs() <= 1e-4 * (1.0 + rc.loss_sum.abs()), "{name}: loss sum {r:?} against {rc:?}");
+            let after_one = {
+                let ps: Vec<Tensor> = p0.iter().map(|t| fresh(t).requires_grad()).collect();
+                let loss = ops::add(&ops::sum(&ops::mul(&ps[0], &gs[0][0]).unwrap()).unwrap(), &ops::sum(&ops::mul(&ps[1], &gs[0][1]).unwrap()).unwrap()).unwrap();
+                make().step(&ps, &loss.backward().unwrap()).unwrap();
+                ps.iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>()
+            };
+            for (what, source, value) in [("gradient", Source::Gradient(1), f32::NAN), ("loss", Source::Loss, f32::INFINITY)] {
+                let (got, r) = watched(dev, make().as_mut(), Some(what));
+                let f = r.failure.unwrap_or_else(|| panic!("{name}: a NaN {what} went unseen"));
+                assert_eq!((f.step, f.source), (2, source), "{name}, {what}: {f:?}");
+                assert_eq!(f.value.is_nan(), value.is_nan(), "{name}, {what}: {f:?}");
+                for (i, (g, w)) in got.iter().zip(&after_one).enumerate() {
+                    assert_close(&format!("{name}, NaN {what}: parameter {i} on {dev} as after step 1"), g, w, Tol { atol: 1e-6, rtol: 1e-5 });
+                }
+            }
+        }
+        // count_correct sums into the monitor's metric.
+        let mut monitor = StepMonitor::new(dev).unwrap();
+        let logits = Tensor::from_vec(vec![0.0, 1.0, 2.0, 0.5, 3.0, 1.0], [3, 2]).unwrap().to_device(dev).unwrap();
+        for labels in [[1usize, 0, 0], [1, 1, 0]] {
+            monitor.add_metric(&ops::count_correct(&logits, &labels).unwrap()).unwrap();
+        }
+        assert_eq!(monitor.read().unwrap().metric_sum, 5.0);
         // A NaN gradient fails the step and leaves the parameter alone.
         let p = Tensor::ones([4]).to_device(dev).unwrap().requires_grad();
         let bad = Tensor::from_vec(vec![1.0, f32::NAN, 1.0, 1.0], [4]).unwrap().to_device(dev).unwrap();

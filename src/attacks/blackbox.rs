@@ -110,19 +110,20 @@ pub fn train_inverse(
     g.set_trainable(true);
     let params = g.params();
     let gg = g.clone();
-    let mut step = |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, f64)> {
-        let x = images(idx, rng)?;
-        let v = oracle.query(&x)?;
-        let recon = gg.forward(&v)?;
-        if recon.shape() != x.shape() {
-            return Err(Error::shape(
-                "inverse network output",
-                x.shape(),
-                recon.shape(),
-            ));
-        }
-        Ok((ops::mse_loss(&recon, &x)?, 0.0))
-    };
+    let mut step =
+        |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, Option<Tensor>)> {
+            let x = images(idx, rng)?;
+            let v = oracle.query(&x)?;
+            let recon = gg.forward(&v)?;
+            if recon.shape() != x.shape() {
+                return Err(Error::shape(
+                    "inverse network output",
+                    x.shape(),
+                    recon.shape(),
+                ));
+            }
+            Ok((ops::mse_loss(&recon, &x)?, None))
+        };
     let stats = fit(&params, n, cfg, 0, "inverse", &mut step, &mut |_| Ok(()))?;
     g.set_trainable(false);
     Ok(stats)

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::nn::Sequential;
 use crate::ops;
 use crate::tensor::Tensor;
-use crate::train::{argmax_rows, fit, BatchFn, EpochStats, TrainConfig};
+use crate::train::{fit, BatchFn, EpochStats, TrainConfig};
 
 /// Which data and structure the shadow uses (the paper's four settings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,21 +76,18 @@ pub fn train_shadow(
     shadow.set_trainable(true);
     let params = shadow.params();
     let s = shadow.clone();
-    let mut step = |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, f64)> {
-        let (x, labels) = batch(idx, rng)?;
-        let features = s.forward_train(&x, rng)?;
-        let logits = f2.forward(&features)?;
-        let correct = argmax_rows(&logits)?
-            .iter()
-            .zip(&labels)
-            .filter(|(a, b)| a == b)
-            .count();
-        let mut loss = ops::cross_entropy(&logits, &labels)?;
-        if let Some(m) = moments {
-            loss = ops::add(&loss, &m.loss(&features)?)?;
-        }
-        Ok((loss, correct as f64))
-    };
+    let mut step =
+        |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, Option<Tensor>)> {
+            let (x, labels) = batch(idx, rng)?;
+            let features = s.forward_train(&x, rng)?;
+            let logits = f2.forward(&features)?;
+            let correct = ops::count_correct(&logits, &labels)?;
+            let mut loss = ops::cross_entropy(&logits, &labels)?;
+            if let Some(m) = moments {
+                loss = ops::add(&loss, &m.loss(&features)?)?;
+            }
+            Ok((loss, Some(correct)))
+        };
     let stats = fit(&params, n, cfg, 0, "shadow", &mut step, &mut |_| Ok(()))?;
     shadow.set_trainable(false);
     Ok(stats)

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::nn::Sequential;
 use crate::ops::{self, TvKind};
 use crate::optim::{Adam, Optimizer, Sgd};
+use crate::step_monitor::StepMonitor;
 use crate::tensor::Tensor;
 use rand::SeedableRng;
 
@@ -168,8 +169,10 @@ impl Normalization {
 pub struct Progress<'a> {
     /// Step just taken (1-based).
     pub iteration: usize,
-    /// Loss before that step.
-    pub loss: f32,
+    /// Loss before that step, on the iterations where the loop reads it
+    /// back from the device (every [`crate::train::READ_EVERY`] and the
+    /// last; reading waits for the device, so not every iteration).
+    pub loss: Option<f32>,
     /// The current estimate, normalised space.
     pub x: &'a Tensor,
 }
@@ -272,6 +275,9 @@ pub fn invert_ensemble(
         }
         AttackOptimizer::Gd { lr } => Box::new(Sgd::new(lr)),
     };
+    // The loss and the NaN watch stay on x's device: the loop looks at them
+    // only every READ_EVERY iterations (see crate::step_monitor).
+    let mut monitor = StepMonitor::new(x.device())?;
     for it in 1..=cfg.iterations {
         let mut loss = feature_loss(nets[0], &x, &target)?;
         for net in &nets[1..] {
@@ -296,18 +302,24 @@ pub fn invert_ensemble(
                 &ops::scale(&ops::mean(&ops::square(&off)?)?, cfg.lambda_l2)?,
             )?;
         }
-        let lv = loss.item()?;
-        if !lv.is_finite() {
-            return Err(Error::NonFinite(format!(
-                "white-box loss is {lv} at iteration {it}; lower the learning rate"
-            )));
-        }
+        monitor.begin_step();
+        monitor.add_loss(&loss, 1.0)?;
+        let look = it.is_multiple_of(crate::train::READ_EVERY) || it == cfg.iterations;
+        let lv = if look { Some(loss.item()?) } else { None };
         let grads = loss.backward()?;
         drop(loss);
-        opt.step(std::slice::from_ref(&x), &grads)?;
+        opt.step_watched(std::slice::from_ref(&x), &grads, &mut monitor)?;
         if cfg.box_constraint {
-            // Project onto the pixel box, in place, where x lives.
+            // Project onto the pixel box, in place, where x lives. (After
+            // a NaN the step above left x as it was, and x stays finite.)
             ops::clamp_channels_in_place(&x, &lo, &hi)?;
+        }
+        if look {
+            if let Some(f) = monitor.read()?.failure {
+                return Err(Error::NonFinite(format!(
+                    "white-box: {f} (steps are iterations); lower the learning rate"
+                )));
+            }
         }
         on_progress(Progress {
             iteration: it,
@@ -372,5 +384,56 @@ mod tests {
             !run(false).iter().all(|v| inside(v)),
             "the test needs a step that leaves the box"
         );
+    }
+
+    /// A NaN loss is reported at the next look (every READ_EVERY
+    /// iterations) with the iteration it happened in, and the image is
+    /// left as it was before it; the loss is shown only on looks.
+    #[test]
+    fn a_nan_loss_fails_at_the_next_look_and_leaves_the_image_alone() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let net = Sequential::new()
+            .with("conv", Layer::conv2d(1, 2, 3, 1, 1, &mut rng))
+            .unwrap();
+        let norm = Normalization::new(&[0.5], &[0.25]);
+        let good = net
+            .forward(&Tensor::rand_uniform([1, 1, 4, 4], 0.0, 1.0, &mut rng))
+            .unwrap()
+            .detach();
+        let mut nan = good.to_vec().unwrap();
+        nan[5] = f32::NAN;
+        let nan = Tensor::from_vec(nan, good.shape().clone()).unwrap();
+        let every = crate::train::READ_EVERY;
+        let cfg = WhiteBoxConfig {
+            iterations: every + 8,
+            ..WhiteBoxConfig::default()
+        };
+        let (mut xs, mut losses) = (Vec::new(), Vec::new());
+        let e = invert(&net, &nan, [1, 4, 4], &norm, &cfg, &mut |p| {
+            xs.push(p.x.to_vec()?);
+            losses.push(p.loss);
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("white-box: loss is NaN at step 1"), "{e}");
+        assert_eq!(xs.len(), every - 1, "stopped at the first look");
+        assert!(
+            xs.iter().all(|x| x == &xs[0]),
+            "the image moved after the NaN"
+        );
+        assert!(losses.iter().all(|l| l.is_none()));
+        // The same run against finite features: the loss at every look.
+        let mut looks = Vec::new();
+        invert(&net, &good, [1, 4, 4], &norm, &cfg, &mut |p| {
+            if let Some(l) = p.loss {
+                looks.push((p.iteration, l));
+            }
+            Ok(())
+        })
+        .unwrap();
+        let at: Vec<usize> = looks.iter().map(|l| l.0).collect();
+        assert_eq!(at, vec![every, every + 8]);
+        assert!(looks.iter().all(|l| l.1.is_finite() && l.1 >= 0.0));
     }
 }

@@ -91,6 +91,10 @@ pub struct GpuDevice {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     pool: Mutex<Pool<CudaSlice<f32>>>,
+    /// Times the host waited for this device's queued work (a
+    /// synchronisation or a copy to the host): what a training loop should
+    /// do only now and then (see `crate::step_monitor`).
+    host_waits: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for GpuDevice {
@@ -177,6 +181,7 @@ impl GpuDevice {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             pool: Mutex::new(Pool::new(memory_budget())),
+            host_waits: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -352,6 +357,7 @@ impl GpuDevice {
     /// Waits until all queued work on the device's stream has finished, and
     /// reports any error a kernel raised asynchronously.
     pub fn synchronize(&self) -> Result<()> {
+        self.count_wait();
         guard("cuStreamSynchronize", || {
             self.stream
                 .synchronize()
@@ -360,6 +366,17 @@ impl GpuDevice {
                 .check_err()
                 .map_err(|e| driver_err("deferred CUDA error", e))
         })
+    }
+
+    /// How many times the host has waited for this device so far
+    /// ([`GpuDevice::synchronize`] and every copy to the host).
+    pub fn host_waits(&self) -> usize {
+        self.host_waits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_wait(&self) {
+        self.host_waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The pool's counters (peak usage, budget, ...).
@@ -442,6 +459,7 @@ impl DeviceMemory {
         };
         let stream = self.dev.stream.clone();
         let mut out = vec![0f32; self.len];
+        self.dev.count_wait();
         guard("cuMemcpyDtoH", || {
             stream
                 .memcpy_dtoh(&slice.slice(..self.len), &mut out)

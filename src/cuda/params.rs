@@ -385,6 +385,7 @@ pub struct AdamParams {
     pub m: DevPtr,
     pub v: DevPtr,
     pub vmax: DevPtr,
+    pub skip: DevPtr,
     pub n: i64,
     pub lr: f32,
     pub beta1: f32,
@@ -405,6 +406,7 @@ pub struct SgdParams {
     pub param: DevPtr,
     pub grad: DevPtr,
     pub momentum_buf: DevPtr,
+    pub skip: DevPtr,
     pub n: i64,
     pub lr: f32,
     pub momentum: f32,
@@ -412,6 +414,21 @@ pub struct SgdParams {
     pub weight_decay: f32,
     pub nesterov: i32,
     pub first_step: i32,
+}
+
+/// `monitor_watch` (the step monitor's bookkeeping, `src/step_monitor.rs`).
+#[allow(missing_docs)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MonitorParams {
+    pub state: DevPtr,
+    pub values: DevPtr,
+    pub count: i32,
+    pub first_source: i32,
+    pub sum_slot: i32,
+    pub check: i32,
+    pub step: f32,
+    pub weight: f32,
 }
 
 kernel_params!(
@@ -434,6 +451,7 @@ kernel_params!(
     SsimParams,
     AdamParams,
     SgdParams,
+    MonitorParams,
 );
 
 /// Which params struct each kernel takes, with its Rust size in bytes:
@@ -495,6 +513,7 @@ pub const KERNEL_PARAMS: &[(&str, &str, usize)] = &{
         k!("mse_bwd", MseParams),
         k!("ce_fwd", CrossEntropyParams),
         k!("ce_bwd", CrossEntropyParams),
+        k!("ce_hits", CrossEntropyParams),
         k!("tv_sq_fwd", TvParams),
         k!("tv_sq_bwd", TvParams),
         k!("tv_pow_fwd", TvParams),
@@ -507,6 +526,7 @@ pub const KERNEL_PARAMS: &[(&str, &str, usize)] = &{
         k!("ssim_filter_h_adj", SsimParams),
         k!("adam_step", AdamParams),
         k!("sgd_step", SgdParams),
+        k!("monitor_watch", MonitorParams),
     ]
 };
 
@@ -544,8 +564,9 @@ mod tests {
         assert_eq!(size_of::<CrossEntropyParams>(), 5 * 8 + 4 * 4); // 56
         assert_eq!(size_of::<TvParams>(), 4 * 8 + 8 + 8 * 4); // 72
         assert_eq!(size_of::<SsimParams>(), 11 * 8 + 8 + 8 * 4); // 128
-        assert_eq!(size_of::<AdamParams>(), 5 * 8 + 8 + 9 * 4 + 4); // 88
-        assert_eq!(size_of::<SgdParams>(), 3 * 8 + 8 + 6 * 4); // 56
+        assert_eq!(size_of::<AdamParams>(), 6 * 8 + 8 + 9 * 4 + 4); // 96
+        assert_eq!(size_of::<SgdParams>(), 4 * 8 + 8 + 6 * 4); // 64
+        assert_eq!(size_of::<MonitorParams>(), 2 * 8 + 6 * 4); // 40
     }
 
     #[test]

@@ -685,6 +685,33 @@ static void test_losses() {
         emu::launch(ce_bwd, dim3{1}, 256, p);
         check("ce_bwd classes=" + std::to_string(classes), dz, wdz, 1e-6);
     }
+    // ce_hits: rows whose largest logit (the first of equal maxima; NaN never;
+    // an all −inf/NaN row: index 0) is at the label, on integer-valued rows
+    // that tie often, plus rows of NaN, −inf and +inf.
+    for (int classes : {10, 37}) {
+        const int rows = 40;
+        V z = rand_vec((size_t)rows * classes, 0.0f, 4.0f);
+        for (float& v : z) v = std::floor(v);
+        for (int c = 0; c < classes; ++c) {
+            z[0 * classes + c] = NAN;
+            z[1 * classes + c] = -INFINITY;
+            z[2 * classes + c] = c % 3 == 1 ? INFINITY : 1.0f;
+            z[3 * classes + c] = c == classes - 1 ? 9.0f : (c % 2 ? NAN : 1.0f);
+        }
+        std::vector<int> labels(rows);
+        int want = 0;
+        for (int r = 0; r < rows; ++r) {
+            int best = 0;
+            float bv = -INFINITY;
+            for (int c = 0; c < classes; ++c)
+                if (z[r * classes + c] > bv) bv = z[r * classes + c], best = c;
+            // Every third row labelled right, the rest by a rule that is sometimes right.
+            labels[r] = r % 3 == 0 ? best : (r * 7) % classes;
+            want += labels[r] == best;
+        }
+        CrossEntropyParams p{z.data(), labels.data(), nullptr, nullptr, nullptr, rows, classes, 1.0f, 0};
+        check1("ce_hits classes=" + std::to_string(classes), two_stage(ce_hits, p, &decltype(p)::out, (size_t)rows * 32), want, 0.0, 0.0);
+    }
     // total variation, both forms
     {
         const int planes = 2, H = 6, W = 5;
@@ -777,6 +804,7 @@ static void test_losses() {
 // ---------------------------------------------------------------- optimizers
 static void test_optim() {
     const size_t n = 300;
+    float zero = 0.0f;
     for (int ams = 0; ams < 2; ++ams)
         for (int dec = 0; dec < 2; ++dec) {
             V w = rand_vec(n), m(n, 0.0f), v(n, 0.0f), vmax(n, 0.0f);
@@ -785,7 +813,8 @@ static void test_optim() {
             for (int t = 1; t <= 3; ++t) {
                 V g = rand_vec(n);
                 const float bc1 = 1.0f - std::pow(b1, (float)t), bc2 = 1.0f - std::pow(b2, (float)t);
-                AdamParams p{w.data(), g.data(), m.data(), v.data(), vmax.data(), (i64)n, lr, b1, b2, eps, wd, bc1, bc2, ams, dec};
+                // A zero skip flag (what a StepMonitor holds until a failure) updates.
+                AdamParams p{w.data(), g.data(), m.data(), v.data(), vmax.data(), ams ? &zero : nullptr, (i64)n, lr, b1, b2, eps, wd, bc1, bc2, ams, dec};
                 emu::launch(adam_step, dim3{1}, 256, p);
                 for (size_t i = 0; i < n; ++i) {
                     double gi = g[i];
@@ -805,7 +834,7 @@ static void test_optim() {
         const float lr = 0.1f, mu = 0.9f, damp = nesterov ? 0.0f : 0.1f, wd = 1e-2f;
         for (int t = 0; t < 3; ++t) {
             V g = rand_vec(n);
-            SgdParams p{w.data(), g.data(), buf.data(), (i64)n, lr, mu, damp, wd, nesterov, t == 0};
+            SgdParams p{w.data(), g.data(), buf.data(), nesterov ? &zero : nullptr, (i64)n, lr, mu, damp, wd, nesterov, t == 0};
             emu::launch(sgd_step, dim3{1}, 256, p);
             for (size_t i = 0; i < n; ++i) {
                 double gi = g[i] + (double)wd * rw[i];
@@ -815,6 +844,36 @@ static void test_optim() {
             }
         }
         check("sgd_step nesterov=" + std::to_string(nesterov), w, rw, 1e-6, 1e-5);
+    }
+    // A set skip flag (a StepMonitor's failed_at) leaves everything as it was.
+    {
+        float failed_at = 3.0f;
+        V w = rand_vec(n), g = rand_vec(n), m = rand_vec(n), v(n, 0.5f), vmax(n, 0.5f), buf = rand_vec(n);
+        const V w0 = w, m0 = m, buf0 = buf;
+        AdamParams pa{w.data(), g.data(), m.data(), v.data(), vmax.data(), &failed_at, (i64)n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, 0.1f, 0.001f, 1, 0};
+        emu::launch(adam_step, dim3{2}, 256, pa);
+        SgdParams ps{w.data(), g.data(), buf.data(), &failed_at, (i64)n, 0.1f, 0.9f, 0.0f, 0.0f, 0, 0};
+        emu::launch(sgd_step, dim3{2}, 256, ps);
+        check("adam_step/sgd_step skipped: params", w, D(w0.begin(), w0.end()), 0.0, 0.0);
+        check("adam_step skipped: moments", m, D(m0.begin(), m0.end()), 0.0, 0.0);
+        check("sgd_step skipped: momentum", buf, D(buf0.begin(), buf0.end()), 0.0, 0.0);
+    }
+    // monitor_watch: sums, then the first non-finite value only.
+    {
+        V state(5, 0.0f);
+        V a{1.0f, 2.0f}, b{3.0f, NAN, INFINITY}, c{-INFINITY};
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), a.data(), 2, 0, 3, 1, 1.0f, 0.5f});
+        check("monitor_watch loss sum", state, D{0, 0, 0, 1.5, 0}, 0.0, 0.0);
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), b.data(), 3, 1, -1, 1, 7.0f, 1.0f});
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), c.data(), 1, 0, 4, 1, 9.0f, 1.0f});
+        // failed at step 7, source 1 + 1 (the NaN), not the later -inf; the
+        // metric slot took the -inf (its sum), nothing else moved.
+        const bool ok = state[0] == 7.0f && state[1] == 2.0f && std::isnan(state[2]) && state[3] == 1.5f && state[4] == -INFINITY;
+        check1("monitor_watch first failure kept", ok ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
+        V d{NAN};
+        V clean(5, 0.0f);
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{clean.data(), d.data(), 1, 0, -1, 0, 2.0f, 1.0f});
+        check("monitor_watch check=0 records nothing", clean, D(5, 0.0), 0.0, 0.0);
     }
 }
 

@@ -22,30 +22,7 @@ use crate::tensor::Tensor;
 /// mean over the batch of −log softmax(logits)\[label\]; `logits` is [N, C],
 /// `labels` has N entries, each below C.
 pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
-    let (n, c) = logits.shape().matrix("cross_entropy")?;
-    if n == 0 || c == 0 {
-        return Err(Error::invalid(
-            "cross_entropy",
-            format!("logits of shape [{n}, {c}] are empty; expected [N >= 1, C >= 1]"),
-        ));
-    }
-    if labels.len() != n {
-        return Err(Error::invalid(
-            "cross_entropy",
-            format!(
-                "{} labels for a batch of {n} logit rows; expected one label per row",
-                labels.len()
-            ),
-        ));
-    }
-    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
-        return Err(Error::invalid(
-            "cross_entropy",
-            format!(
-                "label {l} at batch index {i} is out of range for {c} classes (expected 0..{c})"
-            ),
-        ));
-    }
+    let (n, c) = check_rows("cross_entropy", logits, labels)?;
     if let Device::Cuda(d) = loss_device("cross_entropy", &[logits])? {
         let labels_dev = cuda::upload_labels(d, labels)?;
         let y = cuda::cross_entropy(d, logits, &labels_dev, n, c)?;
@@ -76,6 +53,67 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
             })
         },
     ))
+}
+
+/// `logits` as [N ≥ 1, C ≥ 1] with one label below C per row.
+fn check_rows(op: &'static str, logits: &Tensor, labels: &[usize]) -> Result<(usize, usize)> {
+    let (n, c) = logits.shape().matrix(op)?;
+    if n == 0 || c == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("logits of shape [{n}, {c}] are empty; expected [N >= 1, C >= 1]"),
+        ));
+    }
+    if labels.len() != n {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} labels for a batch of {n} logit rows; expected one label per row",
+                labels.len()
+            ),
+        ));
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "label {l} at batch index {i} is out of range for {c} classes (expected 0..{c})"
+            ),
+        ));
+    }
+    Ok((n, c))
+}
+
+/// Index of the largest value of `row`: the first of equal maxima; NaN
+/// never counts as largest, and a row with nothing above −inf gives 0.
+/// (`ce_row_argmax` in `kernels/loss.cu` answers the same.)
+pub fn row_argmax(row: &[f32]) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (j, &x) in row.iter().enumerate() {
+        if x > best.1 {
+            best = (j, x);
+        }
+    }
+    best.0
+}
+
+/// How many rows of `logits` ([N, C]) have their [`row_argmax`] at their
+/// label: a training loop's count of correct answers, as a one-element
+/// tensor on the logits' device, so that the loop can add it up there
+/// without a copy to the host. No gradient (a count has none).
+pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let (n, c) = check_rows("count_correct", logits, labels)?;
+    if let Device::Cuda(d) = loss_device("count_correct", &[logits])? {
+        let labels_dev = cuda::upload_labels(d, labels)?;
+        return wrap(cuda::hits(d, logits, &labels_dev, n, c)?, scalar_shape());
+    }
+    let x = logits.cpu()?;
+    let hits = x
+        .chunks_exact(c)
+        .zip(labels)
+        .filter(|(row, &y)| row_argmax(row) == y)
+        .count();
+    Tensor::from_vec(vec![hits as f32], scalar_shape())
 }
 
 struct CrossEntropyBackward {

@@ -117,6 +117,27 @@ pub(crate) fn cross_entropy(
     })
 }
 
+/// The number of rows whose largest logit is at their label, as a
+/// one-element buffer (`ce_hits`, one warp per row, then reduce_sum).
+pub(crate) fn hits(
+    ordinal: usize,
+    logits: &Tensor,
+    labels: &CudaBuffer,
+    rows: usize,
+    classes: usize,
+) -> Result<CudaBuffer> {
+    let base = CrossEntropyParams {
+        scale: 1.0,
+        ..ce_params(logits, labels, rows, classes)?
+    };
+    two_stage(ordinal, "ce_hits", rows * 32, |partials| {
+        CrossEntropyParams {
+            out: partials,
+            ..base
+        }
+    })
+}
+
 /// dL/dlogits = g·(softmax − onehot)/rows.
 pub(crate) fn cross_entropy_grad(
     ordinal: usize,

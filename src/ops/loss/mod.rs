@@ -16,6 +16,9 @@
 //! | [`cross_entropy`] | mean −log softmax(x)\[y\] | g(softmax(x) − onehot(y))/N |
 //! | [`tv_loss`] | mean squared neighbour differences | see `tv.rs` |
 //! | [`ssim`] | mean SSIM over valid windows | see `ssim.rs` |
+//!
+//! Beside them, [`count_correct`]: how many rows' largest logit is at their
+//! label (training accuracy, kept on the device; no gradient).
 
 mod ce;
 pub(crate) mod cpu;
@@ -24,7 +27,7 @@ mod mse;
 mod ssim;
 mod tv;
 
-pub use ce::cross_entropy;
+pub use ce::{count_correct, cross_entropy, row_argmax};
 pub use mse::mse_loss;
 pub use ssim::{ssim, ssim_per_image, SsimConfig, SsimWindow};
 pub use tv::{tv_loss, TvKind};
