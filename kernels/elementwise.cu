@@ -197,14 +197,18 @@ extern "C" __global__ void clamp_channels(ClampChannelsParams p) {
     }
 }
 
+// out[i] = value, or value · (*scale_by) when scale_by is set: a scalar that
+// lives on the device (an upstream gradient) spread without a copy to the host.
 struct FillParams {
     float* out;
+    const float* scale_by;
     i64 n;
     float value;
 };
 
 extern "C" __global__ void ew_fill(FillParams p) {
-    SI_GRID_LOOP(i, p.n) p.out[i] = p.value;
+    const float v = p.scale_by ? p.value * *p.scale_by : p.value;
+    SI_GRID_LOOP(i, p.n) p.out[i] = v;
 }
 
 struct AxpyParams {

@@ -196,8 +196,12 @@ pub fn prepare(w: &Workload) -> Result<Step> {
 
 /// The rest of a step as the training loops and the white-box attack take
 /// it ([`crate::train::fit_with`]): the loss into the step monitor,
-/// backward, the watched update; the monitor is read every
-/// [`crate::train::READ_EVERY`] steps, so a NaN still fails the benchmark.
+/// backward, the watched update. Then the monitor is read, which on a GPU
+/// waits for the step's kernels (the loops read only every
+/// [`crate::train::READ_EVERY`] steps, but a benchmark step must end with
+/// the device idle anyway, so that its time is the kernels' time; the
+/// synchronisation after it only collects a kernel's deferred error), and
+/// a NaN fails the benchmark.
 fn watched_step(
     monitor: &mut StepMonitor,
     loss: Tensor,
@@ -209,12 +213,10 @@ fn watched_step(
     let grads = loss.backward()?;
     drop(loss);
     opt.step_watched(params, &grads, monitor)?;
-    if monitor.steps().is_multiple_of(crate::train::READ_EVERY) {
-        if let Some(f) = monitor.read()?.failure {
-            return Err(Error::NonFinite(format!("benchmark step: {f}")));
-        }
+    match monitor.read()?.failure {
+        Some(f) => Err(Error::NonFinite(format!("benchmark step: {f}"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Times a step: warm-up, then individual steps until `budget` has passed

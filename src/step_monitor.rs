@@ -60,7 +60,10 @@ pub struct Failure {
     pub step: usize,
     /// The loss or which gradient.
     pub source: Source,
-    /// The value seen: the loss, or the gradient's sum.
+    /// The value seen: the loss; for a gradient, its first non-finite
+    /// element on the CPU and its sum on a GPU (which is also non-finite
+    /// when the f32 sum of finite elements overflows: stricter than the
+    /// element check, and only where a run is diverging anyway).
     pub value: f32,
 }
 
@@ -70,7 +73,7 @@ impl std::fmt::Display for Failure {
             Source::Loss => write!(f, "loss is {} at step {}", self.value, self.step),
             Source::Gradient(i) => write!(
                 f,
-                "the gradient of parameter {i} sums to {} at step {}",
+                "the gradient of parameter {i} is not finite ({}) at step {}",
                 self.value, self.step
             ),
         }
@@ -312,6 +315,39 @@ mod tests {
             (2, Source::Loss, f32::NEG_INFINITY)
         );
         assert_eq!(f.to_string(), "loss is -inf at step 2");
+    }
+
+    /// A failed loss is not overwritten by a failed gradient later (the
+    /// CPU branch of watch_gradients returns early once something failed).
+    #[test]
+    fn a_gradient_failure_after_a_loss_failure_keeps_the_loss() {
+        let p = Tensor::ones([3]).requires_grad();
+        // Σ sqrt(0·p): value 0, gradient 0·inf = NaN.
+        let zero = Tensor::zeros([3]);
+        let nan_grads = || {
+            crate::ops::sum(&crate::ops::sqrt(&crate::ops::mul(&p, &zero).unwrap()).unwrap())
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let mut m = StepMonitor::new(Device::Cpu).unwrap();
+        m.begin_step();
+        m.watch_gradients(std::slice::from_ref(&p), &nan_grads())
+            .unwrap();
+        let f = m.read().unwrap().failure.unwrap();
+        assert_eq!((f.step, f.source), (1, Source::Gradient(0)));
+        assert!(f.value.is_nan());
+        let mut m = StepMonitor::new(Device::Cpu).unwrap();
+        m.begin_step();
+        m.add_loss(&Tensor::scalar(f32::INFINITY), 1.0).unwrap();
+        m.begin_step();
+        m.watch_gradients(std::slice::from_ref(&p), &nan_grads())
+            .unwrap();
+        let f = m.read().unwrap().failure.unwrap();
+        assert_eq!(
+            (f.step, f.source, f.value),
+            (1, Source::Loss, f32::INFINITY)
+        );
     }
 
     #[test]

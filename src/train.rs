@@ -216,8 +216,13 @@ pub fn fit(
 
 /// Runs epochs `start_epoch..cfg.epochs` over `n` samples in shuffled
 /// mini-batches. `step` gets the indices of a batch and returns (loss
-/// tensor, metric sum for the batch); the loop does backward and the
-/// optimiser step, watches for NaN, sets each epoch's learning rate
+/// tensor, optional one-element metric for the batch); the loop does
+/// backward and the optimiser step, watches for NaN on the device (see
+/// [`crate::step_monitor`]: a NaN or infinite loss or gradient fails the
+/// run at the next look, [`READ_EVERY`] steps or the epoch's end at the
+/// latest, with the step it happened in, and no parameter changes from that
+/// step on; an error the loop meets in between gives way to the recorded
+/// NaN, its likely cause), sets each epoch's learning rate
 /// ([`TrainConfig::lr_at`]) and calls `end_epoch` after every epoch with the
 /// optimiser (whose state a checkpoint saves). `opt` may carry state from a
 /// checkpoint.
@@ -258,19 +263,26 @@ pub fn fit_with(
         let t0 = std::time::Instant::now();
         let mut monitor = StepMonitor::new(device)?;
         let mut seen = 0usize;
+        let steps = n.div_ceil(cfg.batch);
         for (k, idx) in order.chunks(cfg.batch).enumerate() {
-            let (loss, metric) = step(idx, &mut rng)?;
-            monitor.begin_step();
-            monitor.add_loss(&loss, idx.len() as f32)?;
-            if let Some(m) = &metric {
-                monitor.add_metric(m)?;
+            let taken = (|| -> Result<()> {
+                let (loss, metric) = step(idx, &mut rng)?;
+                monitor.begin_step();
+                monitor.add_loss(&loss, idx.len() as f32)?;
+                if let Some(m) = &metric {
+                    monitor.add_metric(m)?;
+                }
+                let grads = loss.backward()?;
+                drop(loss);
+                opt.step_watched(params, &grads, &mut monitor)
+            })();
+            if let Err(e) = taken {
+                return Err(recorded_or(e, &monitor, label, epoch));
             }
-            let grads = loss.backward()?;
-            drop(loss);
-            opt.step_watched(params, &grads, &mut monitor)?;
             seen += idx.len();
             pb.inc(idx.len() as u64);
-            if (k + 1).is_multiple_of(READ_EVERY) {
+            // (The epoch's last step is looked at below.)
+            if (k + 1).is_multiple_of(READ_EVERY) && k + 1 < steps {
                 let r = checked(monitor.read()?, label, epoch)?;
                 pb.set_message(format!("loss {:.4}", r.loss_sum / seen as f64));
             }
@@ -288,6 +300,16 @@ pub fn fit_with(
         all.push(stats);
     }
     Ok(all)
+}
+
+/// The error a loop met, unless its monitor has recorded a NaN or infinity
+/// before it: then that, the likelier cause (and the error the loop would
+/// have raised at its next look).
+fn recorded_or(e: Error, monitor: &StepMonitor, label: &str, epoch: usize) -> Error {
+    match monitor.read() {
+        Ok(r) if r.failure.is_some() => checked(r, label, epoch).err().unwrap_or(e),
+        _ => e,
+    }
 }
 
 /// A monitor's reading, or the loop's error for the NaN or infinity it saw.
@@ -433,9 +455,13 @@ mod tests {
     }
 
     /// One parameter, a loss of 2·p (gradient 2) and a metric of 1 per
-    /// batch; `bad_at`: the step (1-based, in epoch 0) whose loss is NaN.
-    /// Returns the parameter each step saw, the result, and the parameter.
-    fn run(bad_at: Option<usize>) -> (Vec<f32>, Result<Vec<EpochStats>>, f32) {
+    /// batch; `bad_at`: the step (1-based, in epoch 0) whose loss is NaN;
+    /// `fail_at`: a step that returns an error. Returns the parameter each
+    /// step saw, the result, the parameter, and the epochs `end_epoch` saw.
+    fn run_with(
+        bad_at: Option<usize>,
+        fail_at: Option<usize>,
+    ) -> (Vec<f32>, Result<Vec<EpochStats>>, f32, usize) {
         let p = Tensor::scalar(1.0).requires_grad();
         let cfg = TrainConfig {
             epochs: 2,
@@ -447,6 +473,9 @@ mod tests {
         let q = p.clone();
         let mut step = |_: &[usize], _: &mut TrainRng| -> Result<(Tensor, Option<Tensor>)> {
             seen.push(q.item()?);
+            if fail_at == Some(seen.len()) {
+                return Err(Error::invalid("batch", "a corrupt image"));
+            }
             let mut loss = crate::ops::scale(&q, 2.0)?;
             if bad_at == Some(seen.len()) {
                 loss = crate::ops::add(&loss, &Tensor::scalar(f32::NAN))?;
@@ -454,6 +483,7 @@ mod tests {
             Ok((loss, Some(Tensor::scalar(1.0))))
         };
         // 50 batches of 4 an epoch: more than READ_EVERY steps.
+        let mut ended = 0;
         let r = fit(
             std::slice::from_ref(&p),
             200,
@@ -461,9 +491,17 @@ mod tests {
             0,
             "t",
             &mut step,
-            &mut |_| Ok(()),
+            &mut |_| {
+                ended += 1;
+                Ok(())
+            },
         );
         let last = p.item().unwrap_or(f32::NAN);
+        (seen, r, last, ended)
+    }
+
+    fn run(bad_at: Option<usize>) -> (Vec<f32>, Result<Vec<EpochStats>>, f32) {
+        let (seen, r, last, _) = run_with(bad_at, None);
         (seen, r, last)
     }
 
@@ -504,5 +542,29 @@ mod tests {
         );
         assert!(seen[2..].iter().all(|&v| v == seen[2]), "{seen:?}");
         assert_eq!(last, seen[2]);
+    }
+
+    /// A NaN after the epoch's last look is caught by the read at the
+    /// epoch's end, before `end_epoch` (which saves checkpoints) runs.
+    #[test]
+    fn a_nan_after_the_last_look_fails_the_epoch_before_it_ends() {
+        let (seen, r, last, ended) = run_with(Some(40), None);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("t: loss is NaN at step 40 of epoch 0"), "{e}");
+        assert_eq!((seen.len(), ended), (50, 0));
+        assert_eq!(last, seen[39]);
+    }
+
+    /// An error after a recorded NaN (here a batch that fails to load)
+    /// gives way to the NaN, its likelier cause; without the NaN the
+    /// error comes through as it is.
+    #[test]
+    fn an_error_after_a_nan_reports_the_nan() {
+        let (_, r, _, _) = run_with(Some(3), Some(5));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("loss is NaN at step 3 of epoch 0"), "{e}");
+        let (_, r, _, _) = run_with(None, Some(5));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("a corrupt image"), "{e}");
     }
 }

@@ -694,8 +694,11 @@ fn loops_wait_only_when_they_look(dev: &Arc<GpuDevice>) {
     let target = net.forward(&x0).unwrap().detach();
     let norm = Normalization::new(&[0.5; 3], &[0.25; 3]);
     let iterations = 4 * READ_EVERY;
+    // With the L2 prior, whose mean's backward spreads the upstream
+    // gradient from the device (no copy to the host either).
     let cfg = WhiteBoxConfig {
         iterations,
+        lambda_l2: 0.1,
         ..WhiteBoxConfig::default()
     };
     let mut losses = Vec::new();

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::nn::Sequential;
 use crate::ops::{self, TvKind};
 use crate::optim::{Adam, Optimizer, Sgd};
-use crate::step_monitor::StepMonitor;
+use crate::step_monitor::{Failure, StepMonitor};
 use crate::tensor::Tensor;
 use rand::SeedableRng;
 
@@ -278,54 +278,67 @@ pub fn invert_ensemble(
     // The loss and the NaN watch stay on x's device: the loop looks at them
     // only every READ_EVERY iterations (see crate::step_monitor).
     let mut monitor = StepMonitor::new(x.device())?;
-    for it in 1..=cfg.iterations {
-        let mut loss = feature_loss(nets[0], &x, &target)?;
-        for net in &nets[1..] {
-            loss = ops::add(&loss, &feature_loss(net, &x, &target)?)?;
-        }
-        if nets.len() > 1 {
-            loss = ops::scale(&loss, 1.0 / nets.len() as f32)?;
-        }
-        if cfg.lambda_tv > 0.0 {
-            loss = ops::add(
-                &loss,
-                &ops::scale(&ops::tv_loss(&x, tv_kind)?, cfg.lambda_tv)?,
-            )?;
-        }
-        if cfg.lambda_l2 > 0.0 {
-            let off = match &l2_center {
-                Some(centre) => ops::sub(&x, centre)?,
-                None => x.clone(),
-            };
-            loss = ops::add(
-                &loss,
-                &ops::scale(&ops::mean(&ops::square(&off)?)?, cfg.lambda_l2)?,
-            )?;
-        }
-        monitor.begin_step();
-        monitor.add_loss(&loss, 1.0)?;
-        let look = it.is_multiple_of(crate::train::READ_EVERY) || it == cfg.iterations;
-        let lv = if look { Some(loss.item()?) } else { None };
-        let grads = loss.backward()?;
-        drop(loss);
-        opt.step_watched(std::slice::from_ref(&x), &grads, &mut monitor)?;
-        if cfg.box_constraint {
-            // Project onto the pixel box, in place, where x lives. (After
-            // a NaN the step above left x as it was, and x stays finite.)
-            ops::clamp_channels_in_place(&x, &lo, &hi)?;
-        }
-        if look {
-            if let Some(f) = monitor.read()?.failure {
-                return Err(Error::NonFinite(format!(
-                    "white-box: {f} (steps are iterations); lower the learning rate"
-                )));
+    let nan_error = |f: Failure| {
+        Error::NonFinite(format!(
+            "white-box: {f} (steps are iterations); lower the learning rate"
+        ))
+    };
+    let ran = (|| -> Result<()> {
+        for it in 1..=cfg.iterations {
+            let mut loss = feature_loss(nets[0], &x, &target)?;
+            for net in &nets[1..] {
+                loss = ops::add(&loss, &feature_loss(net, &x, &target)?)?;
             }
+            if nets.len() > 1 {
+                loss = ops::scale(&loss, 1.0 / nets.len() as f32)?;
+            }
+            if cfg.lambda_tv > 0.0 {
+                loss = ops::add(
+                    &loss,
+                    &ops::scale(&ops::tv_loss(&x, tv_kind)?, cfg.lambda_tv)?,
+                )?;
+            }
+            if cfg.lambda_l2 > 0.0 {
+                let off = match &l2_center {
+                    Some(centre) => ops::sub(&x, centre)?,
+                    None => x.clone(),
+                };
+                loss = ops::add(
+                    &loss,
+                    &ops::scale(&ops::mean(&ops::square(&off)?)?, cfg.lambda_l2)?,
+                )?;
+            }
+            monitor.begin_step();
+            monitor.add_loss(&loss, 1.0)?;
+            let look = it.is_multiple_of(crate::train::READ_EVERY) || it == cfg.iterations;
+            let lv = if look { Some(loss.item()?) } else { None };
+            let grads = loss.backward()?;
+            drop(loss);
+            opt.step_watched(std::slice::from_ref(&x), &grads, &mut monitor)?;
+            if cfg.box_constraint {
+                // Project onto the pixel box, in place, where x lives. (After
+                // a NaN the step above left x as it was, and x stays finite.)
+                ops::clamp_channels_in_place(&x, &lo, &hi)?;
+            }
+            if look {
+                if let Some(f) = monitor.read()?.failure {
+                    return Err(nan_error(f));
+                }
+            }
+            on_progress(Progress {
+                iteration: it,
+                loss: lv,
+                x: &x,
+            })?;
         }
-        on_progress(Progress {
-            iteration: it,
-            loss: lv,
-            x: &x,
-        })?;
+        Ok(())
+    })();
+    // An error met after a recorded NaN gives way to the NaN, its likely cause.
+    if let Err(e) = ran {
+        return Err(match monitor.read().map(|r| r.failure) {
+            Ok(Some(f)) => nan_error(f),
+            _ => e,
+        });
     }
     Ok(x.detach())
 }

@@ -119,6 +119,26 @@ pub fn filled(ordinal: usize, len: usize, v: f32) -> Result<CudaBuffer> {
     let buf = out(ordinal, len)?;
     let p = FillParams {
         out: buf.ptr(),
+        scale_by: 0,
+        n: i64_of(len)?,
+        value: v,
+    };
+    run(ordinal, "ew_fill", Launch::elementwise(len), &p)?;
+    Ok(buf)
+}
+
+/// `len` copies of `v · *scale` on device `ordinal`, where `scale` is one
+/// float on the device (`ew_fill`): a scalar spread without waiting for it.
+pub(crate) fn filled_scaled(
+    ordinal: usize,
+    len: usize,
+    v: f32,
+    scale: &Tensor,
+) -> Result<CudaBuffer> {
+    let buf = out(ordinal, len)?;
+    let p = FillParams {
+        out: buf.ptr(),
+        scale_by: ptr(scale)?,
         n: i64_of(len)?,
         value: v,
     };

@@ -181,6 +181,7 @@ pub struct ClampChannelsParams {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FillParams {
     pub out: DevPtr,
+    pub scale_by: DevPtr,
     pub n: i64,
     pub value: f32,
 }
@@ -553,7 +554,7 @@ mod tests {
         assert_eq!(size_of::<UnaryBwdParams>(), 4 * 8 + 8 + 3 * 4 + 4); // 56
         assert_eq!(size_of::<BiasAddParams>(), 3 * 8 + 8 + 2 * 4); // 40
         assert_eq!(size_of::<ClampChannelsParams>(), 3 * 8 + 8 + 2 * 4); // 40
-        assert_eq!(size_of::<FillParams>(), 8 + 8 + 8); // 24
+        assert_eq!(size_of::<FillParams>(), 2 * 8 + 8 + 8); // 32
         assert_eq!(size_of::<AxpyParams>(), 2 * 8 + 8 + 8); // 32
         assert_eq!(size_of::<ReduceParams>(), 2 * 8 + 8 + 8); // 32
         assert_eq!(size_of::<ChannelSumParams>(), 2 * 8 + 5 * 4 + 4); // 40

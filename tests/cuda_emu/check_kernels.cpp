@@ -183,8 +183,11 @@ static void test_elementwise() {
         D want(300);
         for (int i = 0; i < 300; ++i) want[i] = y0[i] - 0.5 * x[i];
         check("ew_axpy", y, want);
-        emu::launch(ew_fill, dim3{1}, 256, FillParams{y.data(), 300, 2.5f});
+        emu::launch(ew_fill, dim3{1}, 256, FillParams{y.data(), nullptr, 300, 2.5f});
         check("ew_fill", y, D(300, 2.5));
+        V g{-1.5f};
+        emu::launch(ew_fill, dim3{2}, 256, FillParams{y.data(), g.data(), 300, 0.5f});
+        check("ew_fill scaled by a device scalar", y, D(300, -0.75));
     }
 }
 
@@ -688,8 +691,8 @@ static void test_losses() {
     // ce_hits: rows whose largest logit (the first of equal maxima; NaN never;
     // an all −inf/NaN row: index 0) is at the label, on integer-valued rows
     // that tie often, plus rows of NaN, −inf and +inf.
-    for (int classes : {10, 37}) {
-        const int rows = 40;
+    // (300 rows: three blocks, each warp over several rows.)
+    for (auto [classes, rows] : {std::pair{10, 40}, std::pair{37, 40}, std::pair{10, 300}}) {
         V z = rand_vec((size_t)rows * classes, 0.0f, 4.0f);
         for (float& v : z) v = std::floor(v);
         for (int c = 0; c < classes; ++c) {
@@ -710,7 +713,7 @@ static void test_losses() {
             want += labels[r] == best;
         }
         CrossEntropyParams p{z.data(), labels.data(), nullptr, nullptr, nullptr, rows, classes, 1.0f, 0};
-        check1("ce_hits classes=" + std::to_string(classes), two_stage(ce_hits, p, &decltype(p)::out, (size_t)rows * 32), want, 0.0, 0.0);
+        check1("ce_hits classes=" + std::to_string(classes) + " rows=" + std::to_string(rows), two_stage(ce_hits, p, &decltype(p)::out, (size_t)rows * 32), want, 0.0, 0.0);
     }
     // total variation, both forms
     {

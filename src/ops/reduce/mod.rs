@@ -56,13 +56,16 @@ impl BackwardOp for ReduceBackward {
         vec![self.x.clone()]
     }
     fn backward(&self, _out: &Tensor, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        // On a GPU this reads the one upstream number back (a 4-byte copy);
-        // the losses on the attack's hot path are fused and avoid it.
-        Ok(vec![Some(Tensor::full_on(
-            self.x.shape().clone(),
-            g.item()? * self.factor,
-            self.x.device(),
-        )?)])
+        let shape = self.x.shape().clone();
+        match crate::cuda::exec::common_device(self.name, &[&self.x, g])? {
+            Device::Cpu => Ok(vec![Some(Tensor::full(shape, g.item()? * self.factor))]),
+            // On a GPU the upstream number stays there: reading it back
+            // would make every training step that takes a mean wait.
+            Device::Cuda(n) => {
+                let buf = crate::cuda::exec::filled_scaled(n, shape.numel(), self.factor, g)?;
+                Ok(vec![Some(crate::cuda::exec::wrap(buf, shape)?)])
+            }
+        }
     }
 }
 
