@@ -157,7 +157,9 @@ fn a_gpu_command_reports_its_peak_memory() {
     assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("whitebox/mnist/ReLU2/b10"), "{stdout}");
     assert!(
-        stderr.contains("cuda:0 GPU memory: peak") && stderr.contains("budget 1.00 GiB"),
+        stderr.contains("cuda:0 GPU memory: peak")
+            && stderr.contains("budget 1.00 GiB")
+            && stderr.contains("cuda:0 host waits for the device: "),
         "{stderr}"
     );
     // A budget too small for the step is a clear error naming it.

@@ -636,12 +636,14 @@ fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
     Ok(dev)
 }
 
-/// After a command that ran on a GPU: its peak memory (from the pool).
+/// After a command that ran on a GPU: its peak memory (from the pool), and
+/// how often the host waited for the device (see `splitinv::step_monitor`).
 fn report_gpu_memory(dev: splitinv::Device) {
     if let splitinv::Device::Cuda(n) = dev {
         if let Ok(d) = splitinv::cuda::device(n) {
             let _ = d.synchronize();
             eprintln!("cuda:{n} {}", d.memory_stats());
+            eprintln!("cuda:{n} host waits for the device: {}", d.host_waits());
         }
     }
 }
