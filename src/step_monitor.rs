@@ -1,10 +1,10 @@
 //! A training loop's bookkeeping — the running loss, the running metric and
-//! the watch for NaN — kept where the loop runs, so that no step waits for
-//! the host.
+//! the watch for NaN — kept where the loop runs, so that no step makes the
+//! host wait for the device.
 //!
-//! Why: reading the loss back every step (`loss.item()`), and copying the
-//! gradients' sums back to check them, makes the CPU wait for the GPU twice
-//! a step. While it waits it cannot prepare the next batch or queue the
+//! Why: reading the loss back every step (`loss.item()`), copying the
+//! gradients' sums back to check them and the logits back to count correct
+//! answers makes the CPU wait for the GPU two or three times a step. While it waits it cannot prepare the next batch or queue the
 //! next kernels, and while it prepares them the GPU has nothing to do. On
 //! the short steps the attacks take (batches of 64 32×32 images, thousands
 //! of white-box iterations) those waits are a large part of a step.
@@ -49,7 +49,8 @@ pub enum Source {
     /// The step's loss.
     Loss,
     /// The gradient of the parameter at this position in the list given to
-    /// the optimizer (its sum was NaN or ±inf).
+    /// the optimizer (a NaN or ±inf in it: found element by element on the
+    /// CPU, by its sum on a GPU).
     Gradient(usize),
 }
 
