@@ -61,6 +61,12 @@ struct CrossEntropyParams {
     int accumulate;       // bwd: dlogits += result
 };
 
+// Row r of the calling warp: one warp per row, the grid's warps striding
+// over the rows.
+#define SI_FOR_EACH_ROW_OF_WARP(r, rows)                                          \
+    for (int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < (rows); \
+         r += gridDim.x * (blockDim.x >> 5))
+
 // logsumexp of one row, computed by one warp (every lane gets it).
 SI_DEV float ce_row_lse(const float* z, int classes, int lane) {
     float mx = SI_NEG_INF;
@@ -74,11 +80,8 @@ SI_DEV float ce_row_lse(const float* z, int classes, int lane) {
 
 extern "C" __global__ void ce_fwd(CrossEntropyParams p) {
     const int lane = threadIdx.x & 31;
-    const int warps_per_block = blockDim.x >> 5;
-    const int warp = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const int nwarps = gridDim.x * warps_per_block;
     float acc = 0.0f;
-    for (int r = warp; r < p.rows; r += nwarps) {
+    SI_FOR_EACH_ROW_OF_WARP(r, p.rows) {
         const float* z = p.logits + (i64)r * p.classes;
         const float lse = ce_row_lse(z, p.classes, lane);
         const int y = p.labels[r];
@@ -110,11 +113,8 @@ SI_DEV int ce_row_argmax(const float* z, int classes, int lane) {
 // added up by reduce_sum like the loss. No gradient.
 extern "C" __global__ void ce_hits(CrossEntropyParams p) {
     const int lane = threadIdx.x & 31;
-    const int warps_per_block = blockDim.x >> 5;
-    const int warp = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const int nwarps = gridDim.x * warps_per_block;
     float acc = 0.0f;
-    for (int r = warp; r < p.rows; r += nwarps) {
+    SI_FOR_EACH_ROW_OF_WARP(r, p.rows) {
         const int best = ce_row_argmax(p.logits + (i64)r * p.classes, p.classes, lane);
         if (lane == 0 && best == p.labels[r]) acc += 1.0f;
     }
@@ -124,11 +124,8 @@ extern "C" __global__ void ce_hits(CrossEntropyParams p) {
 
 extern "C" __global__ void ce_bwd(CrossEntropyParams p) {
     const int lane = threadIdx.x & 31;
-    const int warps_per_block = blockDim.x >> 5;
-    const int warp = blockIdx.x * warps_per_block + (threadIdx.x >> 5);
-    const int nwarps = gridDim.x * warps_per_block;
     const float k = p.scale * p.g[0];
-    for (int r = warp; r < p.rows; r += nwarps) {
+    SI_FOR_EACH_ROW_OF_WARP(r, p.rows) {
         const float* z = p.logits + (i64)r * p.classes;
         float* dz = p.dlogits + (i64)r * p.classes;
         const float lse = ce_row_lse(z, p.classes, lane);

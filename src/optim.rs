@@ -62,6 +62,33 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f32);
 }
 
+/// `Optimizer` for a type whose `update(params, grads, monitor)` does the
+/// work (plain steps without a monitor, watched ones with) and whose `lr`
+/// field holds the learning rate.
+macro_rules! optimizer_via_update {
+    ($t:ty) => {
+        impl Optimizer for $t {
+            fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
+                self.update(params, grads, None)
+            }
+            fn step_watched(
+                &mut self,
+                params: &[Tensor],
+                grads: &GradStore,
+                monitor: &mut StepMonitor,
+            ) -> Result<()> {
+                self.update(params, grads, Some(monitor))
+            }
+            fn lr(&self) -> f32 {
+                self.lr
+            }
+            fn set_lr(&mut self, lr: f32) {
+                self.lr = lr;
+            }
+        }
+    };
+}
+
 /// Elements per thread piece; parameters shorter than [`PAR_THRESHOLD`]
 /// are updated on the calling thread.
 const CHUNK: usize = 1 << 14;
@@ -460,25 +487,7 @@ impl Sgd {
     }
 }
 
-impl Optimizer for Sgd {
-    fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
-        self.update(params, grads, None)
-    }
-    fn step_watched(
-        &mut self,
-        params: &[Tensor],
-        grads: &GradStore,
-        monitor: &mut StepMonitor,
-    ) -> Result<()> {
-        self.update(params, grads, Some(monitor))
-    }
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-}
+optimizer_via_update!(Sgd);
 
 impl Sgd {
     fn update(
@@ -774,25 +783,7 @@ impl Adam {
     }
 }
 
-impl Optimizer for Adam {
-    fn step(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
-        self.update(params, grads, None)
-    }
-    fn step_watched(
-        &mut self,
-        params: &[Tensor],
-        grads: &GradStore,
-        monitor: &mut StepMonitor,
-    ) -> Result<()> {
-        self.update(params, grads, Some(monitor))
-    }
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-}
+optimizer_via_update!(Adam);
 
 impl Adam {
     fn update(

@@ -109,12 +109,7 @@ pub(crate) fn cross_entropy(
     classes: usize,
 ) -> Result<CudaBuffer> {
     let base = ce_params(logits, labels, rows, classes)?;
-    two_stage(ordinal, "ce_fwd", rows * 32, |partials| {
-        CrossEntropyParams {
-            out: partials,
-            ..base
-        }
-    })
+    rows_sum(ordinal, "ce_fwd", rows, base)
 }
 
 /// The number of rows whose largest logit is at their label, as a
@@ -126,15 +121,26 @@ pub(crate) fn hits(
     rows: usize,
     classes: usize,
 ) -> Result<CudaBuffer> {
-    let base = CrossEntropyParams {
-        scale: 1.0,
-        ..ce_params(logits, labels, rows, classes)?
-    };
-    two_stage(ordinal, "ce_hits", rows * 32, |partials| {
-        CrossEntropyParams {
-            out: partials,
-            ..base
-        }
+    let base = ce_params(logits, labels, rows, classes)?;
+    rows_sum(
+        ordinal,
+        "ce_hits",
+        rows,
+        CrossEntropyParams { scale: 1.0, ..base },
+    )
+}
+
+/// A one-warp-per-row kernel's per-block partials (32 threads per row),
+/// added up into one float.
+fn rows_sum(
+    ordinal: usize,
+    kernel: &str,
+    rows: usize,
+    base: CrossEntropyParams,
+) -> Result<CudaBuffer> {
+    two_stage(ordinal, kernel, rows * 32, |partials| CrossEntropyParams {
+        out: partials,
+        ..base
     })
 }
 
