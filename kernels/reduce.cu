@@ -8,6 +8,9 @@
 //   2. grid = 1 block over the B partials, with `scale` = 1 (sum) or 1/n
 //      (mean): writes the result to out[0].
 // No atomics, so the result is the same run after run.
+// With `only_non_finite` set, finite elements count as 0: the sum is then
+// NaN or ±inf exactly when some element is (the NaN watch over a gradient),
+// and a gradient of large finite values cannot overflow into a false alarm.
 // Backward of sum/mean needs no kernel: dL/dx_i = g·scale for every i, an
 // ew_fill (or a scale of a broadcast) on the host side.
 
@@ -16,11 +19,15 @@ struct ReduceParams {
     float* out;    // gridDim.x partial sums (or the single result)
     i64 n;
     float scale;   // multiplies each block's sum
+    int only_non_finite;  // 1: add only the NaN and ±inf elements
 };
 
 extern "C" __global__ void reduce_sum(ReduceParams p) {
     float acc = 0.0f;
-    SI_GRID_LOOP(i, p.n) acc += p.x[i];
+    SI_GRID_LOOP(i, p.n) {
+        const float v = p.x[i];
+        acc += (p.only_non_finite && fabsf(v) < -SI_NEG_INF) ? 0.0f : v;
+    }
     acc = si_block_sum(acc);
     if (threadIdx.x == 0) p.out[blockIdx.x] = acc * p.scale;
 }

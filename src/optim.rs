@@ -17,8 +17,10 @@
 //!
 //! **On the GPU** (parameters and gradients on a CUDA device) each update
 //! is one fused launch of `adam_step` / `sgd_step` (`kernels/optim.cu`),
-//! and the state lives on the same device. The NaN check then sums each
-//! gradient on the device and copies only those sums to the host.
+//! and the state lives on the same device. The NaN check then adds up the
+//! NaN and ±inf elements of each gradient on the device (0 for a finite
+//! gradient, however large its values) and copies only those sums to the
+//! host.
 //!
 //! **All or nothing.** A parameter with no gradient in the store is skipped
 //! (as PyTorch skips `grad is None`). Before anything is written, every
@@ -197,16 +199,17 @@ fn validate(
     if let Some(m) = monitor {
         return m.watch_gradients(params, grads);
     }
-    // A NaN or infinity anywhere makes the sum non-finite; only then is
-    // that gradient copied to find the element.
+    // A sum of only the non-finite elements is non-zero exactly when a
+    // gradient holds a NaN or infinity; only then is that gradient copied
+    // to find the element.
     let mut ordinals: Vec<usize> = on_gpu.iter().map(|(n, _, _)| *n).collect();
     ordinals.dedup();
     for n in ordinals {
         let group: Vec<&(usize, usize, &Tensor)> = on_gpu.iter().filter(|e| e.0 == n).collect();
         let ts: Vec<&Tensor> = group.iter().map(|e| e.2).collect();
-        let sums = crate::cuda::exec::sums(n, &ts)?;
+        let sums = crate::cuda::exec::non_finite_sums(n, &ts)?;
         for (s, (_, i, g)) in sums.iter().zip(group) {
-            if s.is_finite() {
+            if *s == 0.0 {
                 continue;
             }
             let host = g.to_vec()?;

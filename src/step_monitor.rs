@@ -14,7 +14,8 @@
 //! step's loss to the sum and, if it is NaN or ±inf, records the step, the
 //! source and the value (only the first failure is kept). The optimizers'
 //! [`step_watched`](crate::optim::Optimizer::step_watched) does the same
-//! for each gradient's sum, and the fused updates read `failed_at` and do
+//! for each gradient (on a GPU, through the sum of its NaN and ±inf
+//! elements, so one small number per gradient), and the fused updates read `failed_at` and do
 //! nothing once it is set — so a failure still leaves every parameter as it
 //! was before the failing step, as the eager check did. The host looks only
 //! when it chooses, [`StepMonitor::read`]: one copy of five floats, e.g.
@@ -29,7 +30,7 @@
 //! keeps about six digits, enough for a progress bar and an epoch mean.
 
 use crate::autograd::GradStore;
-use crate::cuda::exec::{i32_of, ptr, run, sum_into, zeros};
+use crate::cuda::exec::{i32_of, non_finite_sum_into, ptr, run, zeros};
 use crate::cuda::launch::Launch;
 use crate::cuda::params::{DevPtr, MonitorParams};
 use crate::device::Device;
@@ -50,7 +51,7 @@ pub enum Source {
     Loss,
     /// The gradient of the parameter at this position in the list given to
     /// the optimizer (a NaN or ±inf in it: found element by element on the
-    /// CPU, by its sum on a GPU).
+    /// CPU, by the sum of its non-finite elements on a GPU).
     Gradient(usize),
 }
 
@@ -62,9 +63,8 @@ pub struct Failure {
     /// The loss or which gradient.
     pub source: Source,
     /// The value seen: the loss; for a gradient, its first non-finite
-    /// element on the CPU and its sum on a GPU (which is also non-finite
-    /// when the f32 sum of finite elements overflows: stricter than the
-    /// element check, and only where a run is diverging anyway).
+    /// element on the CPU, and on a GPU the sum of its non-finite elements
+    /// (±inf when they are all infinities of one sign, NaN otherwise).
     pub value: f32,
 }
 
@@ -137,8 +137,8 @@ impl StepMonitor {
         self.watch(metric, METRIC_SUM, 1.0, false, "metric")
     }
 
-    /// Checks each gradient in `grads` of `params` (by its sum on the GPU,
-    /// element by element on the CPU) and records the first non-finite one
+    /// Checks each gradient in `grads` of `params` (by the sum of its NaN
+    /// and ±inf elements on the GPU, element by element on the CPU) and records the first non-finite one
     /// as [`Source::Gradient`] of its position in `params`.
     pub(crate) fn watch_gradients(&mut self, params: &[Tensor], grads: &GradStore) -> Result<()> {
         match self.device() {
@@ -165,7 +165,7 @@ impl StepMonitor {
                 for (i, p) in params.iter().enumerate() {
                     let Some(g) = grads.get(p) else { continue };
                     self.same_device(g, "gradient")?;
-                    sum_into(n, ptr(g)?, g.numel(), 1.0, sums.ptr() + 4 * i as u64)?;
+                    non_finite_sum_into(n, ptr(g)?, g.numel(), sums.ptr() + 4 * i as u64)?;
                 }
                 self.launch(n, sums.ptr(), params.len(), None, 0.0, true, 1)
             }

@@ -188,6 +188,7 @@ fn reduce(dev: &Arc<GpuDevice>) {
         out: partial.ptr(),
         n: n as i64,
         scale: 1.0,
+        only_non_finite: 0,
     };
     launch(dev, "reduce_sum", cfg, &p1).unwrap();
     let p2 = ReduceParams {
@@ -195,6 +196,7 @@ fn reduce(dev: &Arc<GpuDevice>) {
         out: out.ptr(),
         n: cfg.blocks() as i64,
         scale: 1.0 / n as f32,
+        only_non_finite: 0,
     };
     launch(dev, "reduce_sum", Launch::per_item(1).unwrap(), &p2).unwrap();
     let want = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
@@ -203,6 +205,32 @@ fn reduce(dev: &Arc<GpuDevice>) {
         (got as f64 - want).abs() < 1e-6,
         "mean: got {got}, want {want}"
     );
+    // only_non_finite: large finite values (a plain f32 sum overflows) add
+    // up to 0; one -inf among them to -inf.
+    let mut big = vec![3.0e38f32; n];
+    let first = |big: &[f32]| {
+        let dbig = dev.upload(big).unwrap();
+        let p = ReduceParams {
+            x: dbig.ptr(),
+            out: partial.ptr(),
+            n: n as i64,
+            scale: 1.0,
+            only_non_finite: 1,
+        };
+        launch(dev, "reduce_sum", cfg, &p).unwrap();
+        let p = ReduceParams {
+            x: partial.ptr(),
+            out: out.ptr(),
+            n: cfg.blocks() as i64,
+            scale: 1.0,
+            only_non_finite: 0,
+        };
+        launch(dev, "reduce_sum", Launch::per_item(1).unwrap(), &p).unwrap();
+        out.to_host().unwrap()[0]
+    };
+    assert_eq!(first(&big), 0.0, "finite values only");
+    big[n / 2] = f32::NEG_INFINITY;
+    assert_eq!(first(&big), f32::NEG_INFINITY, "one -inf");
 }
 
 fn sgemm(dev: &Arc<GpuDevice>) {

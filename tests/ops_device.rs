@@ -530,6 +530,21 @@ device_tests! {
         let e = Adam::new(0.1).step(std::slice::from_ref(&p), &grads).unwrap_err().to_string();
         assert!(e.contains("element 1"), "{e}");
         assert_eq!(p.to_vec().unwrap(), vec![1.0; 4]);
+        // A gradient of large finite values, whose f32 sum overflows to
+        // +inf, is finite element by element: neither the eager check nor
+        // the monitor may call it a failure (on a GPU both look at the sum
+        // of the non-finite elements only). SGD at lr 1e-38 moves each
+        // parameter by -3 a step.
+        let p = Tensor::ones([4096]).to_device(dev).unwrap().requires_grad();
+        let big = Tensor::full([4096], 3.0e38).to_device(dev).unwrap();
+        let big_grads = || ops::sum(&ops::mul(&p, &big).unwrap()).unwrap().backward().unwrap();
+        Sgd::new(1e-38).step(std::slice::from_ref(&p), &big_grads()).unwrap();
+        let mut monitor = StepMonitor::new(dev).unwrap();
+        monitor.begin_step();
+        Sgd::new(1e-38).step_watched(std::slice::from_ref(&p), &big_grads(), &mut monitor).unwrap();
+        assert_eq!(monitor.read().unwrap().failure, None, "large finite gradient on {dev}");
+        let moved = p.to_vec().unwrap();
+        assert!(moved.iter().all(|&v| (v + 5.0).abs() < 1e-3), "two steps of -3 each: {:?}", &moved[..4]);
     };
     transfers_and_devices => |dev: Device| {
         let x = rnd(&[3, 4], 150, -1.0, 1.0);

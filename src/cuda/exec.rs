@@ -180,6 +180,7 @@ pub(crate) fn finish_sum(
         out: dst,
         n: i64_of(blocks)?,
         scale: 1.0,
+        only_non_finite: 0,
     };
     launch(d, "reduce_sum", Launch::per_item(1)?, &p)
 }
@@ -188,6 +189,25 @@ pub(crate) fn finish_sum(
 /// `reduce_sum` over a grid, then over the grid's partial sums. No atomics,
 /// so the result is the same run after run.
 pub(crate) fn sum_into(ordinal: usize, x: DevPtr, n: usize, scale: f32, dst: DevPtr) -> Result<()> {
+    reduce_into(ordinal, x, n, scale, false, dst)
+}
+
+/// The sum of only the NaN and ±inf among the `n` floats at `x`, written
+/// to `dst`: 0 when every element is finite, NaN or ±inf when one is not.
+/// The NaN watch over a gradient: unlike a plain sum, large finite
+/// elements cannot overflow it into a false alarm.
+pub(crate) fn non_finite_sum_into(ordinal: usize, x: DevPtr, n: usize, dst: DevPtr) -> Result<()> {
+    reduce_into(ordinal, x, n, 1.0, true, dst)
+}
+
+fn reduce_into(
+    ordinal: usize,
+    x: DevPtr,
+    n: usize,
+    scale: f32,
+    only_non_finite: bool,
+    dst: DevPtr,
+) -> Result<()> {
     let d = dev(ordinal)?;
     let cfg = Launch::elementwise(n);
     let partials = out(ordinal, cfg.blocks())?;
@@ -196,21 +216,23 @@ pub(crate) fn sum_into(ordinal: usize, x: DevPtr, n: usize, scale: f32, dst: Dev
         out: partials.ptr(),
         n: i64_of(n)?,
         scale,
+        only_non_finite: only_non_finite as i32,
     };
     launch(&d, "reduce_sum", cfg, &p)?;
+    // The partials are 0 or non-finite already; a plain sum keeps that.
     finish_sum(&d, &partials, cfg.blocks(), dst)
 }
 
-/// The sum of each tensor (all on device `ordinal`), with one copy to the
-/// host for all of them. The optimizers use it to find a NaN or infinity
-/// in a gradient without copying the gradients.
-pub(crate) fn sums(ordinal: usize, ts: &[&Tensor]) -> Result<Vec<f32>> {
+/// [`non_finite_sum_into`] of each tensor (all on device `ordinal`), with
+/// one copy to the host for all of them: a non-zero entry marks a tensor
+/// holding a NaN or infinity, found without copying the tensors.
+pub(crate) fn non_finite_sums(ordinal: usize, ts: &[&Tensor]) -> Result<Vec<f32>> {
     if ts.is_empty() {
         return Ok(Vec::new());
     }
     let dst = out(ordinal, ts.len())?;
     for (i, t) in ts.iter().enumerate() {
-        sum_into(ordinal, ptr(t)?, t.numel(), 1.0, dst.ptr() + 4 * i as u64)?;
+        non_finite_sum_into(ordinal, ptr(t)?, t.numel(), dst.ptr() + 4 * i as u64)?;
     }
     dst.to_host()
 }

@@ -197,7 +197,8 @@ pub struct AxpyParams {
     pub alpha: f32,
 }
 
-/// `reduce_sum`: per-block partial sums times `scale`.
+/// `reduce_sum`: per-block partial sums times `scale` (of the NaN and
+/// ±inf elements only, when `only_non_finite` is 1).
 #[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -206,6 +207,7 @@ pub struct ReduceParams {
     pub out: DevPtr,
     pub n: i64,
     pub scale: f32,
+    pub only_non_finite: i32,
 }
 
 /// `channel_sum`: `out[c] (+)= scale·Σ x[n, c, ·]`; grid = C blocks.
@@ -556,7 +558,7 @@ mod tests {
         assert_eq!(size_of::<ClampChannelsParams>(), 3 * 8 + 8 + 2 * 4); // 40
         assert_eq!(size_of::<FillParams>(), 2 * 8 + 8 + 8); // 32
         assert_eq!(size_of::<AxpyParams>(), 2 * 8 + 8 + 8); // 32
-        assert_eq!(size_of::<ReduceParams>(), 2 * 8 + 8 + 8); // 32
+        assert_eq!(size_of::<ReduceParams>(), 2 * 8 + 8 + 2 * 4); // 32
         assert_eq!(size_of::<ChannelSumParams>(), 2 * 8 + 5 * 4 + 4); // 40
         assert_eq!(size_of::<MatmulParams>(), 3 * 8 + 10 * 4); // 64
         assert_eq!(size_of::<ConvParams>(), 6 * 8 + 17 * 4 + 4); // 120

@@ -81,7 +81,7 @@ static float two_stage(void (*k)(P), P p, float* P::*out_field, size_t n) {
     V partial(blocks, NAN), result(1, NAN);
     p.*out_field = partial.data();
     emu::launch(k, dim3{blocks}, 256, p);
-    ReduceParams r{partial.data(), result.data(), (i64)blocks, 1.0f};
+    ReduceParams r{partial.data(), result.data(), (i64)blocks, 1.0f, 0};
     emu::launch(reduce_sum, dim3{1}, 256, r);
     return result[0];
 }
@@ -197,13 +197,29 @@ static void test_reduce() {
     V x = rand_vec(n);
     double s = 0;
     for (float v : x) s += v;
-    ReduceParams p{x.data(), nullptr, (i64)n, 1.0f};
+    ReduceParams p{x.data(), nullptr, (i64)n, 1.0f, 0};
     check1("reduce_sum (two stages)", two_stage(reduce_sum, p, &decltype(p)::out, n), s, 1e-4, 1e-5);
     // mean: scale on the final stage
     V partial(3), result(1);
-    emu::launch(reduce_sum, dim3{3}, 256, ReduceParams{x.data(), partial.data(), (i64)n, 1.0f});
-    emu::launch(reduce_sum, dim3{1}, 256, ReduceParams{partial.data(), result.data(), 3, 1.0f / n});
+    emu::launch(reduce_sum, dim3{3}, 256, ReduceParams{x.data(), partial.data(), (i64)n, 1.0f, 0});
+    emu::launch(reduce_sum, dim3{1}, 256, ReduceParams{partial.data(), result.data(), 3, 1.0f / n, 0});
     check1("reduce mean", result[0], s / n, 1e-6, 1e-5);
+    // only_non_finite: finite values so large that their plain f32 sum
+    // overflows add up to 0; one +inf gives +inf, a NaN or ±inf mixed NaN.
+    {
+        V big(n, 3.0e38f);
+        ReduceParams q{big.data(), nullptr, (i64)n, 1.0f, 1};
+        check1("reduce_sum only_non_finite: finite overflow is 0", two_stage(reduce_sum, q, &decltype(q)::out, n), 0.0, 0.0, 0.0);
+        ReduceParams plain{big.data(), nullptr, (i64)n, 1.0f, 0};
+        check1("reduce_sum plain: the same values overflow", std::isinf(two_stage(reduce_sum, plain, &decltype(plain)::out, n)) ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
+        big[4000] = INFINITY;
+        check1("reduce_sum only_non_finite: one +inf", two_stage(reduce_sum, q, &decltype(q)::out, n) == INFINITY ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
+        big[17] = -INFINITY;
+        check1("reduce_sum only_non_finite: +inf and -inf is NaN", std::isnan(two_stage(reduce_sum, q, &decltype(q)::out, n)) ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
+        big[17] = NAN;
+        big[4000] = 1.0f;
+        check1("reduce_sum only_non_finite: a NaN", std::isnan(two_stage(reduce_sum, q, &decltype(q)::out, n)) ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
+    }
     // channel sums of [N=3, C=4, inner=37]
     const int N = 3, C = 4, I = 37;
     V y = rand_vec((size_t)N * C * I), out(C, 1.0f);
