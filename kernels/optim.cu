@@ -82,8 +82,9 @@ extern "C" __global__ void sgd_step(SgdParams p) {
 // ---- step monitor -----------------------------------------------------------------
 // A training loop's bookkeeping on the device, so that no step waits for the
 // host (src/step_monitor.rs): state = [failed_at, source, value, loss_sum,
-// metric_sum]. For each of `count` values: add weight·value to
-// state[sum_slot] (when sum_slot ≥ 0), and, when `check` is set and nothing
+// metric_sum, last_loss]. For each of `count` values: add weight·value to
+// state[sum_slot] (when sum_slot ≥ 0), store the value itself in
+// state[last_slot] (when last_slot ≥ 0), and, when `check` is set and nothing
 // has failed yet (failed_at == 0), record the first NaN or ±inf: the step
 // (≥ 1), its source (first_source + i) and the value. Once failed_at is set
 // the fused updates above skip (their `skip` points at it). One thread: the
@@ -97,6 +98,7 @@ struct MonitorParams {
     int first_source;
     int sum_slot;
     int check;
+    int last_slot;
     float step;
     float weight;
 };
@@ -106,6 +108,7 @@ extern "C" __global__ void monitor_watch(MonitorParams p) {
     for (int i = 0; i < p.count; ++i) {
         const float v = p.values[i];
         if (p.sum_slot >= 0) p.state[p.sum_slot] += p.weight * v;
+        if (p.last_slot >= 0) p.state[p.last_slot] = v;
         if (p.check && p.state[0] == 0.0f && !(fabsf(v) < -SI_NEG_INF)) {
             p.state[0] = p.step;
             p.state[1] = (float)(p.first_source + i);

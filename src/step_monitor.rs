@@ -9,20 +9,21 @@
 //! the short steps the attacks take (batches of 64 32×32 images, thousands
 //! of white-box iterations) those waits are a large part of a step.
 //!
-//! How: the monitor holds five floats on the loop's device, `[failed_at,
-//! source, value, loss_sum, metric_sum]`. [`StepMonitor::add_loss`] adds a
-//! step's loss to the sum and, if it is NaN or ±inf, records the step, the
+//! How: the monitor holds six floats on the loop's device, `[failed_at,
+//! source, value, loss_sum, metric_sum, last_loss]`. [`StepMonitor::add_loss`]
+//! adds a step's loss to the sum, keeps it as the last loss and, if it is
+//! NaN or ±inf, records the step, the
 //! source and the value (only the first failure is kept). The optimizers'
 //! [`step_watched`](crate::optim::Optimizer::step_watched) does the same
 //! for each gradient (on a GPU, through the sum of its NaN and ±inf
 //! elements, so one small number per gradient), and the fused updates read `failed_at` and do
 //! nothing once it is set — so a failure still leaves every parameter as it
 //! was before the failing step, as the eager check did. The host looks only
-//! when it chooses, [`StepMonitor::read`]: one copy of five floats, e.g.
+//! when it chooses, [`StepMonitor::read`]: one copy of six floats, e.g.
 //! every few dozen steps and at the end of an epoch, and turns a recorded
 //! failure into the same [`Error::NonFinite`] the loop always raised.
 //!
-//! On the CPU the same code runs with the five floats in host memory, so
+//! On the CPU the same code runs with the six floats in host memory, so
 //! the CPU tests exercise everything but the kernel (`monitor_watch` in
 //! `kernels/optim.cu`, checked by the kernel emulation and on a GPU).
 //!
@@ -42,7 +43,8 @@ const SOURCE: usize = 1;
 const VALUE: usize = 2;
 const LOSS_SUM: usize = 3;
 const METRIC_SUM: usize = 4;
-const SLOTS: usize = 5;
+const LAST_LOSS: usize = 5;
+const SLOTS: usize = 6;
 
 /// Where a non-finite value was first seen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,6 +90,10 @@ pub struct Reading {
     pub loss_sum: f64,
     /// Σ metric over the steps so far.
     pub metric_sum: f64,
+    /// The loss of the latest [`StepMonitor::add_loss`] (unweighted; 0
+    /// before the first), so that a loop that shows its current loss needs
+    /// no copy of its own.
+    pub last_loss: f32,
     /// The first non-finite loss or gradient, if any. Every update from
     /// that step on was skipped.
     pub failure: Option<Failure>,
@@ -125,8 +131,9 @@ impl StepMonitor {
         self.step
     }
 
-    /// Adds `weight · loss` (a one-element tensor) to the loss sum and
-    /// records the step if the loss is NaN or ±inf.
+    /// Adds `weight · loss` (a one-element tensor) to the loss sum, keeps
+    /// `loss` as the last loss, and records the step if the loss is NaN or
+    /// ±inf.
     pub fn add_loss(&mut self, loss: &Tensor, weight: f32) -> Result<()> {
         self.watch(loss, LOSS_SUM, weight, true, "loss")
     }
@@ -201,6 +208,7 @@ impl StepMonitor {
         Ok(Reading {
             loss_sum: s[LOSS_SUM] as f64,
             metric_sum: s[METRIC_SUM] as f64,
+            last_loss: s[LAST_LOSS],
             failure,
         })
     }
@@ -223,7 +231,12 @@ impl StepMonitor {
         match self.device() {
             Device::Cpu => {
                 let v = t.cpu()?[0];
-                self.state.cpu_mut()?[slot] += weight * v;
+                let mut s = self.state.cpu_mut()?;
+                s[slot] += weight * v;
+                if slot == LOSS_SUM {
+                    s[LAST_LOSS] = v;
+                }
+                drop(s);
                 if check && !v.is_finite() && !self.failed_on_host()? {
                     self.record(Source::Loss, v)?;
                 }
@@ -262,6 +275,11 @@ impl StepMonitor {
             first_source: i32_of(first_source, "monitored source")?,
             sum_slot: slot.map_or(-1, |s| s as i32),
             check: check as i32,
+            last_slot: if slot == Some(LOSS_SUM) {
+                LAST_LOSS as i32
+            } else {
+                -1
+            },
             // Steps are counted from 1, so 0 means "nothing failed".
             step: self.step.max(1) as f32,
             weight,
@@ -295,6 +313,8 @@ mod tests {
         }
         let r = m.read().unwrap();
         assert_eq!((r.loss_sum, r.metric_sum, r.failure), (6.0, 7.0, None));
+        // The last loss unweighted, and metrics do not touch it.
+        assert_eq!(r.last_loss, 0.25);
         assert_eq!(m.steps(), 3);
     }
 

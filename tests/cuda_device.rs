@@ -737,9 +737,10 @@ fn loops_wait_only_when_they_look(dev: &Arc<GpuDevice>) {
     })
     .unwrap();
     let waits = dev.host_waits() - before;
-    // Per look: the loss for the progress bar and the monitor.
+    // One per look (the monitor's copy brings the loss for the progress
+    // bar along), and a couple around the loop (setting up the pixel box).
     assert!(
-        waits <= 2 * 4 + 2,
+        waits <= 4 + 2,
         "white-box: {waits} host waits in {iterations} iterations"
     );
     assert_eq!(losses.len(), 4);

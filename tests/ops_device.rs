@@ -500,6 +500,9 @@ device_tests! {
             let (_, rc) = watched(Device::Cpu, make().as_mut(), None);
             assert!(rc.loss_sum.abs() > 0.1, "{name}: a loss sum that says something: {rc:?}");
             assert!((r.loss_sum - rc.loss_sum).abs() <= 1e-4 * (1.0 + rc.loss_sum.abs()), "{name}: loss sum {r:?} against {rc:?}");
+            // The last loss: step 3's, unweighted, not the sum.
+            assert!(rc.last_loss != 0.0 && (rc.last_loss as f64 - rc.loss_sum / 2.0).abs() > 1e-3, "{name}: {rc:?}");
+            assert!((r.last_loss - rc.last_loss).abs() <= 1e-4 * (1.0 + rc.last_loss.abs()), "{name}: last loss {r:?} against {rc:?}");
             let after_one = {
                 let ps: Vec<Tensor> = p0.iter().map(|t| fresh(t).requires_grad()).collect();
                 let loss = ops::add(&ops::sum(&ops::mul(&ps[0], &gs[0][0]).unwrap()).unwrap(), &ops::sum(&ops::mul(&ps[1], &gs[0][1]).unwrap()).unwrap()).unwrap();

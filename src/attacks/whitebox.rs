@@ -310,8 +310,6 @@ pub fn invert_ensemble(
             }
             monitor.begin_step();
             monitor.add_loss(&loss, 1.0)?;
-            let look = it.is_multiple_of(crate::train::READ_EVERY) || it == cfg.iterations;
-            let lv = if look { Some(loss.item()?) } else { None };
             let grads = loss.backward()?;
             drop(loss);
             opt.step_watched(std::slice::from_ref(&x), &grads, &mut monitor)?;
@@ -320,10 +318,16 @@ pub fn invert_ensemble(
                 // a NaN the step above left x as it was, and x stays finite.)
                 ops::clamp_channels_in_place(&x, &lo, &hi)?;
             }
+            // A look is one wait for the device: the monitor's copy brings
+            // this iteration's loss along with the NaN watch.
+            let look = it.is_multiple_of(crate::train::READ_EVERY) || it == cfg.iterations;
+            let mut lv = None;
             if look {
-                if let Some(f) = monitor.read()?.failure {
+                let r = monitor.read()?;
+                if let Some(f) = r.failure {
                     return Err(nan_error(f));
                 }
+                lv = Some(r.last_loss);
             }
             on_progress(Progress {
                 iteration: it,

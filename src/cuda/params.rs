@@ -430,6 +430,7 @@ pub struct MonitorParams {
     pub first_source: i32,
     pub sum_slot: i32,
     pub check: i32,
+    pub last_slot: i32,
     pub step: f32,
     pub weight: f32,
 }
@@ -569,7 +570,7 @@ mod tests {
         assert_eq!(size_of::<SsimParams>(), 11 * 8 + 8 + 8 * 4); // 128
         assert_eq!(size_of::<AdamParams>(), 6 * 8 + 8 + 9 * 4 + 4); // 96
         assert_eq!(size_of::<SgdParams>(), 4 * 8 + 8 + 6 * 4); // 64
-        assert_eq!(size_of::<MonitorParams>(), 2 * 8 + 6 * 4); // 40
+        assert_eq!(size_of::<MonitorParams>(), 2 * 8 + 7 * 4 + 4); // 48 (4 of padding)
     }
 
     #[test]

@@ -879,20 +879,20 @@ static void test_optim() {
     }
     // monitor_watch: sums, then the first non-finite value only.
     {
-        V state(5, 0.0f);
+        V state(6, 0.0f);
         V a{1.0f, 2.0f}, b{3.0f, NAN, INFINITY}, c{-INFINITY};
-        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), a.data(), 2, 0, 3, 1, 1.0f, 0.5f});
-        check("monitor_watch loss sum", state, D{0, 0, 0, 1.5, 0}, 0.0, 0.0);
-        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), b.data(), 3, 1, -1, 1, 7.0f, 1.0f});
-        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), c.data(), 1, 0, 4, 1, 9.0f, 1.0f});
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), a.data(), 2, 0, 3, 1, 5, 1.0f, 0.5f});
+        check("monitor_watch loss sum and last value", state, D{0, 0, 0, 1.5, 0, 2.0}, 0.0, 0.0);
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), b.data(), 3, 1, -1, 1, -1, 7.0f, 1.0f});
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{state.data(), c.data(), 1, 0, 4, 1, -1, 9.0f, 1.0f});
         // failed at step 7, source 1 + 1 (the NaN), not the later -inf; the
         // metric slot took the -inf (its sum), nothing else moved.
-        const bool ok = state[0] == 7.0f && state[1] == 2.0f && std::isnan(state[2]) && state[3] == 1.5f && state[4] == -INFINITY;
+        const bool ok = state[0] == 7.0f && state[1] == 2.0f && std::isnan(state[2]) && state[3] == 1.5f && state[4] == -INFINITY && state[5] == 2.0f;
         check1("monitor_watch first failure kept", ok ? 1.0f : 0.0f, 1.0, 0.0, 0.0);
         V d{NAN};
-        V clean(5, 0.0f);
-        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{clean.data(), d.data(), 1, 0, -1, 0, 2.0f, 1.0f});
-        check("monitor_watch check=0 records nothing", clean, D(5, 0.0), 0.0, 0.0);
+        V clean(6, 0.0f);
+        emu::launch(monitor_watch, dim3{1}, 32, MonitorParams{clean.data(), d.data(), 1, 0, -1, 0, -1, 2.0f, 1.0f});
+        check("monitor_watch check=0 records nothing", clean, D(6, 0.0), 0.0, 0.0);
     }
 }
 
