@@ -140,8 +140,8 @@ pub fn train_classifier(
         let (x, labels) =
             prepare_batch(train, idx, norm, augment.as_ref().map(|a| (a, &mut *rng)))?;
         let logits = model.forward_train(&x, rng)?;
-        let correct = ops::count_correct(&logits, &labels)?;
-        Ok((ops::cross_entropy(&logits, &labels)?, Some(correct)))
+        let (loss, correct) = ops::cross_entropy_and_correct(&logits, &labels)?;
+        Ok((loss, Some(correct)))
     };
     let mut epochs = Vec::new();
     let eval_net = net.clone();

@@ -381,7 +381,18 @@ device_tests! {
         check(dev, "mse_loss", |v| ops::mse_loss(&v[0], &v[1]), &[a.clone(), b.clone()], EW, (1e-2, 2e-5, 1e-2));
         let logits = rnd(&[7, 10], 112, -3.0, 3.0);
         let labels = [0usize, 3, 9, 2, 2, 7, 5];
-        check(dev, "cross_entropy", |v| ops::cross_entropy(&v[0], &labels), &[logits], EW, (1e-2, 1e-4, 1e-2));
+        check(dev, "cross_entropy", |v| ops::cross_entropy(&v[0], &labels), std::slice::from_ref(&logits), EW, (1e-2, 1e-4, 1e-2));
+        // The loss of cross_entropy_and_correct is cross_entropy, forward
+        // and backward, and its count is count_correct's.
+        check(dev, "cross_entropy_and_correct", |v| Ok(ops::cross_entropy_and_correct(&v[0], &labels)?.0), std::slice::from_ref(&logits), EW, (1e-2, 1e-4, 1e-2));
+        let on_dev = logits.to_device(dev).unwrap();
+        let (_, correct) = ops::cross_entropy_and_correct(&on_dev, &labels).unwrap();
+        assert_eq!(correct.device(), dev);
+        let want = ops::count_correct(&logits, &labels).unwrap().to_vec().unwrap();
+        assert_eq!(correct.to_vec().unwrap(), want, "cross_entropy_and_correct count");
+        assert!(want[0] > 0.0 && want[0] < 7.0, "the case counts some rows, not all: {want:?}");
+        let e = ops::cross_entropy_and_correct(&on_dev, &[0, 11, 0, 0, 0, 0, 0]).unwrap_err().to_string();
+        assert!(e.contains("label 11") && e.contains("10 classes"), "{e}");
         // More than 32 classes: a warp loops over its row.
         let wide = rnd(&[3, 45], 113, -3.0, 3.0);
         check(dev, "cross_entropy 45 classes", |v| ops::cross_entropy(&v[0], &[44, 0, 31]), &[wide], EW, (1e-2, 1e-4, 1e-2));

@@ -81,8 +81,7 @@ pub fn train_shadow(
             let (x, labels) = batch(idx, rng)?;
             let features = s.forward_train(&x, rng)?;
             let logits = f2.forward(&features)?;
-            let correct = ops::count_correct(&logits, &labels)?;
-            let mut loss = ops::cross_entropy(&logits, &labels)?;
+            let (mut loss, correct) = ops::cross_entropy_and_correct(&logits, &labels)?;
             if let Some(m) = moments {
                 loss = ops::add(&loss, &m.loss(&features)?)?;
             }

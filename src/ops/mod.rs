@@ -19,8 +19,8 @@ pub use elementwise::{
 };
 pub use linear::{linear, matmul, transpose};
 pub use loss::{
-    count_correct, cross_entropy, mse_loss, ssim, ssim_per_image, tv_loss, SsimConfig, SsimWindow,
-    TvKind,
+    count_correct, cross_entropy, cross_entropy_and_correct, mse_loss, ssim, ssim_per_image,
+    tv_loss, SsimConfig, SsimWindow, TvKind,
 };
 pub use pool::{avg_pool2d, max_pool2d, Pool2dParams};
 pub use reduce::{mean, sum};

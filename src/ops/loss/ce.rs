@@ -25,16 +25,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
     let (n, c) = check_rows("cross_entropy", logits, labels)?;
     if let Device::Cuda(d) = loss_device("cross_entropy", &[logits])? {
         let labels_dev = cuda::upload_labels(d, labels)?;
-        let y = cuda::cross_entropy(d, logits, &labels_dev, n, c)?;
-        return Ok(Tensor::from_cuda_op(y, scalar_shape(), &[logits], || {
-            Box::new(CrossEntropyBackward {
-                logits: logits.clone(),
-                labels: labels.to_vec(),
-                lse: Vec::new(),
-                labels_dev: Some(labels_dev),
-                c,
-            })
-        }));
+        return cross_entropy_gpu(d, logits, labels, labels_dev, c);
     }
     let mut lse = vec![0f32; n];
     let total = cpu::ce_rows(simd::level(), &logits.cpu()?, c, labels, &mut lse);
@@ -53,6 +44,27 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
             })
         },
     ))
+}
+
+/// [`cross_entropy`] on GPU `d`, with the labels already there (the
+/// backward keeps them).
+fn cross_entropy_gpu(
+    d: usize,
+    logits: &Tensor,
+    labels: &[usize],
+    labels_dev: crate::cuda::CudaBuffer,
+    c: usize,
+) -> Result<Tensor> {
+    let y = cuda::cross_entropy(d, logits, &labels_dev, labels.len(), c)?;
+    Ok(Tensor::from_cuda_op(y, scalar_shape(), &[logits], || {
+        Box::new(CrossEntropyBackward {
+            logits: logits.clone(),
+            labels: labels.to_vec(),
+            lse: Vec::new(),
+            labels_dev: Some(labels_dev),
+            c,
+        })
+    }))
 }
 
 /// `logits` as [N ≥ 1, C ≥ 1] with one label below C per row.
@@ -114,6 +126,25 @@ pub fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
         .filter(|(row, &y)| row_argmax(row) == y)
         .count();
     Tensor::from_vec(vec![hits as f32], scalar_shape())
+}
+
+/// [`cross_entropy`] and [`count_correct`] of the same logits and labels,
+/// as a training step wants them: `(loss, count)`. On a GPU the labels go
+/// to the device once for both (and stay there for the backward).
+pub fn cross_entropy_and_correct(logits: &Tensor, labels: &[usize]) -> Result<(Tensor, Tensor)> {
+    let (n, c) = check_rows("cross_entropy", logits, labels)?;
+    if let Device::Cuda(d) = loss_device("cross_entropy", &[logits])? {
+        let labels_dev = cuda::upload_labels(d, labels)?;
+        let correct = wrap(cuda::hits(d, logits, &labels_dev, n, c)?, scalar_shape())?;
+        return Ok((
+            cross_entropy_gpu(d, logits, labels, labels_dev, c)?,
+            correct,
+        ));
+    }
+    Ok((
+        cross_entropy(logits, labels)?,
+        count_correct(logits, labels)?,
+    ))
 }
 
 struct CrossEntropyBackward {

@@ -18,7 +18,8 @@
 //! | [`ssim`] | mean SSIM over valid windows | see `ssim.rs` |
 //!
 //! Beside them, [`count_correct`]: how many rows' largest logit is at their
-//! label (training accuracy, kept on the device; no gradient).
+//! label (training accuracy, kept on the device; no gradient), and
+//! [`cross_entropy_and_correct`], both from one upload of the labels.
 
 mod ce;
 pub(crate) mod cpu;
@@ -27,7 +28,7 @@ mod mse;
 mod ssim;
 mod tv;
 
-pub use ce::{count_correct, cross_entropy, row_argmax};
+pub use ce::{count_correct, cross_entropy, cross_entropy_and_correct, row_argmax};
 pub use mse::mse_loss;
 pub use ssim::{ssim, ssim_per_image, SsimConfig, SsimWindow};
 pub use tv::{tv_loss, TvKind};
