@@ -88,7 +88,7 @@ fn bad_device_and_budget_values_are_rejected() {
     let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "2 parsecs", "info"]);
     assert!(!ok);
     assert!(
-        stderr.contains("'2 parsecs' is not a byte count"),
+        stderr.contains("invalid argument for --gpu-mem: '2 parsecs' is not a byte count"),
         "{stderr}"
     );
     let (ok, _, stderr) = splitinv(&["--device", "cpu", "--gpu-mem", "0", "info"]);
@@ -122,6 +122,23 @@ fn conv_math_is_validated_and_reported() {
     assert!(ok && stdout.contains("conv math: tf32"), "{stdout}");
     let (ok, stdout, _) = run_env("tf32", &["--device", "cpu", "--conv-math", "fp32", "info"]);
     assert!(ok && stdout.contains("conv math: fp32"), "{stdout}");
+    // The benchmark knobs too, on any device, before the command runs.
+    for (var, bad) in [
+        ("SPLITINV_CONV_TILE", "96"),
+        ("SPLITINV_CONV_BIG_MIN_BLOCKS", "0"),
+    ] {
+        let (ok, _, stderr) = splitinv_env(&[(var, bad)], &["--device", "cpu", "info"]);
+        assert!(!ok, "{var}={bad} accepted");
+        assert!(
+            stderr.contains(var) && stderr.contains(&format!("'{bad}'")),
+            "{stderr}"
+        );
+    }
+    let (ok, _, stderr) = splitinv_env(
+        &[("SPLITINV_CONV_TILE", "tc")],
+        &["--device", "cpu", "info"],
+    );
+    assert!(ok, "{stderr}");
 }
 
 /// Whether a GPU is there; without one, says "skipped" (or fails under

@@ -614,7 +614,11 @@ fn run(cli: Cli) -> Result<()> {
 /// batches on.
 fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
     if let Some(mem) = &cli.gpu_mem {
-        let bytes = splitinv::cuda::parse_bytes(mem)?;
+        // The flag, not the parser, is what the user knows by name.
+        let bytes = splitinv::cuda::parse_bytes(mem).map_err(|e| match e {
+            Error::InvalidArgument { msg, .. } => Error::invalid("--gpu-mem", msg),
+            e => e,
+        })?;
         if bytes == 0 {
             return Err(Error::invalid(
                 "--gpu-mem",
@@ -626,8 +630,12 @@ fn setup_device(cli: &Cli) -> Result<splitinv::Device> {
     if let Some(m) = &cli.conv_math {
         splitinv::cuda::set_conv_math(m.parse()?);
     }
-    // A bad SPLITINV_CONV_MATH stops the command here, not at its first conv.
+    // A bad SPLITINV_CONV_MATH (or benchmark knob SPLITINV_CONV_TILE,
+    // SPLITINV_CONV_BIG_MIN_BLOCKS) stops the command here, on any device,
+    // not at its first conv on a GPU.
     splitinv::cuda::conv_math()?;
+    splitinv::cuda::launch::conv_tile_override()?;
+    splitinv::cuda::launch::big_tile_min_blocks()?;
     let (dev, notice) = splitinv::cuda::select_device(&cli.device)?;
     if let Some(n) = notice {
         eprintln!("{n}");
