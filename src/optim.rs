@@ -203,6 +203,7 @@ fn validate(
     // gradient holds a NaN or infinity; only then is that gradient copied
     // to find the element.
     let mut ordinals: Vec<usize> = on_gpu.iter().map(|(n, _, _)| *n).collect();
+    ordinals.sort_unstable();
     ordinals.dedup();
     for n in ordinals {
         let group: Vec<&(usize, usize, &Tensor)> = on_gpu.iter().filter(|e| e.0 == n).collect();
