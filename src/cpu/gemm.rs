@@ -777,16 +777,16 @@ unsafe fn pack<K: Kernel>(
         unsafe {
             let s = src.add(x0 * sw);
             let d = dst.add(x0 * kc);
+            // A ragged panel is zeroed whole, once, before its columns are
+            // copied in: one memset of kc·r floats instead of kc calls for
+            // the (r − cols)-float tails, which cost more in call overhead
+            // than in stores (they showed up as 3 % of a LeNet training step).
+            if cols < r {
+                std::ptr::write_bytes(d, 0, kc * r);
+            }
             if sw == 1 {
                 for p in 0..kc {
-                    let sp = s.add(p * sk);
-                    let dp = d.add(p * r);
-                    if cols == r {
-                        std::ptr::copy_nonoverlapping(sp, dp, r);
-                    } else {
-                        std::ptr::copy_nonoverlapping(sp, dp, cols);
-                        std::ptr::write_bytes(dp.add(cols), 0, r - cols);
-                    }
+                    std::ptr::copy_nonoverlapping(s.add(p * sk), d.add(p * r), cols);
                 }
             } else {
                 let mut x = 0;
@@ -812,11 +812,6 @@ unsafe fn pack<K: Kernel>(
                     let dp = d.add(x);
                     for p in 0..kc {
                         *dp.add(p * r) = *sp.add(p * sk);
-                    }
-                }
-                if cols < r {
-                    for p in 0..kc {
-                        std::ptr::write_bytes(d.add(p * r + cols), 0, r - cols);
                     }
                 }
             }
