@@ -184,13 +184,25 @@ impl NetSpec {
         }
         if self.normalization.mean.len() != c
             || self.normalization.std.len() != c
-            || self.normalization.std.iter().any(|s| *s <= 0.0)
+            || self.normalization.mean.iter().any(|m| !m.is_finite())
+            // A subnormal std overflows the normalised input to inf.
+            || self.normalization.std.iter().any(|s| !(s.is_normal() && *s > 0.0))
         {
             return Err(Error::invalid(
                 "net spec",
-                format!("normalization needs {c} means and {c} positive stds"),
+                format!(
+                    "normalization needs {c} finite means and {c} positive stds of normal size \
+                     (at least {:e}), got mean {:?}, std {:?}",
+                    f32::MIN_POSITIVE,
+                    self.normalization.mean,
+                    self.normalization.std
+                ),
             ));
         }
+        // Sizes first: the layers below allocate their weights, and the dry
+        // run allocates every activation, so an absurd size must be refused
+        // before either happens.
+        self.check_sizes()?;
         let mut net = Sequential::new();
         for l in &self.layers {
             let (name, layer) = match l {
@@ -262,5 +274,318 @@ impl NetSpec {
         // A dry run on one zero image catches every size mismatch with the layer's name.
         net.output_shape(&[1, c, h, w])?;
         Ok(net)
+    }
+
+    /// Walks the layers with checked arithmetic before anything is
+    /// allocated: every kernel, stride and dropout rate must make sense,
+    /// and no weight tensor, no activation of one image and not the whole
+    /// net's weights may exceed [`MAX_SPEC_ELEMENTS`]. Channel and feature
+    /// mismatches are left to the dry run in [`NetSpec::build`], which names
+    /// them; where the walk loses track of the shape (a mismatch it cannot
+    /// follow), it goes on checking the weights alone.
+    fn check_sizes(&self) -> Result<()> {
+        let input = &self.input;
+        let first = input
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= MAX_SPEC_ELEMENTS);
+        if first.is_none() {
+            return Err(Error::invalid(
+                "net spec",
+                format!(
+                    "input shape {input:?} has more than {MAX_SPEC_ELEMENTS} elements per image"
+                ),
+            ));
+        }
+        let mut shape = Some(Walk::Image(input[0], input[1], input[2]));
+        let mut total = 0usize;
+        for l in &self.layers {
+            let name = l.name();
+            let bad = |msg: String| Error::invalid("net spec", format!("layer `{name}`: {msg}"));
+            // The elements of a product of sizes, if it stays under the cap.
+            let count = |what: &str, dims: &[usize]| -> Result<usize> {
+                dims.iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .filter(|&n| n <= MAX_SPEC_ELEMENTS)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{what} {dims:?} has more than {MAX_SPEC_ELEMENTS} elements"
+                        ))
+                    })
+            };
+            let positive = |field: &str, v: usize| {
+                if v == 0 {
+                    Err(bad(format!("`{field}` must be at least 1, got 0")))
+                } else {
+                    Ok(())
+                }
+            };
+            let mut weights = 0usize;
+            shape = match l {
+                LayerSpec::Conv2d {
+                    cin,
+                    cout,
+                    kernel: k,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    positive("kernel", *k)?;
+                    positive("stride", *stride)?;
+                    weights = count("weight", &[*cout, *cin, *k, *k])? + cout;
+                    match shape {
+                        Some(Walk::Image(_, h, w)) => {
+                            // out = (in + 2p − k) / s + 1, if the window fits at all.
+                            let side = |n: usize| {
+                                padding
+                                    .checked_mul(2)
+                                    .and_then(|p2| n.checked_add(p2))
+                                    .and_then(|n| n.checked_sub(*k))
+                                    .map(|n| n / stride + 1)
+                            };
+                            match (side(h), side(w)) {
+                                (Some(oh), Some(ow)) => {
+                                    count("output", &[*cout, oh, ow])?;
+                                    Some(Walk::Image(*cout, oh, ow))
+                                }
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    }
+                }
+                LayerSpec::ConvTranspose2d {
+                    cin,
+                    cout,
+                    kernel: k,
+                    stride,
+                    padding,
+                    output_padding,
+                    ..
+                } => {
+                    positive("kernel", *k)?;
+                    positive("stride", *stride)?;
+                    weights = count("weight", &[*cin, *cout, *k, *k])? + cout;
+                    match shape {
+                        Some(Walk::Image(_, h, w)) => {
+                            // out = (in − 1)·s − 2p + k + output_padding.
+                            let side = |n: usize| {
+                                (n - 1)
+                                    .checked_mul(*stride)
+                                    .and_then(|n| n.checked_add(*k))
+                                    .and_then(|n| n.checked_add(*output_padding))
+                                    .and_then(|n| n.checked_sub(padding.checked_mul(2)?))
+                                    .filter(|&n| n > 0)
+                            };
+                            match (side(h), side(w)) {
+                                (Some(oh), Some(ow)) => {
+                                    count("output", &[*cout, oh, ow])?;
+                                    Some(Walk::Image(*cout, oh, ow))
+                                }
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    }
+                }
+                LayerSpec::Linear { fin, fout, .. } => {
+                    weights = count("weight", &[*fout, *fin])? + fout;
+                    count("output", &[*fout])?;
+                    Some(Walk::Flat)
+                }
+                LayerSpec::MaxPool2d { kernel, stride, .. }
+                | LayerSpec::AvgPool2d { kernel, stride, .. } => {
+                    positive("kernel", *kernel)?;
+                    let s = stride.unwrap_or(*kernel);
+                    positive("stride", s)?;
+                    match shape {
+                        Some(Walk::Image(c, h, w)) if h >= *kernel && w >= *kernel => {
+                            Some(Walk::Image(c, (h - kernel) / s + 1, (w - kernel) / s + 1))
+                        }
+                        _ => None,
+                    }
+                }
+                LayerSpec::Dropout { p, .. } => {
+                    if !(0.0..1.0).contains(p) {
+                        return Err(bad(format!("dropout `p` must lie in [0, 1), got {p}")));
+                    }
+                    shape
+                }
+                LayerSpec::Flatten { .. } => match shape {
+                    Some(Walk::Image(..)) => Some(Walk::Flat),
+                    flat => flat,
+                },
+                LayerSpec::Relu { .. } | LayerSpec::Sigmoid { .. } | LayerSpec::Tanh { .. } => {
+                    shape
+                }
+            };
+            total = total
+                .checked_add(weights)
+                .filter(|&t| t <= MAX_SPEC_ELEMENTS)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the net's weights up to here exceed {MAX_SPEC_ELEMENTS} elements"
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The most elements a spec may ask for in one weight tensor, in one
+/// image's activation at any layer, and in all its weights together: 2³⁰
+/// floats, 4 GiB. Far above any net this tool attacks; low enough that a
+/// typo (an extra zero or ten) is an error instead of an allocation that
+/// aborts the process.
+pub const MAX_SPEC_ELEMENTS: usize = 1 << 30;
+
+/// An activation's shape, one image, as the size walk follows it.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// Channels, height, width.
+    Image(usize, usize, usize),
+    /// Features after a flatten or a linear layer (their count is left to
+    /// the dry run).
+    Flat,
+}
+
+impl LayerSpec {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        match self {
+            LayerSpec::Conv2d { name, .. }
+            | LayerSpec::ConvTranspose2d { name, .. }
+            | LayerSpec::Linear { name, .. }
+            | LayerSpec::MaxPool2d { name, .. }
+            | LayerSpec::AvgPool2d { name, .. }
+            | LayerSpec::Relu { name }
+            | LayerSpec::Sigmoid { name }
+            | LayerSpec::Tanh { name }
+            | LayerSpec::Flatten { name }
+            | LayerSpec::Dropout { name, .. } => name,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-channel 28×28 spec whose layers are `layers` (JSON objects).
+    fn spec(layers: &str) -> NetSpec {
+        serde_json::from_str(&format!(
+            r#"{{"name": "t", "input": [1, 28, 28],
+                "normalization": {{"mean": [0.5], "std": [0.5]}},
+                "layers": [{layers}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn refused(s: &NetSpec) -> String {
+        match s.build(0) {
+            Ok(_) => panic!("{s:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_small_spec_builds_and_the_walk_agrees_with_the_dry_run() {
+        let s = spec(
+            r#"{"name": "c", "type": "conv2d", "in": 1, "out": 4, "kernel": 3, "padding": 1, "stride": 2},
+               {"name": "t", "type": "conv_transpose2d", "in": 4, "out": 2, "kernel": 2, "stride": 2},
+               {"name": "p", "type": "avg_pool2d", "kernel": 2},
+               {"name": "d", "type": "dropout", "p": 0.5},
+               {"name": "f", "type": "flatten"},
+               {"name": "l", "type": "linear", "in": 392, "out": 10}"#,
+        );
+        let net = s.build(1).unwrap();
+        assert_eq!(net.output_shape(&[1, 1, 28, 28]).unwrap(), vec![1, 10]);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        // Each of these allocated terabytes (and aborted) or overflowed
+        // `usize` (and panicked) before the walk.
+        for (layers, want) in [
+            (
+                r#"{"name": "big", "type": "conv2d", "in": 1, "out": 1000000000000, "kernel": 5}"#,
+                "layer `big`: weight [1000000000000, 1, 5, 5] has more than",
+            ),
+            (
+                r#"{"name": "wrap", "type": "conv2d", "in": 1000000000000, "out": 1000000000000, "kernel": 1000000}"#,
+                "layer `wrap`: weight",
+            ),
+            (
+                r#"{"name": "fc", "type": "linear", "in": 100000000000, "out": 10}"#,
+                "layer `fc`: weight [10, 100000000000]",
+            ),
+            (
+                r#"{"name": "pad", "type": "conv2d", "in": 1, "out": 4, "kernel": 3, "padding": 1000000}"#,
+                "layer `pad`: output [4, 2000026, 2000026]",
+            ),
+            (
+                r#"{"name": "up", "type": "conv_transpose2d", "in": 1, "out": 4, "kernel": 3, "stride": 100000}"#,
+                "layer `up`: output [4, 2700003, 2700003]",
+            ),
+            (
+                r#"{"name": "k0", "type": "max_pool2d", "kernel": 0}"#,
+                "layer `k0`: `kernel` must be at least 1",
+            ),
+            (
+                r#"{"name": "s0", "type": "conv2d", "in": 1, "out": 1, "kernel": 1, "stride": 0}"#,
+                "layer `s0`: `stride` must be at least 1",
+            ),
+            (
+                r#"{"name": "drop", "type": "dropout", "p": 2.0}"#,
+                "layer `drop`: dropout `p` must lie in [0, 1), got 2",
+            ),
+            (
+                r#"{"name": "drop1", "type": "dropout", "p": 1.0}"#,
+                "dropout `p` must lie in [0, 1)",
+            ),
+        ] {
+            let e = refused(&spec(layers));
+            assert!(e.contains(want), "{layers}: {e}");
+        }
+        // Many layers, each under the cap, but not together.
+        let fc = |i: usize| {
+            format!(r#"{{"name": "fc{i}", "type": "linear", "in": 16384, "out": 16384}}"#)
+        };
+        let layers: Vec<String> = (0..4).map(fc).collect();
+        let mut s = spec(&format!(
+            r#"{{"name": "f", "type": "flatten"}}, {{"name": "in", "type": "linear", "in": 784, "out": 16384}}, {}"#,
+            layers.join(", ")
+        ));
+        let e = refused(&s);
+        assert!(
+            e.contains("layer `fc3`: the net's weights up to here exceed"),
+            "{e}"
+        );
+        s.layers.truncate(5);
+        s.check_sizes().unwrap();
+    }
+
+    #[test]
+    fn a_huge_input_or_a_degenerate_normalisation_is_refused() {
+        let mut s = spec(r#"{"name": "r", "type": "relu"}"#);
+        s.input = [1, 1_000_000, 1_000_000];
+        assert!(refused(&s).contains("has more than"));
+        for (mean, std) in [
+            (0.5, 1e-45),
+            (0.5, 0.0),
+            (f32::NAN, 0.5),
+            (0.5, f32::INFINITY),
+        ] {
+            let mut s = spec(r#"{"name": "r", "type": "relu"}"#);
+            s.normalization = NormSpec {
+                mean: vec![mean],
+                std: vec![std],
+            };
+            let e = refused(&s);
+            assert!(
+                e.contains("positive stds of normal size"),
+                "{mean} {std}: {e}"
+            );
+        }
     }
 }
