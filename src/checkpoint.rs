@@ -13,8 +13,8 @@
 //! | `__adam_vmax__.<param>`     | AMSGrad's running maximum              |
 //! | `__swa__.<param>`           | the running average of the weights     |
 //!
-//! and the metadata holds `epochs_done`, `adam_step.<param>` and
-//! `swa_count`. A checkpoint without the optimiser tensors (an older file,
+//! and the metadata holds `epochs_done`, `adam_step.<param>`, `swa_count`
+//! and `run` (the run's settings, which `--resume` must repeat). A checkpoint without the optimiser tensors (an older file,
 //! or one made from a plain weights file by adding `epochs_done`) still
 //! resumes; Adam then starts from fresh moments, and the caller says so.
 
@@ -40,7 +40,16 @@ pub struct TrainState {
     pub adam: Option<Vec<Option<AdamMoments>>>,
     /// The running weight average, once averaging has started.
     pub swa: Option<SwaAverage>,
+    /// The settings of the run that wrote it (a JSON object; `None` in
+    /// checkpoints from before they were recorded), so a resume with other
+    /// settings is refused instead of silently mixing two runs.
+    pub run: Option<String>,
 }
+
+/// The largest epoch, step or snapshot count a checkpoint may hold: far
+/// beyond any real run (2⁴⁰ steps), and far enough below the counters'
+/// own limits that adding to them can never overflow.
+const MAX_COUNT: u64 = 1 << 40;
 
 fn is_reserved(name: &str) -> bool {
     name.starts_with("__")
@@ -66,6 +75,9 @@ pub fn save(net: &Sequential, state: &TrainState, path: &Path) -> Result<()> {
             }
         }
     }
+    if let Some(run) = &state.run {
+        meta.insert("run".into(), run.clone());
+    }
     if let Some(swa) = &state.swa {
         meta.insert("swa_count".into(), swa.count.to_string());
         for ((name, shape), avg) in params.iter().zip(&swa.values) {
@@ -84,32 +96,68 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
         path: path.to_path_buf(),
         msg,
     };
-    let epochs_done: usize = meta
-        .get("epochs_done")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("checkpoint has no 'epochs_done' metadata".into()))?;
-    let mut extras: HashMap<String, Vec<f32>> = HashMap::new();
-    for (name, _, values) in tensors.iter().filter(|(n, _, _)| is_reserved(n)) {
-        extras.insert(name.clone(), values.clone());
+    let epochs_done: usize = match meta.get("epochs_done") {
+        None => return Err(bad("checkpoint has no 'epochs_done' metadata".into())),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|&e: &usize| e as u64 <= MAX_COUNT)
+            .ok_or_else(|| {
+                bad(format!(
+                    "metadata epochs_done = '{v}' is not an epoch count"
+                ))
+            })?,
+    };
+    let mut extras: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for (name, shape, values) in tensors.iter().filter(|(n, _, _)| is_reserved(n)) {
+        extras.insert(name.clone(), (shape.clone(), values.clone()));
     }
     weights::load_values(net, path, tensors, is_reserved)?;
-    let names: Vec<String> = net.named_params().into_iter().map(|(n, _)| n).collect();
-
-    let adam = if names
+    let params: Vec<(String, Vec<usize>)> = net
+        .named_params()
+        .into_iter()
+        .map(|(n, t)| (n, t.dims().to_vec()))
+        .collect();
+    let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();
+    let has_adam = names
         .iter()
-        .any(|n| extras.contains_key(&format!("{ADAM_M}{n}")))
-    {
+        .any(|n| extras.contains_key(&format!("{ADAM_M}{n}")));
+    // Takes the state tensor `key` of parameter `param` out of `extras`,
+    // checking it has the parameter's shape (a moment with another shape,
+    // even with the same element count, is another model's).
+    let mut take = |key: String, param: &str| -> Result<Option<Vec<f32>>> {
+        let Some((shape, values)) = extras.remove(&key) else {
+            return Ok(None);
+        };
+        let want = params
+            .iter()
+            .find(|(n, _)| n == param)
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default();
+        if shape != want {
+            return Err(bad(format!(
+                "tensor '{key}' has shape {shape:?}, but parameter '{param}' has {want:?}"
+            )));
+        }
+        Ok(Some(values))
+    };
+
+    let adam = if has_adam {
         let mut out = Vec::with_capacity(names.len());
         for n in &names {
-            let m = extras.remove(&format!("{ADAM_M}{n}"));
-            let v = extras.remove(&format!("{ADAM_V}{n}"));
-            let vmax = extras.remove(&format!("{ADAM_VMAX}{n}"));
+            let m = take(format!("{ADAM_M}{n}"), n)?;
+            let v = take(format!("{ADAM_V}{n}"), n)?;
+            let vmax = take(format!("{ADAM_VMAX}{n}"), n)?;
             let step = meta.get(&format!("adam_step.{n}"));
             match (m, v, step) {
                 (Some(m), Some(v), Some(step)) => {
-                    let step = step.parse().map_err(|_| {
-                        bad(format!("metadata adam_step.{n} = '{step}' is not a step count"))
-                    })?;
+                    let step = step
+                        .parse()
+                        .ok()
+                        .filter(|&s: &u64| s <= MAX_COUNT)
+                        .ok_or_else(|| {
+                            bad(format!("metadata adam_step.{n} = '{step}' is not a step count"))
+                        })?;
                     out.push(Some(AdamMoments { step, m, v, vmax }));
                 }
                 (None, None, None) => out.push(None),
@@ -130,10 +178,12 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
         Some(c) => {
             let count: usize = c
                 .parse()
-                .map_err(|_| bad(format!("metadata swa_count = '{c}' is not a count")))?;
+                .ok()
+                .filter(|&c: &usize| c as u64 <= MAX_COUNT)
+                .ok_or_else(|| bad(format!("metadata swa_count = '{c}' is not a count")))?;
             let mut values = Vec::with_capacity(names.len());
             for n in &names {
-                values.push(extras.remove(&format!("{SWA}{n}")).ok_or_else(|| {
+                values.push(take(format!("{SWA}{n}"), n)?.ok_or_else(|| {
                     bad(format!("swa_count is set but tensor {SWA}{n} is missing"))
                 })?);
             }
@@ -149,5 +199,6 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
         epochs_done,
         adam,
         swa,
+        run: meta.get("run").cloned(),
     })
 }

@@ -59,6 +59,13 @@ impl ModelChoice {
         }
     }
 
+    /// Classes the net tells apart: its output's width for one image.
+    pub fn num_classes(&self) -> Result<usize> {
+        let [c, h, w] = self.input_chw();
+        let dims = self.build(0)?.output_shape(&[1, c, h, w])?;
+        Ok(dims.last().copied().unwrap_or(0))
+    }
+
     /// One image's shape.
     pub fn input_chw(&self) -> [usize; 3] {
         match self {
@@ -85,6 +92,21 @@ pub fn load_for(
             format!(
                 "{name} images are {:?} (C, H, W) but the model expects {want:?}",
                 ds.image_dims()
+            ),
+        ));
+    }
+    // A folder dataset numbers its classes in sorted order, so a split with
+    // a class missing or added shifts every label after it; the model's
+    // outputs must be the dataset's classes.
+    let outputs = model.num_classes()?;
+    if !ds.classes.is_empty() && ds.classes.len() != outputs {
+        return Err(Error::invalid(
+            "dataset",
+            format!(
+                "{name} ({} split) has {} classes ({}) but the model has {outputs} outputs",
+                split.as_str(),
+                ds.classes.len(),
+                ds.classes.join(", ")
             ),
         ));
     }
@@ -147,6 +169,18 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         args.data.as_deref(),
         None,
     )?;
+    if !train.classes.is_empty() && !test.classes.is_empty() && train.classes != test.classes {
+        return Err(Error::invalid(
+            "dataset",
+            format!(
+                "{}: the training split's classes ({}) are not the test split's ({}); \
+                 labels are the classes' positions, so they must be the same list",
+                args.dataset,
+                train.classes.join(", "),
+                test.classes.join(", ")
+            ),
+        ));
+    }
     say!(
         "training on {} ({} images), testing on {} images",
         train.source,
@@ -156,10 +190,26 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     let norm = args.model.normalization();
     let mut net = args.model.build(args.cfg.seed)?;
     let ckpt = checkpoint_path(&args.out);
+    let augment = args
+        .augment
+        .unwrap_or(train.channels == 3)
+        .then(Augment::cifar);
+    let run = run_settings(args, augment.is_some());
     let mut resume = TrainState::default();
     if args.resume {
         if ckpt.is_file() {
             resume = checkpoint::load(&mut net, &ckpt)?;
+            check_same_run(&ckpt, resume.run.as_deref(), &run, &mut |m| say!("{m}"))?;
+            if resume.epochs_done > args.cfg.epochs {
+                return Err(Error::BadData {
+                    path: ckpt.clone(),
+                    msg: format!(
+                        "the checkpoint is after epoch {}, beyond --epochs {}; \
+                         ask for at least {} epochs to resume it",
+                        resume.epochs_done, args.cfg.epochs, resume.epochs_done
+                    ),
+                });
+            }
             say!(
                 "resuming from {} after epoch {}{}{}",
                 ckpt.display(),
@@ -182,10 +232,6 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         }
     }
     let start = resume.epochs_done;
-    let augment = args
-        .augment
-        .unwrap_or(train.channels == 3)
-        .then(Augment::cifar);
     let cfg = args.cfg.clone();
     let epochs = experiment::train_classifier(
         &mut net,
@@ -214,7 +260,11 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
             e.stats.images_per_s,
             e.stats.lr
         );
-            checkpoint::save(net, state, &ckpt)
+            let state = TrainState {
+                run: Some(run.to_string()),
+                ..state.clone()
+            };
+            checkpoint::save(net, &state, &ckpt)
         },
     )?;
     let accuracy = epochs.last().and_then(|e| e.model_test_accuracy());
@@ -240,6 +290,68 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         "wall_seconds": t0.elapsed().as_secs_f64(),
     });
     Ok(summary)
+}
+
+/// The settings a resumed run must share with the run that wrote its
+/// checkpoint: everything that shapes the training except `--epochs` (a run
+/// may be extended) and the progress display.
+fn run_settings(args: &TrainArgs, augment: bool) -> serde_json::Value {
+    let c = &args.cfg;
+    serde_json::json!({
+        "dataset": args.dataset,
+        "limit": args.limit,
+        "augment": augment,
+        "batch": c.batch,
+        "lr": c.lr,
+        "eps": c.eps,
+        "amsgrad": c.amsgrad,
+        "lr_step": c.lr_step,
+        "lr_gamma": c.lr_gamma,
+        "seed": c.seed,
+        "swa_from": c.swa_from,
+        "swa_lr": c.swa_lr,
+    })
+}
+
+/// Refuses to resume `ckpt` when the run that wrote it had other settings
+/// than `now`, naming each one that differs. A checkpoint that predates
+/// the record is trusted, with a notice through `say`.
+fn check_same_run(
+    ckpt: &Path,
+    saved: Option<&str>,
+    now: &serde_json::Value,
+    say: &mut dyn FnMut(String),
+) -> Result<()> {
+    let Some(saved) = saved else {
+        say(format!(
+            "note: {} does not record its run's settings; assuming they are these",
+            ckpt.display()
+        ));
+        return Ok(());
+    };
+    let bad = |msg: String| Error::BadData {
+        path: ckpt.to_path_buf(),
+        msg,
+    };
+    let saved: serde_json::Value = serde_json::from_str(saved)
+        .map_err(|e| bad(format!("metadata `run` is not a JSON object: {e}")))?;
+    let (Some(then), Some(now)) = (saved.as_object(), now.as_object()) else {
+        return Err(bad("metadata `run` is not a JSON object".into()));
+    };
+    let null = serde_json::Value::Null;
+    let differ: Vec<String> = now
+        .iter()
+        .filter(|(k, v)| then.get(*k).unwrap_or(&null) != *v)
+        .map(|(k, v)| format!("{k} {} there, {v} now", then.get(k).unwrap_or(&null)))
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "--resume: the checkpoint was written by a run with other settings ({}); \
+         resume with the same settings, or start over without --resume",
+        differ.join("; ")
+    )))
 }
 
 /// Runs `splitinv eval`: test accuracy of `weights` on a dataset split.

@@ -173,6 +173,7 @@ pub fn train_classifier(
             epochs_done: s.epoch + 1,
             adam: Some(opt.export_state()?),
             swa: (swa.count > 0).then(|| swa.clone()),
+            run: None,
         };
         on_epoch(&eval_net, &e, &state)?;
         epochs.push(e);
@@ -188,7 +189,9 @@ pub fn train_classifier(
         &mut step,
         &mut end,
     )?;
-    if swa.count > 0 {
+    // Only a run that averages ends on the average (a resumed checkpoint's
+    // average is never a reason to; the caller refuses such a resume).
+    if cfg.swa_from.is_some() && swa.count > 0 {
         swa.write_into(&params)?;
     }
     net.set_trainable(false);

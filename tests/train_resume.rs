@@ -217,6 +217,116 @@ fn checkpoint_with_incomplete_optimizer_state_is_rejected() {
     );
 }
 
+#[test]
+fn checkpoint_counters_and_state_shapes_are_checked_naming_the_key() {
+    let dir = ScratchDir::new("resume-corrupt");
+    let (net, states) = run(1, Some(0), None, TrainState::default());
+    let path = dir.join("ok.ckpt");
+    checkpoint::save(&net, &states[0], &path).unwrap();
+    let (tensors, meta) = weights::read_tensors(&path).unwrap();
+    // Counters that would overflow the next step (they panicked before).
+    for (key, value) in [
+        ("adam_step.conv1.weight", "18446744073709551615"),
+        ("swa_count", "18446744073709551615"),
+        ("epochs_done", "many"),
+    ] {
+        let mut m = meta.clone();
+        m.insert(key.into(), value.into());
+        let bad = dir.join("counter.ckpt");
+        weights::write_tensors(&bad, &tensors, Some(m)).unwrap();
+        let mut n = ModelKind::Lenet.build(0).unwrap();
+        let err = checkpoint::load(&mut n, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains(key) && err.contains(value) && err.contains("counter.ckpt"),
+            "{key}: {err}"
+        );
+    }
+    // A moment with the parameter's element count but another shape.
+    let mut t = tensors.clone();
+    let entry = t
+        .iter_mut()
+        .find(|(n, _, _)| n == "__adam_m__.fc1.weight")
+        .unwrap();
+    entry.1.reverse();
+    let want = format!("tensor '__adam_m__.fc1.weight' has shape {:?}", entry.1);
+    let bad = dir.join("shape.ckpt");
+    weights::write_tensors(&bad, &t, Some(meta)).unwrap();
+    let mut n = ModelKind::Lenet.build(0).unwrap();
+    let err = checkpoint::load(&mut n, &bad).unwrap_err().to_string();
+    assert!(err.contains(&want) && err.contains("shape.ckpt"), "{err}");
+}
+
+#[test]
+fn a_resumed_average_is_not_the_result_of_a_run_that_does_not_average() {
+    // A checkpoint with a weight average, resumed by a run without
+    // averaging (an older checkpoint, which records no settings): the
+    // result is the trained weights, not the stale average.
+    let (net, states) = run(1, Some(0), None, TrainState::default());
+    let stale = states[0].swa.clone().unwrap().values;
+    let (net, _) = run(2, None, Some(net), states[0].clone());
+    let got = values(&net);
+    assert_eq!(got.len(), stale.len());
+    assert!(
+        got != stale,
+        "the run ended on the checkpoint's old average"
+    );
+}
+
+/// Runs `splitinv train` on synthetic digits writing to `out` with
+/// `--resume` and `extra`; returns whether it succeeded, and its stderr.
+fn resume_cmd(out: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .args(["--device", "cpu", "train", "--model", "lenet"])
+        .args(["--dataset", "synthetic-digits", "--limit", "64"])
+        .args(extra)
+        .arg("--resume")
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_other_settings_or_beyond_the_epochs() {
+    let dir = ScratchDir::new("resume-settings");
+    let out = dir.join("w.safetensors");
+    let ckpt = splitinv::cli_train::checkpoint_path(&out);
+    let (net, states) = run(1, None, None, TrainState::default());
+    // Written by a run with --lr 0.5 (and, as recorded, nothing else set).
+    let other = TrainState {
+        run: Some(r#"{"lr": 0.5}"#.into()),
+        ..states[0].clone()
+    };
+    checkpoint::save(&net, &other, &ckpt).unwrap();
+    let (ok, err) = resume_cmd(&out, &["--epochs", "3"]);
+    assert!(!ok, "resumed a run of other settings");
+    assert!(
+        err.contains("written by a run with other settings")
+            && err.contains("lr 0.5 there, 0.001")
+            && err.contains("w.safetensors.ckpt"),
+        "{err}"
+    );
+    assert!(!out.exists(), "wrote weights after refusing");
+    // Three epochs done, two asked for.
+    let ahead = TrainState {
+        epochs_done: 3,
+        run: None,
+        ..states[0].clone()
+    };
+    checkpoint::save(&net, &ahead, &ckpt).unwrap();
+    let (ok, err) = resume_cmd(&out, &["--epochs", "2"]);
+    assert!(!ok, "resumed a checkpoint beyond --epochs");
+    assert!(
+        err.contains("after epoch 3, beyond --epochs 2") && err.contains("w.safetensors.ckpt"),
+        "{err}"
+    );
+    assert!(!out.exists(), "wrote weights after refusing");
+}
+
 fn train_cmd(out: &std::path::Path, resume: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_splitinv"));
     c.args([
