@@ -1,7 +1,41 @@
 //! Bad attack options are refused before any work starts, with an error
 //! that names the value and what was expected, and a non-zero exit.
 
+use std::path::Path;
 use std::process::Command;
+
+mod common;
+use common::ScratchDir;
+
+/// Runs `splitinv --device cpu ARGS...`: whether it succeeded, stdout and
+/// stderr.
+fn splitinv(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes two 28×28 grey PNGs into `<root>/<split>/<class>/` for each class.
+fn image_folder(root: &Path, split: &str, classes: &[&str]) {
+    for (k, c) in classes.iter().enumerate() {
+        let dir = root.join(split).join(c);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..2u8 {
+            image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([(x as u8 * 9) ^ (y as u8 + i + k as u8)])
+            })
+            .save(dir.join(format!("{i}.png")))
+            .unwrap();
+        }
+    }
+}
 
 /// Runs `splitinv --device cpu attack ATTACK --dataset cifar10 --split
 /// ReLU32 --setting SETTING EXTRA...`: whether it succeeded, and its stderr.
@@ -73,4 +107,285 @@ fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
             "{flag} {value}: {stderr}"
         );
     }
+}
+
+#[test]
+fn counts_of_zero_and_absurd_shadow_counts_are_refused_naming_the_flag() {
+    for (args, flag) in [
+        (
+            &[
+                "train",
+                "--model",
+                "lenet",
+                "--dataset",
+                "synthetic-digits",
+                "--epochs",
+                "0",
+                "--out",
+                "/tmp/never.safetensors",
+            ][..],
+            "--epochs",
+        ),
+        (
+            &[
+                "train",
+                "--model",
+                "lenet",
+                "--dataset",
+                "synthetic-digits",
+                "--limit",
+                "0",
+                "--out",
+                "/tmp/never.safetensors",
+            ][..],
+            "--limit",
+        ),
+        (
+            &[
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--iterations",
+                "0",
+            ][..],
+            "--iterations",
+        ),
+        (
+            &[
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--images",
+                "0",
+            ][..],
+            "--images",
+        ),
+        (
+            &[
+                "attack",
+                "blackbox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--train-epochs",
+                "0",
+            ][..],
+            "--train-epochs",
+        ),
+        (
+            &[
+                "attack",
+                "queryfree",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--shadows",
+                "1000000000",
+            ][..],
+            "--shadows",
+        ),
+        (
+            &["reproduce", "--dataset", "mnist", "--images", "0"][..],
+            "--images",
+        ),
+    ] {
+        let (ok, _, err) = splitinv(args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(
+            err.contains(flag) && (err.contains("at least 1") || err.contains("at most 64")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
+    let dir = ScratchDir::new("cli-outputs");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let (d, f) = (dir.to_str().unwrap(), file.to_str().unwrap());
+    for (args, want) in [
+        // A folder where the weights file goes: found out only after
+        // training, before this check.
+        (
+            vec![
+                "train",
+                "--model",
+                "lenet",
+                "--dataset",
+                "synthetic-digits",
+                "--out",
+                d,
+            ],
+            "must be a file path, not a folder",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--out",
+                f,
+            ],
+            "must be a folder (it is a file)",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--gif",
+                d,
+            ],
+            "--gif",
+        ),
+        (
+            vec![
+                "attack",
+                "blackbox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--gif",
+                "/tmp/x.gif",
+            ],
+            "only `attack whitebox` writes a GIF",
+        ),
+        (
+            vec!["reproduce", "--dataset", "mnist", "--out", f],
+            "must be a folder (it is a file)",
+        ),
+        (vec!["demo", "--out", f], "must be a folder (it is a file)"),
+        // A typo'd attack or split with weights that do not exist yet: an
+        // error now, not after the target is trained.
+        (
+            vec![
+                "attack",
+                "whitebx",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "whitebx",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv9",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "conv9",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--weights",
+                d,
+            ],
+            "is a folder",
+        ),
+    ] {
+        let (ok, _, err) = splitinv(&args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !err.contains("training") && !err.contains("epoch"),
+            "{args:?} trained first: {err}"
+        );
+    }
+    assert!(!Path::new("/nonexistent/w.safetensors").exists());
+}
+
+#[test]
+fn folder_datasets_must_have_the_models_classes_in_both_splits() {
+    let dir = ScratchDir::new("cli-folder-classes");
+    let digits: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    let digits: Vec<&str> = digits.iter().map(String::as_str).collect();
+    // Ten classes for training, nine for testing.
+    image_folder(&dir.join("ten-nine"), "train", &digits);
+    image_folder(&dir.join("ten-nine"), "test", &digits[1..]);
+    // Ten and ten, one of them named differently.
+    let mut other = digits.clone();
+    other[9] = "e9";
+    image_folder(&dir.join("renamed"), "train", &digits);
+    image_folder(&dir.join("renamed"), "test", &other);
+    let out = dir.join("w.safetensors");
+    for (root, want) in [
+        ("ten-nine", "(test split) has 9 classes (d1, d2, d3, d4, d5, d6, d7, d8, d9) but the model has 10 outputs"),
+        ("renamed", "the training split's classes (d0, d1, d2, d3, d4, d5, d6, d7, d8, d9) are not the test split's (d0, d1, d2, d3, d4, d5, d6, d7, d8, e9)"),
+    ] {
+        let ds = format!("folder:{}", dir.join(root).display());
+        let (ok, _, err) = splitinv(&["train", "--model", "lenet", "--dataset", &ds, "--epochs", "1", "--out", out.to_str().unwrap()]);
+        assert!(!ok, "{root} was accepted");
+        assert!(err.contains(want), "{root}: {err}");
+    }
+    assert!(!out.exists());
+    // Eval sees the test split alone: the count is still checked.
+    let ds = format!("folder:{}", dir.join("ten-nine").display());
+    let (ok, _, err) = splitinv(&[
+        "eval",
+        "--model",
+        "lenet",
+        "--weights",
+        "models/lenet_mnist.safetensors",
+        "--dataset",
+        &ds,
+    ]);
+    assert!(!ok && err.contains("has 9 classes"), "{err}");
+}
+
+#[test]
+fn train_json_prints_only_the_json_summary_on_stdout() {
+    let dir = ScratchDir::new("cli-train-json");
+    let out = dir.join("w.safetensors");
+    let (ok, stdout, err) = splitinv(&[
+        "train",
+        "--model",
+        "lenet",
+        "--dataset",
+        "synthetic-digits",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["epochs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(
+        err.contains("epoch   1/1"),
+        "the progress lines went missing: {err}"
+    );
 }

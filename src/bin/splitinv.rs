@@ -65,16 +65,16 @@ enum Cmd {
         #[arg(long)]
         dataset: String,
         /// Passes over the training set.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         epochs: usize,
         /// Mini-batch size.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         batch: usize,
         /// Learning rate (Adam, amsgrad, eps 1e-3; halved every 20 epochs).
         #[arg(long, default_value_t = 1e-3)]
         lr: f32,
         /// Multiply the lr by --lr-gamma every this many epochs.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
         lr_step: usize,
         /// See --lr-step.
         #[arg(long, default_value_t = 0.5)]
@@ -96,7 +96,7 @@ enum Cmd {
         #[arg(long)]
         resume: bool,
         /// Use only the first N training images.
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         limit: Option<usize>,
         /// Random flip + small affine (default: on for colour data).
         #[arg(long)]
@@ -137,13 +137,13 @@ enum Cmd {
         #[arg(long)]
         weights: Option<std::path::PathBuf>,
         /// Attack the first N test images (default: the first of each class).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         images: Option<usize>,
         /// blackbox: same-set | same-dist | random (Gaussian noise shaped like images: natural-photo statistics for colour, calibrated to the observed features for grey levels) | random-white (the paper's white noise); queryfree: {same,diff}-set-{same,diff}-net.
         #[arg(long)]
         setting: Option<String>,
         /// White-box (and query-free inversion) iterations (default: per-split tuned).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         iterations: Option<usize>,
         /// White-box (and query-free inversion) Adam learning rate.
         #[arg(long)]
@@ -155,10 +155,10 @@ enum Cmd {
         #[arg(long)]
         lambda_l2: Option<f32>,
         /// Query-free: shadow networks trained and inverted together (1 = the paper's attack; default 3 for LeNet, 1 for the CIFAR CNN).
-        #[arg(long)]
+        #[arg(long, value_parser = shadow_count)]
         shadows: Option<usize>,
         /// Black-box / query-free: epochs of inverse-network / shadow training (default: tuned).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         train_epochs: Option<usize>,
         /// Black-box / query-free: learning rate of that training (default: tuned, with the epsilon).
         #[arg(long)]
@@ -200,7 +200,7 @@ enum Cmd {
         #[arg(long)]
         weights: Option<std::path::PathBuf>,
         /// Evaluate on the first N test images (default: the first of each class, as the paper).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         images: Option<usize>,
         /// Output folder (default results/<dataset>).
         #[arg(long)]
@@ -237,6 +237,55 @@ enum Cmd {
     },
 }
 
+/// A count flag that must be at least 1 (0 images, epochs or iterations
+/// would run nothing and still write results).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The most query-free shadows one attack may train (each trains on its
+/// own thread, at the same time as the others).
+const MAX_SHADOWS: usize = 64;
+
+/// `--shadows`: 1 to [`MAX_SHADOWS`].
+fn shadow_count(s: &str) -> std::result::Result<usize, String> {
+    let n = at_least_one(s)?;
+    if n > MAX_SHADOWS {
+        return Err(format!("at most {MAX_SHADOWS} shadows are trained at once"));
+    }
+    Ok(n)
+}
+
+/// Refuses an output path that is an existing folder where a file is
+/// written (or a file where a folder is), before any work is done.
+fn check_out(flag: &str, path: &std::path::Path, want_dir: bool) -> Result<()> {
+    let trailing_slash = path.as_os_str().to_string_lossy().ends_with('/');
+    let wrong = if want_dir {
+        path.exists() && !path.is_dir()
+    } else {
+        path.is_dir() || trailing_slash
+    };
+    if wrong {
+        return Err(Error::invalid(
+            "output",
+            format!(
+                "{flag} {} must be {}",
+                path.display(),
+                if want_dir {
+                    "a folder (it is a file)"
+                } else {
+                    "a file path, not a folder"
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train {
@@ -256,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
             augment,
             json,
         } => {
+            check_out("--out", &out, false)?;
             let cfg = TrainConfig {
                 epochs,
                 batch,
@@ -277,7 +327,8 @@ fn run(cli: Cli) -> Result<()> {
                 resume,
                 limit,
                 augment,
-                log_to_stderr: false,
+                // With --json, stdout carries the summary alone.
+                log_to_stderr: json,
             };
             let summary = cli_train::train(&args)?;
             println!(
@@ -364,6 +415,34 @@ fn run(cli: Cli) -> Result<()> {
                         format!("must be a positive number, got {v}"),
                     ));
                 }
+            }
+            check_out("--out", &out, true)?;
+            if let Some(g) = &gif {
+                check_out("--gif", g, false)?;
+                if attack != "whitebox" && attack != "white-box" {
+                    return Err(Error::invalid(
+                        "--gif",
+                        format!("only `attack whitebox` writes a GIF, not `attack {attack}`"),
+                    ));
+                }
+            }
+            if let Some(c) = &shadow_cache {
+                check_out("--shadow-cache", c, true)?;
+            }
+            // The attack and the split are checked before setup, which
+            // may train a missing target first (hours for the CIFAR CNN).
+            if !matches!(
+                attack.as_str(),
+                "whitebox" | "white-box" | "blackbox" | "black-box" | "queryfree" | "query-free"
+            ) {
+                return Err(Error::UnknownName {
+                    kind: "attack",
+                    name: attack,
+                    expected: "whitebox, blackbox, queryfree".into(),
+                });
+            }
+            if let Some(kind) = reproduce::model_for(&dataset) {
+                kind.build(0)?.index_of(&split)?;
             }
             let mut s = reproduce::setup(
                 &dataset,
@@ -480,6 +559,11 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             resume,
         } => {
+            let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{dataset}")));
+            check_out("--out", &out, true)?;
+            if let Some(c) = &shadow_cache {
+                check_out("--shadow-cache", c, true)?;
+            }
             let mut s = reproduce::setup(
                 &dataset,
                 weights.as_deref(),
@@ -488,7 +572,6 @@ fn run(cli: Cli) -> Result<()> {
                 None,
             )?;
             s.shadow_cache = shadow_cache;
-            let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("results/{dataset}")));
             let cells = reproduce::reproduce(&s, &out, json, seed, resume)?;
             if !json {
                 let beaten = cells
@@ -500,7 +583,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo { out, seed } => splitinv::demo::run(&out, seed).map(|_| ()),
+        Cmd::Demo { out, seed } => {
+            check_out("--out", &out, true)?;
+            splitinv::demo::run(&out, seed).map(|_| ())
+        }
         Cmd::Info => {
             println!("splitinv {}", env!("CARGO_PKG_VERSION"));
             println!("device:   {}", splitinv::device::default_device());

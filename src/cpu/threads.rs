@@ -8,21 +8,14 @@ use crate::error::{Error, Result};
 /// Sizes the global pool. Call early; a later call with a different size fails.
 pub fn init(threads: Option<usize>) -> Result<()> {
     tune_allocator();
+    // 0 below means "one per core" (rayon's default), never a user's choice.
     let n = match threads {
-        Some(n) => n,
+        Some(n) => check_count("--threads", &n.to_string())?,
         None => match std::env::var("SPLITINV_THREADS") {
-            Ok(s) => s.parse::<usize>().map_err(|_| {
-                Error::invalid(
-                    "threads",
-                    format!("SPLITINV_THREADS='{s}' is not a positive integer"),
-                )
-            })?,
+            Ok(s) => check_count("SPLITINV_THREADS", &s)?,
             Err(_) => 0,
         },
     };
-    if n == 0 && threads.is_some() {
-        return Err(Error::invalid("threads", "--threads must be at least 1"));
-    }
     let res = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
@@ -36,6 +29,21 @@ pub fn init(threads: Option<usize>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The most threads the pool may be asked for: far more than any machine's
+/// cores, few enough that a typo cannot spend minutes spawning threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// Parses a thread count given by `source`: an integer in 1..=MAX_THREADS.
+fn check_count(source: &str, s: &str) -> Result<usize> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(Error::invalid(
+            "threads",
+            format!("{source}='{s}' must be a whole number from 1 to {MAX_THREADS}"),
+        )),
+    }
 }
 
 /// Threads in the pool.
@@ -65,6 +73,29 @@ pub fn tune_allocator() {
             mallopt(M_MMAP_THRESHOLD, 1 << 30);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
             mallopt(M_ARENA_MAX, 4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_counts_outside_one_to_the_cap_are_refused_naming_the_source() {
+        assert_eq!(check_count("--threads", "4").unwrap(), 4);
+        assert_eq!(check_count("SPLITINV_THREADS", " 1024 ").unwrap(), 1024);
+        for (source, v) in [
+            ("SPLITINV_THREADS", "0"),
+            ("--threads", "1000000"),
+            ("SPLITINV_THREADS", "two"),
+            ("SPLITINV_THREADS", "-1"),
+        ] {
+            let e = check_count(source, v).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{source}='{v}'")) && e.contains("from 1 to 1024"),
+                "{e}"
+            );
         }
     }
 }

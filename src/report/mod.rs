@@ -65,6 +65,12 @@ pub fn save_grid(path: &Path, rows: &[&Tensor], scale: usize) -> Result<()> {
 /// Writes an animated GIF, one frame per grid (the teaching view of an
 /// attack: the reconstruction emerging over the iterations).
 pub fn save_gif(path: &Path, frames: &[Vec<Tensor>], scale: usize, delay_ms: u32) -> Result<()> {
+    if frames.is_empty() {
+        return Err(Error::invalid(
+            "gif",
+            format!("no frames to write to {}", path.display()),
+        ));
+    }
     let mut out = Vec::new();
     {
         let mut enc = image::codecs::gif::GifEncoder::new(&mut out);

@@ -289,6 +289,16 @@ fn train_missing_target(
     Ok(())
 }
 
+/// The paper's target model for an attack dataset: LeNet-5 for `mnist`, the
+/// CIFAR CNN for `cifar10`; `None` for any other name.
+pub fn model_for(dataset: &str) -> Option<ModelKind> {
+    match dataset {
+        "mnist" => Some(ModelKind::Lenet),
+        "cifar10" => Some(ModelKind::Cifar10Cnn),
+        _ => None,
+    }
+}
+
 /// Loads data and the target for `dataset` (`mnist` or `cifar10`), with the
 /// first test image of each class (n = None) or the first `n` test images.
 pub fn setup(
@@ -298,23 +308,31 @@ pub fn setup(
     n: Option<usize>,
     train_limit: Option<usize>,
 ) -> Result<Setup> {
-    let (kind, default_weights) = match dataset {
-        "mnist" => (ModelKind::Lenet, "models/lenet_mnist.safetensors"),
-        "cifar10" => (
-            ModelKind::Cifar10Cnn,
-            "models/cifar10cnn_cifar10.safetensors",
-        ),
-        _ => {
-            return Err(Error::UnknownName {
-                kind: "dataset for reproduce",
-                name: dataset.into(),
-                expected: "mnist, cifar10".into(),
-            })
-        }
+    let Some(kind) = model_for(dataset) else {
+        return Err(Error::UnknownName {
+            kind: "dataset for reproduce",
+            name: dataset.into(),
+            expected: "mnist, cifar10".into(),
+        });
+    };
+    let default_weights = match kind {
+        ModelKind::Lenet => "models/lenet_mnist.safetensors",
+        ModelKind::Cifar10Cnn => "models/cifar10cnn_cifar10.safetensors",
     };
     let weights = weights
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(default_weights));
+    // A folder would be found out only when the trained target is written,
+    // after the whole training run.
+    if weights.is_dir() {
+        return Err(Error::invalid(
+            "--weights",
+            format!(
+                "{} is a folder; expected a .safetensors file (or the path to train one at)",
+                weights.display()
+            ),
+        ));
+    }
     if !weights.is_file() {
         train_missing_target(kind, dataset, &weights, data_dir)?;
     }

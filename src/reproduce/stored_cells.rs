@@ -106,7 +106,11 @@ impl CellStore {
             path: path.clone(),
             msg: format!("{msg}; delete the file to run the cell again"),
         };
-        let (tensors, meta) = read_tensors(&path).map_err(|e| bad(e.to_string()))?;
+        // The reader's own errors already name the file.
+        let (tensors, meta) = read_tensors(&path).map_err(|e| match e {
+            Error::BadData { msg, .. } => bad(msg),
+            e => bad(e.to_string()),
+        })?;
         let field = |name: &str| {
             meta.get(name)
                 .ok_or_else(|| bad(format!("stored cell has no '{name}' in its metadata")))
