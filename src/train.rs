@@ -100,6 +100,15 @@ impl TrainConfig {
         if self.lr_step == 0 {
             return Err(Error::invalid("train", "lr_step must be at least 1"));
         }
+        if self.epochs == 0 {
+            return Err(Error::invalid("train", "--epochs must be at least 1"));
+        }
+        if !(self.lr_gamma > 0.0 && self.lr_gamma.is_finite()) {
+            return Err(Error::invalid(
+                "train",
+                format!("--lr-gamma must be a positive number, got {}", self.lr_gamma),
+            ));
+        }
         if let Some(lr) = self.swa_lr {
             if !(lr > 0.0 && lr.is_finite()) {
                 return Err(Error::invalid(
@@ -444,6 +453,27 @@ mod tests {
                     ..TrainConfig::default()
                 },
                 "--batch",
+            ),
+            (
+                TrainConfig {
+                    epochs: 0,
+                    ..TrainConfig::default()
+                },
+                "--epochs must be at least 1",
+            ),
+            (
+                TrainConfig {
+                    lr_gamma: f32::NAN,
+                    ..TrainConfig::default()
+                },
+                "--lr-gamma must be a positive number, got NaN",
+            ),
+            (
+                TrainConfig {
+                    lr_gamma: 0.0,
+                    ..TrainConfig::default()
+                },
+                "--lr-gamma",
             ),
         ] {
             let err = cfg
