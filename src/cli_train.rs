@@ -200,6 +200,23 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         if ckpt.is_file() {
             resume = checkpoint::load(&mut net, &ckpt)?;
             check_same_run(&ckpt, resume.run.as_deref(), &run, &mut |m| say!("{m}"))?;
+            // AMSGrad (always on here) needs each parameter's running
+            // maximum; say which one is missing, and where.
+            let missing_max = resume
+                .adam
+                .iter()
+                .flatten()
+                .zip(net.named_params())
+                .find(|(m, _)| args.cfg.amsgrad && m.as_ref().is_some_and(|m| m.vmax.is_none()));
+            if let Some((_, (name, _))) = missing_max {
+                return Err(Error::BadData {
+                    path: ckpt.clone(),
+                    msg: format!(
+                        "AMSGrad is on, but the checkpoint has no running maximum \
+                         (__adam_vmax__.{name}) for '{name}'"
+                    ),
+                });
+            }
             if resume.epochs_done > args.cfg.epochs {
                 return Err(Error::BadData {
                     path: ckpt.clone(),

@@ -106,7 +106,10 @@ impl TrainConfig {
         if !(self.lr_gamma > 0.0 && self.lr_gamma.is_finite()) {
             return Err(Error::invalid(
                 "train",
-                format!("--lr-gamma must be a positive number, got {}", self.lr_gamma),
+                format!(
+                    "--lr-gamma must be a positive number, got {}",
+                    self.lr_gamma
+                ),
             ));
         }
         if let Some(lr) = self.swa_lr {
@@ -326,7 +329,14 @@ fn checked(r: Reading, label: &str, epoch: usize) -> Result<Reading> {
     match r.failure {
         None => Ok(r),
         Some(f) => Err(Error::NonFinite(format!(
-            "{label}: {f} of epoch {epoch}; no parameter was updated from that step on; lower --lr"
+            "{label}: {f} of epoch {epoch}; no parameter was updated from that step on; lower {}",
+            // The target's training takes `train --lr`; the attacks' inverse
+            // networks and shadows take `attack --train-lr`.
+            if label == "train" {
+                "--lr"
+            } else {
+                "--train-lr"
+            }
         ))),
     }
 }
@@ -560,6 +570,8 @@ mod tests {
         let (seen, r, last) = run(Some(3));
         let e = r.unwrap_err().to_string();
         assert!(e.contains("t: loss is NaN at step 3 of epoch 0"), "{e}");
+        // Not the target's training ("train"): the attacks' flag.
+        assert!(e.ends_with("lower --train-lr"), "{e}");
         assert!(
             e.contains("no parameter was updated from that step on"),
             "{e}"

@@ -325,6 +325,18 @@ fn resume_refuses_a_checkpoint_of_other_settings_or_beyond_the_epochs() {
         "{err}"
     );
     assert!(!out.exists(), "wrote weights after refusing");
+    // AMSGrad's running maximum missing for one parameter.
+    checkpoint::save(&net, &states[0], &ckpt).unwrap();
+    let (mut tensors, meta) = weights::read_tensors(&ckpt).unwrap();
+    tensors.retain(|(n, _, _)| n != "__adam_vmax__.fc2.bias");
+    weights::write_tensors(&ckpt, &tensors, Some(meta)).unwrap();
+    let (ok, err) = resume_cmd(&out, &["--epochs", "2", "--lr", "0.002"]);
+    assert!(!ok, "resumed without a running maximum");
+    assert!(
+        err.contains("no running maximum (__adam_vmax__.fc2.bias) for 'fc2.bias'")
+            && err.contains("w.safetensors.ckpt"),
+        "{err}"
+    );
 }
 
 fn train_cmd(out: &std::path::Path, resume: bool) -> Command {
