@@ -63,7 +63,16 @@ impl ModelChoice {
     pub fn num_classes(&self) -> Result<usize> {
         let [c, h, w] = self.input_chw();
         let dims = self.build(0)?.output_shape(&[1, c, h, w])?;
-        Ok(dims.last().copied().unwrap_or(0))
+        match dims[..] {
+            [1, classes] => Ok(classes),
+            _ => Err(Error::invalid(
+                "model",
+                format!(
+                    "a classifier's output for one image must be [1, classes], \
+                     this model's is {dims:?} (end it with a flatten and a linear layer)"
+                ),
+            )),
+        }
     }
 
     /// One image's shape.
@@ -310,11 +319,18 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
 }
 
 /// The settings a resumed run must share with the run that wrote its
-/// checkpoint: everything that shapes the training except `--epochs` (a run
-/// may be extended) and the progress display.
+/// checkpoint: the model and everything that shapes the training except
+/// `--epochs` (a run may be extended) and the progress display.
 fn run_settings(args: &TrainArgs, augment: bool) -> serde_json::Value {
     let c = &args.cfg;
+    // A spec with the same weight shapes can still be another net (other
+    // activations or normalisation): the whole spec is compared.
+    let model = match &args.model {
+        ModelChoice::Builtin(k) => serde_json::json!(format!("{k:?}")),
+        ModelChoice::Spec(s) => serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
+    };
     serde_json::json!({
+        "model": model,
         "dataset": args.dataset,
         "limit": args.limit,
         "augment": augment,

@@ -212,6 +212,7 @@ fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
     let file = dir.join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let (d, f) = (dir.to_str().unwrap(), file.to_str().unwrap());
+    let inside_file = format!("{f}/w.safetensors");
     for (args, want) in [
         // A folder where the weights file goes: found out only after
         // training, before this check.
@@ -312,6 +313,122 @@ fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
             ],
             "is a folder",
         ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--weights",
+                "/nonexistent/new/",
+            ],
+            "is a folder",
+        ),
+        // Settings and tuning flags, with a target that would be trained.
+        (
+            vec![
+                "attack",
+                "blackbox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--setting",
+                "bogus",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "bogus",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--setting",
+                "same-set",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "the white-box attack has no settings",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--lr",
+                "0",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "lr=0",
+        ),
+        (
+            vec![
+                "attack",
+                "whitebox",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--lambda-tv=-1",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "λ_TV",
+        ),
+        (
+            vec![
+                "attack",
+                "queryfree",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--moment-weight",
+                "NaN",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "--moment-weight",
+        ),
+        (
+            vec![
+                "attack",
+                "queryfree",
+                "--dataset",
+                "mnist",
+                "--split",
+                "conv1",
+                "--moment-projections",
+                "100000",
+                "--weights",
+                "/nonexistent/w.safetensors",
+            ],
+            "at most 4096",
+        ),
+        // A file output inside a file.
+        (
+            vec![
+                "train",
+                "--model",
+                "lenet",
+                "--dataset",
+                "synthetic-digits",
+                "--out",
+                &inside_file,
+            ],
+            "is not one",
+        ),
     ] {
         let (ok, _, err) = splitinv(&args);
         assert!(!ok, "{args:?} was accepted");
@@ -322,6 +439,55 @@ fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
         );
     }
     assert!(!Path::new("/nonexistent/w.safetensors").exists());
+    // `<out>.ckpt` a folder: training would fail after its first epoch.
+    std::fs::create_dir(dir.join("w.safetensors.ckpt")).unwrap();
+    let out = dir.join("w.safetensors");
+    let (ok, _, err) = splitinv(&[
+        "train",
+        "--model",
+        "lenet",
+        "--dataset",
+        "synthetic-digits",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("checkpoint") && err.contains("not a folder"),
+        "{err}"
+    );
+    // A FIFO (or, as root, /dev/null) would be replaced by a plain file.
+    let fifo = dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (ok, _, err) = splitinv(&[
+        "train",
+        "--model",
+        "lenet",
+        "--dataset",
+        "synthetic-digits",
+        "--out",
+        fifo.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("must be a regular file"), "{err}");
+    assert!(!fifo.is_file(), "the FIFO was replaced");
+}
+
+#[test]
+fn an_unknown_simd_level_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .env("SPLITINV_SIMD", "avx9")
+        .args(["--device", "cpu", "info"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "SPLITINV_SIMD=avx9 was accepted");
+    assert!(
+        err.contains("SPLITINV_SIMD='avx9' is not one of scalar, neon, avx2, avx512"),
+        "{err}"
+    );
 }
 
 #[test]

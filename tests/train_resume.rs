@@ -307,6 +307,7 @@ fn resume_refuses_a_checkpoint_of_other_settings_or_beyond_the_epochs() {
     assert!(
         err.contains("written by a run with other settings")
             && err.contains("lr 0.5 there, 0.001")
+            && err.contains(r#"model null there, "Lenet" now"#)
             && err.contains("w.safetensors.ckpt"),
         "{err}"
     );

@@ -262,26 +262,33 @@ fn shadow_count(s: &str) -> std::result::Result<usize, String> {
 
 /// Refuses an output path that is an existing folder where a file is
 /// written (or a file where a folder is), before any work is done.
+///
+/// A file output must be a regular file or not exist yet: results are
+/// written to a temporary file renamed over the path, which would replace
+/// a device or a FIFO (`--out /dev/null` as root) with a plain file.
 fn check_out(flag: &str, path: &std::path::Path, want_dir: bool) -> Result<()> {
-    let trailing_slash = path.as_os_str().to_string_lossy().ends_with('/');
-    let wrong = if want_dir {
-        path.exists() && !path.is_dir()
-    } else {
-        path.is_dir() || trailing_slash
-    };
-    if wrong {
-        return Err(Error::invalid(
+    let bad = |what: &str| {
+        Err(Error::invalid(
             "output",
-            format!(
-                "{flag} {} must be {}",
-                path.display(),
-                if want_dir {
-                    "a folder (it is a file)"
-                } else {
-                    "a file path, not a folder"
-                }
-            ),
-        ));
+            format!("{flag} {} must be {what}", path.display()),
+        ))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if parent.exists() && !parent.is_dir() {
+            return bad(&format!(
+                "inside a folder ({} is not one)",
+                parent.display()
+            ));
+        }
+    }
+    if want_dir {
+        if path.exists() && !path.is_dir() {
+            return bad("a folder (it is a file)");
+        }
+    } else if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+        return bad("a file path, not a folder");
+    } else if path.exists() && !path.is_file() {
+        return bad("a regular file (it is a device, a FIFO or a socket)");
     }
     Ok(())
 }
@@ -306,6 +313,11 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             check_out("--out", &out, false)?;
+            check_out(
+                "--out's checkpoint",
+                &cli_train::checkpoint_path(&out),
+                false,
+            )?;
             let cfg = TrainConfig {
                 epochs,
                 batch,
@@ -429,39 +441,36 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(c) = &shadow_cache {
                 check_out("--shadow-cache", c, true)?;
             }
-            // The attack and the split are checked before setup, which
-            // may train a missing target first (hours for the CIFAR CNN).
-            if !matches!(
-                attack.as_str(),
-                "whitebox" | "white-box" | "blackbox" | "black-box" | "queryfree" | "query-free"
-            ) {
+            // Everything is checked before setup, which may train a missing
+            // target first (hours for the CIFAR CNN).
+            let Some(kind) = reproduce::model_for(&dataset) else {
                 return Err(Error::UnknownName {
-                    kind: "attack",
-                    name: attack,
-                    expected: "whitebox, blackbox, queryfree".into(),
+                    kind: "dataset for attack",
+                    name: dataset,
+                    expected: "mnist, cifar10".into(),
                 });
-            }
-            if let Some(kind) = reproduce::model_for(&dataset) {
-                kind.build(0)?.index_of(&split)?;
-            }
-            let mut s = reproduce::setup(
-                &dataset,
-                weights.as_deref(),
-                cli.data.as_deref(),
-                images,
-                None,
-            )?;
-            s.shadow_cache = shadow_cache;
-            let kind = s.target.kind;
+            };
+            kind.build(0)?.index_of(&split)?;
             let (name, setting) = match attack.as_str() {
-                "whitebox" | "white-box" => ("white-box", "-".to_string()),
-                "blackbox" | "black-box" => {
-                    ("black-box", setting.unwrap_or_else(|| "same-dist".into()))
+                "whitebox" | "white-box" => {
+                    if let Some(st) = &setting {
+                        return Err(Error::invalid(
+                            "--setting",
+                            format!("`{st}`: the white-box attack has no settings"),
+                        ));
+                    }
+                    ("white-box", "-".to_string())
                 }
-                "queryfree" | "query-free" => (
-                    "query-free",
-                    setting.unwrap_or_else(|| "diff-set-same-net".into()),
-                ),
+                "blackbox" | "black-box" => {
+                    let st = setting.unwrap_or_else(|| "same-dist".into());
+                    st.parse::<splitinv::attacks::blackbox::DataSetting>()?;
+                    ("black-box", st)
+                }
+                "queryfree" | "query-free" => {
+                    let st = setting.unwrap_or_else(|| "diff-set-same-net".into());
+                    st.parse::<splitinv::attacks::queryfree::ShadowSetting>()?;
+                    ("query-free", st)
+                }
                 _ => {
                     return Err(Error::UnknownName {
                         kind: "attack",
@@ -470,7 +479,19 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 }
             };
-            s.target.net.index_of(&split)?;
+            if let Some(w) = moment_weight.filter(|w| !(*w >= 0.0 && w.is_finite())) {
+                return Err(Error::invalid(
+                    "--moment-weight",
+                    format!("must be a finite number >= 0, got {w}"),
+                ));
+            }
+            let max_k = splitinv::attacks::queryfree::MAX_PROJECTIONS;
+            if let Some(k) = moment_projections.filter(|k| *k > max_k) {
+                return Err(Error::invalid(
+                    "--moment-projections",
+                    format!("at most {max_k} channel mixtures, got {k}"),
+                ));
+            }
             // The white-box flags tune the white-box attack and the query-free
             // attack's inversion of its shadow alike.
             let mut cfg = if name == "query-free" {
@@ -492,6 +513,15 @@ fn run(cli: Cli) -> Result<()> {
                     *a = lr;
                 }
             }
+            cfg.validate()?;
+            let mut s = reproduce::setup(
+                &dataset,
+                weights.as_deref(),
+                cli.data.as_deref(),
+                images,
+                None,
+            )?;
+            s.shadow_cache = shadow_cache;
             cfg.seed = seed;
             let (cell, o) = if name == "white-box" {
                 let mut frames = Vec::new();
@@ -748,7 +778,8 @@ fn main() -> ExitCode {
     // parallel kernel it calls then starts on the current thread, instead of
     // waking a pool thread and putting the main thread to sleep (a context
     // switch per op, which dominated the small MNIST steps).
-    let result = threads::init(cli.threads)
+    let result = simd::check_env()
+        .and_then(|()| threads::init(cli.threads))
         .and_then(|()| setup_device(&cli))
         .and_then(|dev| {
             let r = rayon::scope(|_| run(cli));

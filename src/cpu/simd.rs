@@ -59,6 +59,20 @@ pub fn available_levels() -> Vec<SimdLevel> {
     v
 }
 
+/// Checks `SPLITINV_SIMD`, which [`level`] reads: unset, or one of
+/// `scalar`, `neon`, `avx2`, `avx512`. A typo would otherwise silently run the best
+/// level and skew a comparison.
+pub fn check_env() -> crate::error::Result<()> {
+    match std::env::var("SPLITINV_SIMD") {
+        Err(_) => Ok(()),
+        Ok(v) if matches!(v.as_str(), "scalar" | "neon" | "avx2" | "avx512") => Ok(()),
+        Ok(v) => Err(crate::error::Error::invalid(
+            "simd",
+            format!("SPLITINV_SIMD='{v}' is not one of scalar, neon, avx2, avx512"),
+        )),
+    }
+}
+
 /// The level the fast kernels use: the best available, capped by `SPLITINV_SIMD`.
 pub fn level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
@@ -69,6 +83,7 @@ pub fn level() -> SimdLevel {
             Some("scalar") => SimdLevel::Scalar,
             Some("avx2") => SimdLevel::Avx2,
             Some("neon") => SimdLevel::Neon,
+            Some("avx512") => SimdLevel::Avx512,
             _ => best,
         };
         levels

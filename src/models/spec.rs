@@ -330,6 +330,8 @@ impl NetSpec {
                     padding,
                     ..
                 } => {
+                    positive("in", *cin)?;
+                    positive("out", *cout)?;
                     positive("kernel", *k)?;
                     positive("stride", *stride)?;
                     weights = count("weight", &[*cout, *cin, *k, *k])? + cout;
@@ -363,6 +365,8 @@ impl NetSpec {
                     output_padding,
                     ..
                 } => {
+                    positive("in", *cin)?;
+                    positive("out", *cout)?;
                     positive("kernel", *k)?;
                     positive("stride", *stride)?;
                     weights = count("weight", &[*cin, *cout, *k, *k])? + cout;
@@ -389,6 +393,8 @@ impl NetSpec {
                     }
                 }
                 LayerSpec::Linear { fin, fout, .. } => {
+                    positive("in", *fin)?;
+                    positive("out", *fout)?;
                     weights = count("weight", &[*fout, *fin])? + fout;
                     count("output", &[*fout])?;
                     Some(Walk::Flat)
@@ -526,6 +532,14 @@ mod tests {
             (
                 r#"{"name": "up", "type": "conv_transpose2d", "in": 1, "out": 4, "kernel": 3, "stride": 100000}"#,
                 "layer `up`: output [4, 2700003, 2700003]",
+            ),
+            (
+                r#"{"name": "f", "type": "flatten"}, {"name": "empty", "type": "linear", "in": 784, "out": 0}"#,
+                "layer `empty`: `out` must be at least 1, got 0",
+            ),
+            (
+                r#"{"name": "none", "type": "conv2d", "in": 1, "out": 0, "kernel": 3}"#,
+                "layer `none`: `out` must be at least 1",
             ),
             (
                 r#"{"name": "k0", "type": "max_pool2d", "kernel": 0}"#,

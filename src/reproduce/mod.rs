@@ -324,7 +324,7 @@ pub fn setup(
         .unwrap_or_else(|| PathBuf::from(default_weights));
     // A folder would be found out only when the trained target is written,
     // after the whole training run.
-    if weights.is_dir() {
+    if weights.is_dir() || weights.as_os_str().to_string_lossy().ends_with('/') {
         return Err(Error::invalid(
             "--weights",
             format!(
