@@ -196,6 +196,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         train.len(),
         test.len()
     );
+    check_training_memory(&args.model, args.cfg.batch, available_memory())?;
     let norm = args.model.normalization();
     let mut net = args.model.build(args.cfg.seed)?;
     let ckpt = checkpoint_path(&args.out);
@@ -316,6 +317,46 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         "wall_seconds": t0.elapsed().as_secs_f64(),
     });
     Ok(summary)
+}
+
+/// Refuses to train a spec model on the CPU when one batch's activations
+/// and their gradients (4 bytes each, kept for the backward pass) would
+/// need more than `available` bytes: the allocation would abort the
+/// process mid-run instead of failing. The spec's size limit is per image;
+/// this is the same per batch. Built-in nets are far below any machine's
+/// memory, and on a GPU the pool's budget reports an allocation it cannot
+/// serve as an error of its own.
+fn check_training_memory(model: &ModelChoice, batch: usize, available: Option<u64>) -> Result<()> {
+    let (ModelChoice::Spec(spec), Some(available)) = (model, available) else {
+        return Ok(());
+    };
+    if crate::device::default_device() != crate::device::Device::Cpu {
+        return Ok(());
+    }
+    let need = spec.activation_elements()? as u128 * batch as u128 * 4 * 2;
+    if need > u128::from(available) {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "{} at --batch {batch} needs about {:.1} GiB for its activations and their \
+                 gradients, more than the {:.1} GiB of memory available; lower --batch",
+                spec.name,
+                gib(need),
+                gib(u128::from(available))
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The memory the OS says is available for new allocations (Linux's
+/// `MemAvailable`), or `None` where that cannot be read.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The settings a resumed run must share with the run that wrote its

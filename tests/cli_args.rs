@@ -555,3 +555,52 @@ fn train_json_prints_only_the_json_summary_on_stdout() {
         "the progress lines went missing: {err}"
     );
 }
+
+#[test]
+fn a_spec_whose_batch_cannot_fit_in_memory_is_refused_before_training() {
+    let dir = ScratchDir::new("cli-spec-memory");
+    let spec = dir.join("wide.json");
+    std::fs::write(
+        &spec,
+        r#"{"name": "wide", "input": [1, 28, 28],
+            "normalization": {"mean": [0.5], "std": [0.5]},
+            "layers": [
+              {"name": "conv", "type": "conv2d", "in": 1, "out": 64, "kernel": 3, "padding": 1},
+              {"name": "flat", "type": "flatten"},
+              {"name": "fc", "type": "linear", "in": 50176, "out": 10}]}"#,
+    )
+    .unwrap();
+    let out = dir.join("w.safetensors");
+    // 101,146 floats per image, ×10⁸ images, ×8 bytes: about 75 TiB.
+    let (ok, _, err) = splitinv(&[
+        "train",
+        "--model",
+        spec.to_str().unwrap(),
+        "--dataset",
+        "synthetic-digits",
+        "--batch",
+        "100000000",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a 75 TiB batch was accepted");
+    assert!(
+        err.contains("wide at --batch 100000000 needs about 75") && err.contains("lower --batch"),
+        "{err}"
+    );
+    // The same spec at a batch that fits trains.
+    let (ok, _, err) = splitinv(&[
+        "train",
+        "--model",
+        spec.to_str().unwrap(),
+        "--dataset",
+        "synthetic-digits",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+}

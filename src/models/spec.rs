@@ -283,7 +283,7 @@ impl NetSpec {
     /// mismatches are left to the dry run in [`NetSpec::build`], which names
     /// them; where the walk loses track of the shape (a mismatch it cannot
     /// follow), it goes on checking the weights alone.
-    fn check_sizes(&self) -> Result<()> {
+    fn check_sizes(&self) -> Result<usize> {
         let input = &self.input;
         let first = input
             .iter()
@@ -299,6 +299,7 @@ impl NetSpec {
         }
         let mut shape = Some(Walk::Image(input[0], input[1], input[2]));
         let mut total = 0usize;
+        let mut activations = first.unwrap_or(0);
         for l in &self.layers {
             let name = l.name();
             let bad = |msg: String| Error::invalid("net spec", format!("layer `{name}`: {msg}"));
@@ -397,7 +398,7 @@ impl NetSpec {
                     positive("out", *fout)?;
                     weights = count("weight", &[*fout, *fin])? + fout;
                     count("output", &[*fout])?;
-                    Some(Walk::Flat)
+                    Some(Walk::Flat(*fout))
                 }
                 LayerSpec::MaxPool2d { kernel, stride, .. }
                 | LayerSpec::AvgPool2d { kernel, stride, .. } => {
@@ -418,13 +419,18 @@ impl NetSpec {
                     shape
                 }
                 LayerSpec::Flatten { .. } => match shape {
-                    Some(Walk::Image(..)) => Some(Walk::Flat),
+                    Some(Walk::Image(c, h, w)) => Some(Walk::Flat(c * h * w)),
                     flat => flat,
                 },
                 LayerSpec::Relu { .. } | LayerSpec::Sigmoid { .. } | LayerSpec::Tanh { .. } => {
                     shape
                 }
             };
+            activations = activations.saturating_add(match shape {
+                Some(Walk::Image(c, h, w)) => c * h * w,
+                Some(Walk::Flat(n)) => n,
+                None => 0,
+            });
             total = total
                 .checked_add(weights)
                 .filter(|&t| t <= MAX_SPEC_ELEMENTS)
@@ -434,7 +440,14 @@ impl NetSpec {
                     ))
                 })?;
         }
-        Ok(())
+        Ok(activations)
+    }
+
+    /// The elements of one image's activations at every layer together
+    /// (input included), as far as the size walk can follow the shapes:
+    /// what a forward pass keeps for the backward, per image.
+    pub fn activation_elements(&self) -> Result<usize> {
+        self.check_sizes()
     }
 }
 
@@ -450,9 +463,9 @@ pub const MAX_SPEC_ELEMENTS: usize = 1 << 30;
 enum Walk {
     /// Channels, height, width.
     Image(usize, usize, usize),
-    /// Features after a flatten or a linear layer (their count is left to
-    /// the dry run).
-    Flat,
+    /// Features after a flatten or a linear layer (whether the next layer
+    /// takes that many is left to the dry run).
+    Flat(usize),
 }
 
 impl LayerSpec {
@@ -506,6 +519,12 @@ mod tests {
         );
         let net = s.build(1).unwrap();
         assert_eq!(net.output_shape(&[1, 1, 28, 28]).unwrap(), vec![1, 10]);
+        // Input 784, conv 4·14·14, transposed conv 2·28·28, pool 2·14·14,
+        // dropout and flatten the same, linear 10.
+        assert_eq!(
+            s.activation_elements().unwrap(),
+            784 + 784 + 1568 + 392 + 392 + 392 + 10
+        );
     }
 
     #[test]
