@@ -294,7 +294,12 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
             checkpoint::save(net, &state, &ckpt)
         },
     )?;
-    let accuracy = epochs.last().and_then(|e| e.model_test_accuracy());
+    let accuracy = match epochs.last() {
+        Some(e) => e.model_test_accuracy(),
+        // A resume of a run that had done all its epochs (and was stopped
+        // before it saved): score the weights it saves.
+        None => Some(experiment::evaluate(&net, &test, &norm, 256)?),
+    };
     let meta = HashMap::from([
         ("dataset".to_string(), args.dataset.clone()),
         (

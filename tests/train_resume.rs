@@ -326,6 +326,19 @@ fn resume_refuses_a_checkpoint_of_other_settings_or_beyond_the_epochs() {
         "{err}"
     );
     assert!(!out.exists(), "wrote weights after refusing");
+    // Exactly done (stopped before it saved): saved as they are, and scored.
+    let (ok, err) = resume_cmd(&out, &["--epochs", "3"]);
+    assert!(ok, "{err}");
+    let (saved, meta) = weights::read_tensors(&out).unwrap();
+    let acc: f64 = meta["test_accuracy"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{meta:?}");
+    let fc1 = &saved.iter().find(|(n, _, _)| n == "fc1.weight").unwrap().2;
+    assert_eq!(
+        fc1,
+        &values(&net)[4],
+        "the saved weights are not the checkpoint's"
+    );
+    std::fs::remove_file(&out).unwrap();
     // AMSGrad's running maximum missing for one parameter.
     checkpoint::save(&net, &states[0], &ckpt).unwrap();
     let (mut tensors, meta) = weights::read_tensors(&ckpt).unwrap();
