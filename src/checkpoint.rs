@@ -14,9 +14,10 @@
 //! | `__swa__.<param>`           | the running average of the weights     |
 //!
 //! and the metadata holds `epochs_done`, `adam_step.<param>`, `swa_count`
-//! and `run` (the run's settings, which `--resume` must repeat). A checkpoint without the optimiser tensors (an older file,
-//! or one made from a plain weights file by adding `epochs_done`) still
-//! resumes; Adam then starts from fresh moments, and the caller says so.
+//! and `run` (the run's settings, which `--resume` must repeat). A
+//! checkpoint without the optimiser tensors (an older file, or one made
+//! from a plain weights file by adding `epochs_done`) still resumes; Adam
+//! then starts from fresh moments, and the caller says so.
 
 use crate::error::{Error, Result};
 use crate::nn::weights::{self, NamedValues};
@@ -118,36 +119,30 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
         .into_iter()
         .map(|(n, t)| (n, t.dims().to_vec()))
         .collect();
-    let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();
-    let has_adam = names
+    let has_adam = params
         .iter()
-        .any(|n| extras.contains_key(&format!("{ADAM_M}{n}")));
-    // Takes the state tensor `key` of parameter `param` out of `extras`,
-    // checking it has the parameter's shape (a moment with another shape,
-    // even with the same element count, is another model's).
-    let mut take = |key: String, param: &str| -> Result<Option<Vec<f32>>> {
+        .any(|(n, _)| extras.contains_key(&format!("{ADAM_M}{n}")));
+    // Takes the state tensor `key` out of `extras`, checking it has its
+    // parameter's shape `want` (a moment with another shape, even with the
+    // same element count, is another model's).
+    let mut take = |key: String, want: &[usize]| -> Result<Option<Vec<f32>>> {
         let Some((shape, values)) = extras.remove(&key) else {
             return Ok(None);
         };
-        let want = params
-            .iter()
-            .find(|(n, _)| n == param)
-            .map(|(_, d)| d.as_slice())
-            .unwrap_or_default();
         if shape != want {
             return Err(bad(format!(
-                "tensor '{key}' has shape {shape:?}, but parameter '{param}' has {want:?}"
+                "tensor '{key}' has shape {shape:?}, but its parameter has {want:?}"
             )));
         }
         Ok(Some(values))
     };
 
     let adam = if has_adam {
-        let mut out = Vec::with_capacity(names.len());
-        for n in &names {
-            let m = take(format!("{ADAM_M}{n}"), n)?;
-            let v = take(format!("{ADAM_V}{n}"), n)?;
-            let vmax = take(format!("{ADAM_VMAX}{n}"), n)?;
+        let mut out = Vec::with_capacity(params.len());
+        for (n, dims) in &params {
+            let m = take(format!("{ADAM_M}{n}"), dims)?;
+            let v = take(format!("{ADAM_V}{n}"), dims)?;
+            let vmax = take(format!("{ADAM_VMAX}{n}"), dims)?;
             let step = meta.get(&format!("adam_step.{n}"));
             match (m, v, step) {
                 (Some(m), Some(v), Some(step)) => {
@@ -181,9 +176,9 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
                 .ok()
                 .filter(|&c: &usize| c as u64 <= MAX_COUNT)
                 .ok_or_else(|| bad(format!("metadata swa_count = '{c}' is not a count")))?;
-            let mut values = Vec::with_capacity(names.len());
-            for n in &names {
-                values.push(take(format!("{SWA}{n}"), n)?.ok_or_else(|| {
+            let mut values = Vec::with_capacity(params.len());
+            for (n, dims) in &params {
+                values.push(take(format!("{SWA}{n}"), dims)?.ok_or_else(|| {
                     bad(format!("swa_count is set but tensor {SWA}{n} is missing"))
                 })?);
             }

@@ -59,16 +59,23 @@ impl ModelChoice {
         }
     }
 
-    /// Classes the net tells apart: its output's width for one image.
+    /// Classes the net tells apart: its output's width for one image. A
+    /// spec's comes from its size walk, so its weights are not allocated
+    /// once more for this.
     pub fn num_classes(&self) -> Result<usize> {
-        let [c, h, w] = self.input_chw();
-        let dims = self.build(0)?.output_shape(&[1, c, h, w])?;
+        let dims = match self {
+            ModelChoice::Builtin(k) => {
+                let [c, h, w] = k.input_chw();
+                k.build(0)?.output_shape(&[1, c, h, w])?[1..].to_vec()
+            }
+            ModelChoice::Spec(s) => s.output_dims()?.unwrap_or_default(),
+        };
         match dims[..] {
-            [1, classes] => Ok(classes),
+            [classes] => Ok(classes),
             _ => Err(Error::invalid(
                 "model",
                 format!(
-                    "a classifier's output for one image must be [1, classes], \
+                    "a classifier's output for one image must be [classes], \
                      this model's is {dims:?} (end it with a flatten and a linear layer)"
                 ),
             )),

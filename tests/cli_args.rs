@@ -10,16 +10,8 @@ use common::ScratchDir;
 /// Runs `splitinv --device cpu ARGS...`: whether it succeeded, stdout and
 /// stderr.
 fn splitinv(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .args(["--device", "cpu"])
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = ["--device", "cpu"].iter().chain(args).copied().collect();
+    common::run_splitinv(&[], &args)
 }
 
 /// Writes two 28×28 grey PNGs into `<root>/<split>/<class>/` for each class.
@@ -40,23 +32,18 @@ fn image_folder(root: &Path, split: &str, classes: &[&str]) {
 /// Runs `splitinv --device cpu attack ATTACK --dataset cifar10 --split
 /// ReLU32 --setting SETTING EXTRA...`: whether it succeeded, and its stderr.
 fn attack(attack: &str, setting: &str, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .args(["--device", "cpu", "attack", attack])
-        .args([
-            "--dataset",
-            "cifar10",
-            "--split",
-            "ReLU32",
-            "--setting",
-            setting,
-        ])
-        .args(extra)
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut args = vec![
+        "attack",
+        attack,
+        "--dataset",
+        "cifar10",
+        "--split",
+        "ReLU32",
+    ];
+    args.extend(["--setting", setting]);
+    args.extend(extra);
+    let (ok, _, stderr) = splitinv(&args);
+    (ok, stderr)
 }
 
 #[test]
@@ -111,97 +98,32 @@ fn a_training_rate_or_epsilon_that_is_not_positive_is_refused() {
 
 #[test]
 fn counts_of_zero_and_absurd_shadow_counts_are_refused_naming_the_flag() {
-    for (args, flag) in [
+    let train = "train --model lenet --dataset synthetic-digits --out /tmp/never.safetensors";
+    let mnist = "--dataset mnist --split conv1";
+    for (cmd, flag) in [
+        (format!("{train} --epochs 0"), "--epochs"),
+        (format!("{train} --limit 0"), "--limit"),
         (
-            &[
-                "train",
-                "--model",
-                "lenet",
-                "--dataset",
-                "synthetic-digits",
-                "--epochs",
-                "0",
-                "--out",
-                "/tmp/never.safetensors",
-            ][..],
-            "--epochs",
-        ),
-        (
-            &[
-                "train",
-                "--model",
-                "lenet",
-                "--dataset",
-                "synthetic-digits",
-                "--limit",
-                "0",
-                "--out",
-                "/tmp/never.safetensors",
-            ][..],
-            "--limit",
-        ),
-        (
-            &[
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--iterations",
-                "0",
-            ][..],
+            format!("attack whitebox {mnist} --iterations 0"),
             "--iterations",
         ),
+        (format!("attack whitebox {mnist} --images 0"), "--images"),
         (
-            &[
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--images",
-                "0",
-            ][..],
-            "--images",
-        ),
-        (
-            &[
-                "attack",
-                "blackbox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--train-epochs",
-                "0",
-            ][..],
+            format!("attack blackbox {mnist} --train-epochs 0"),
             "--train-epochs",
         ),
         (
-            &[
-                "attack",
-                "queryfree",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--shadows",
-                "1000000000",
-            ][..],
+            format!("attack queryfree {mnist} --shadows 1000000000"),
             "--shadows",
         ),
-        (
-            &["reproduce", "--dataset", "mnist", "--images", "0"][..],
-            "--images",
-        ),
+        ("reproduce --dataset mnist --images 0".into(), "--images"),
     ] {
-        let (ok, _, err) = splitinv(args);
-        assert!(!ok, "{args:?} was accepted");
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        let (ok, _, err) = splitinv(&args);
+        assert!(!ok, "{cmd} was accepted");
         assert!(
             err.contains(flag) && (err.contains("at least 1") || err.contains("at most 64")),
-            "{args:?}: {err}"
+            "{cmd}: {err}"
         );
     }
 }
@@ -212,230 +134,79 @@ fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
     let file = dir.join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let (d, f) = (dir.to_str().unwrap(), file.to_str().unwrap());
-    let inside_file = format!("{f}/w.safetensors");
-    for (args, want) in [
+    // Weights that do not exist yet: setup would train the target first.
+    let mnist = "--dataset mnist --split conv1";
+    let new = "--weights /nonexistent/w.safetensors";
+    for (cmd, want) in [
         // A folder where the weights file goes: found out only after
         // training, before this check.
         (
-            vec![
-                "train",
-                "--model",
-                "lenet",
-                "--dataset",
-                "synthetic-digits",
-                "--out",
-                d,
-            ],
+            format!("train --model lenet --dataset synthetic-digits --out {d}"),
             "must be a file path, not a folder",
         ),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--out",
-                f,
-            ],
+            format!("attack whitebox {mnist} --out {f}"),
             "must be a folder (it is a file)",
         ),
+        (format!("attack whitebox {mnist} --gif {d}"), "--gif"),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--gif",
-                d,
-            ],
-            "--gif",
-        ),
-        (
-            vec![
-                "attack",
-                "blackbox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--gif",
-                "/tmp/x.gif",
-            ],
+            format!("attack blackbox {mnist} --gif /tmp/x.gif"),
             "only `attack whitebox` writes a GIF",
         ),
         (
-            vec!["reproduce", "--dataset", "mnist", "--out", f],
+            format!("reproduce --dataset mnist --out {f}"),
             "must be a folder (it is a file)",
         ),
-        (vec!["demo", "--out", f], "must be a folder (it is a file)"),
-        // A typo'd attack or split with weights that do not exist yet: an
-        // error now, not after the target is trained.
+        (format!("demo --out {f}"), "must be a folder (it is a file)"),
+        // A typo'd attack or split: an error now, not after the training.
+        (format!("attack whitebx {mnist} {new}"), "whitebx"),
         (
-            vec![
-                "attack",
-                "whitebx",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
-            "whitebx",
-        ),
-        (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv9",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack whitebox --dataset mnist --split conv9 {new}"),
             "conv9",
         ),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--weights",
-                d,
-            ],
+            format!("attack whitebox {mnist} --weights {d}"),
             "is a folder",
         ),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--weights",
-                "/nonexistent/new/",
-            ],
+            format!("attack whitebox {mnist} --weights /nonexistent/new/"),
             "is a folder",
         ),
-        // Settings and tuning flags, with a target that would be trained.
+        // Settings and tuning flags.
         (
-            vec![
-                "attack",
-                "blackbox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--setting",
-                "bogus",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack blackbox {mnist} --setting bogus {new}"),
             "bogus",
         ),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--setting",
-                "same-set",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack whitebox {mnist} --setting same-set {new}"),
             "the white-box attack has no settings",
         ),
+        (format!("attack whitebox {mnist} --lr 0 {new}"), "lr=0"),
         (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--lr",
-                "0",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
-            "lr=0",
-        ),
-        (
-            vec![
-                "attack",
-                "whitebox",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--lambda-tv=-1",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack whitebox {mnist} --lambda-tv=-1 {new}"),
             "λ_TV",
         ),
         (
-            vec![
-                "attack",
-                "queryfree",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--moment-weight",
-                "NaN",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack queryfree {mnist} --moment-weight NaN {new}"),
             "--moment-weight",
         ),
         (
-            vec![
-                "attack",
-                "queryfree",
-                "--dataset",
-                "mnist",
-                "--split",
-                "conv1",
-                "--moment-projections",
-                "100000",
-                "--weights",
-                "/nonexistent/w.safetensors",
-            ],
+            format!("attack queryfree {mnist} --moment-projections 100000 {new}"),
             "at most 4096",
         ),
         // A file output inside a file.
         (
-            vec![
-                "train",
-                "--model",
-                "lenet",
-                "--dataset",
-                "synthetic-digits",
-                "--out",
-                &inside_file,
-            ],
+            format!("train --model lenet --dataset synthetic-digits --out {f}/w.safetensors"),
             "is not one",
         ),
     ] {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
         let (ok, _, err) = splitinv(&args);
-        assert!(!ok, "{args:?} was accepted");
-        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!ok, "{cmd} was accepted");
+        assert!(err.contains(want), "{cmd}: {err}");
         assert!(
             !err.contains("training") && !err.contains("epoch"),
-            "{args:?} trained first: {err}"
+            "{cmd} trained first: {err}"
         );
     }
     assert!(!Path::new("/nonexistent/w.safetensors").exists());
@@ -477,13 +248,9 @@ fn outputs_of_the_wrong_kind_and_unknown_attacks_are_refused_before_any_work() {
 
 #[test]
 fn an_unknown_simd_level_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .env("SPLITINV_SIMD", "avx9")
-        .args(["--device", "cpu", "info"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "SPLITINV_SIMD=avx9 was accepted");
+    let (ok, _, err) =
+        common::run_splitinv(&[("SPLITINV_SIMD", "avx9")], &["--device", "cpu", "info"]);
+    assert!(!ok, "SPLITINV_SIMD=avx9 was accepted");
     assert!(
         err.contains("SPLITINV_SIMD='avx9' is not one of scalar, neon, avx2, avx512"),
         "{err}"

@@ -2,24 +2,11 @@
 //! `auto` falls back to the CPU with a one-line notice, an explicit `cuda`
 //! is a clear error with a non-zero exit, and `--gpu-mem` is validated.
 
-use std::process::Command;
+mod common;
+use common::run_splitinv as splitinv_env;
 
 fn splitinv(args: &[&str]) -> (bool, String, String) {
     splitinv_env(&[], args)
-}
-
-/// [`splitinv`] with extra environment variables.
-fn splitinv_env(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn no_gpu() -> bool {

@@ -275,19 +275,12 @@ fn a_resumed_average_is_not_the_result_of_a_run_that_does_not_average() {
 /// Runs `splitinv train` on synthetic digits writing to `out` with
 /// `--resume` and `extra`; returns whether it succeeded, and its stderr.
 fn resume_cmd(out: &std::path::Path, extra: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_splitinv"))
-        .args(["--device", "cpu", "train", "--model", "lenet"])
-        .args(["--dataset", "synthetic-digits", "--limit", "64"])
-        .args(extra)
-        .arg("--resume")
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let mut args = vec!["--device", "cpu", "train", "--model", "lenet"];
+    args.extend(["--dataset", "synthetic-digits", "--limit", "64"]);
+    args.extend(extra);
+    args.extend(["--resume", "--out", out.to_str().unwrap()]);
+    let (ok, _, stderr) = common::run_splitinv(&[], &args);
+    (ok, stderr)
 }
 
 #[test]

@@ -60,8 +60,8 @@ pub fn available_levels() -> Vec<SimdLevel> {
 }
 
 /// Checks `SPLITINV_SIMD`, which [`level`] reads: unset, or one of
-/// `scalar`, `neon`, `avx2`, `avx512`. A typo would otherwise silently run the best
-/// level and skew a comparison.
+/// `scalar`, `neon`, `avx2`, `avx512`. A typo would otherwise silently run
+/// the best level and skew a comparison.
 pub fn check_env() -> crate::error::Result<()> {
     match std::env::var("SPLITINV_SIMD") {
         Err(_) => Ok(()),

@@ -283,36 +283,41 @@ impl NetSpec {
     /// mismatches are left to the dry run in [`NetSpec::build`], which names
     /// them; where the walk loses track of the shape (a mismatch it cannot
     /// follow), it goes on checking the weights alone.
-    fn check_sizes(&self) -> Result<usize> {
+    /// Returns one image's activation elements at every layer together
+    /// (input included) and the output's shape, where the walk could follow
+    /// it.
+    fn check_sizes(&self) -> Result<(usize, Option<Walk>)> {
         let input = &self.input;
-        let first = input
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .filter(|&n| n <= MAX_SPEC_ELEMENTS);
-        if first.is_none() {
+        let Some(mut activations) = capped_product(input) else {
             return Err(Error::invalid(
                 "net spec",
                 format!(
                     "input shape {input:?} has more than {MAX_SPEC_ELEMENTS} elements per image"
                 ),
             ));
-        }
+        };
         let mut shape = Some(Walk::Image(input[0], input[1], input[2]));
         let mut total = 0usize;
-        let mut activations = first.unwrap_or(0);
         for l in &self.layers {
             let name = l.name();
             let bad = |msg: String| Error::invalid("net spec", format!("layer `{name}`: {msg}"));
-            // The elements of a product of sizes, if it stays under the cap.
             let count = |what: &str, dims: &[usize]| -> Result<usize> {
-                dims.iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .filter(|&n| n <= MAX_SPEC_ELEMENTS)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "{what} {dims:?} has more than {MAX_SPEC_ELEMENTS} elements"
-                        ))
-                    })
+                capped_product(dims).ok_or_else(|| {
+                    bad(format!(
+                        "{what} {dims:?} has more than {MAX_SPEC_ELEMENTS} elements"
+                    ))
+                })
+            };
+            // A convolution's output, from `side` (the output length of an
+            // input length, `None` where the window does not fit).
+            let image_out = |cout: usize, side: &dyn Fn(usize) -> Option<usize>| match shape {
+                Some(Walk::Image(_, h, w)) => match (side(h), side(w)) {
+                    (Some(oh), Some(ow)) => {
+                        count("output", &[cout, oh, ow]).map(|_| Some(Walk::Image(cout, oh, ow)))
+                    }
+                    _ => Ok(None),
+                },
+                _ => Ok(None),
             };
             let positive = |field: &str, v: usize| {
                 if v == 0 {
@@ -336,26 +341,14 @@ impl NetSpec {
                     positive("kernel", *k)?;
                     positive("stride", *stride)?;
                     weights = count("weight", &[*cout, *cin, *k, *k])? + cout;
-                    match shape {
-                        Some(Walk::Image(_, h, w)) => {
-                            // out = (in + 2p − k) / s + 1, if the window fits at all.
-                            let side = |n: usize| {
-                                padding
-                                    .checked_mul(2)
-                                    .and_then(|p2| n.checked_add(p2))
-                                    .and_then(|n| n.checked_sub(*k))
-                                    .map(|n| n / stride + 1)
-                            };
-                            match (side(h), side(w)) {
-                                (Some(oh), Some(ow)) => {
-                                    count("output", &[*cout, oh, ow])?;
-                                    Some(Walk::Image(*cout, oh, ow))
-                                }
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    }
+                    // out = (in + 2p − k) / s + 1, if the window fits at all.
+                    image_out(*cout, &|n| {
+                        padding
+                            .checked_mul(2)
+                            .and_then(|p2| n.checked_add(p2))
+                            .and_then(|n| n.checked_sub(*k))
+                            .map(|n| n / stride + 1)
+                    })?
                 }
                 LayerSpec::ConvTranspose2d {
                     cin,
@@ -371,27 +364,15 @@ impl NetSpec {
                     positive("kernel", *k)?;
                     positive("stride", *stride)?;
                     weights = count("weight", &[*cin, *cout, *k, *k])? + cout;
-                    match shape {
-                        Some(Walk::Image(_, h, w)) => {
-                            // out = (in − 1)·s − 2p + k + output_padding.
-                            let side = |n: usize| {
-                                (n - 1)
-                                    .checked_mul(*stride)
-                                    .and_then(|n| n.checked_add(*k))
-                                    .and_then(|n| n.checked_add(*output_padding))
-                                    .and_then(|n| n.checked_sub(padding.checked_mul(2)?))
-                                    .filter(|&n| n > 0)
-                            };
-                            match (side(h), side(w)) {
-                                (Some(oh), Some(ow)) => {
-                                    count("output", &[*cout, oh, ow])?;
-                                    Some(Walk::Image(*cout, oh, ow))
-                                }
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    }
+                    // out = (in − 1)·s − 2p + k + output_padding.
+                    image_out(*cout, &|n| {
+                        (n - 1)
+                            .checked_mul(*stride)
+                            .and_then(|n| n.checked_add(*k))
+                            .and_then(|n| n.checked_add(*output_padding))
+                            .and_then(|n| n.checked_sub(padding.checked_mul(2)?))
+                            .filter(|&n| n > 0)
+                    })?
                 }
                 LayerSpec::Linear { fin, fout, .. } => {
                     positive("in", *fin)?;
@@ -440,15 +421,33 @@ impl NetSpec {
                     ))
                 })?;
         }
-        Ok(activations)
+        Ok((activations, shape))
     }
 
     /// The elements of one image's activations at every layer together
     /// (input included), as far as the size walk can follow the shapes:
     /// what a forward pass keeps for the backward, per image.
     pub fn activation_elements(&self) -> Result<usize> {
-        self.check_sizes()
+        Ok(self.check_sizes()?.0)
     }
+
+    /// One image's output shape (`[C, H, W]` or `[features]`), found by the
+    /// size walk without building the net; `None` where the walk cannot
+    /// follow the shapes (a spec that [`NetSpec::build`] refuses).
+    pub fn output_dims(&self) -> Result<Option<Vec<usize>>> {
+        Ok(self.check_sizes()?.1.map(|s| match s {
+            Walk::Image(c, h, w) => vec![c, h, w],
+            Walk::Flat(n) => vec![n],
+        }))
+    }
+}
+
+/// The product of `dims`, if it does not overflow and stays within
+/// [`MAX_SPEC_ELEMENTS`].
+fn capped_product(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_SPEC_ELEMENTS)
 }
 
 /// The most elements a spec may ask for in one weight tensor, in one
@@ -509,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_small_spec_builds_and_the_walk_agrees_with_the_dry_run() {
-        let s = spec(
+        let mut s = spec(
             r#"{"name": "c", "type": "conv2d", "in": 1, "out": 4, "kernel": 3, "padding": 1, "stride": 2},
                {"name": "t", "type": "conv_transpose2d", "in": 4, "out": 2, "kernel": 2, "stride": 2},
                {"name": "p", "type": "avg_pool2d", "kernel": 2},
@@ -525,6 +524,9 @@ mod tests {
             s.activation_elements().unwrap(),
             784 + 784 + 1568 + 392 + 392 + 392 + 10
         );
+        assert_eq!(s.output_dims().unwrap(), Some(vec![10]));
+        s.layers.truncate(3);
+        assert_eq!(s.output_dims().unwrap(), Some(vec![2, 14, 14]));
     }
 
     #[test]

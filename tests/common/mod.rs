@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. Each test crate uses a part.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -34,4 +35,19 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs the `splitinv` binary with `args` and extra environment variables
+/// `env`: whether it succeeded, its stdout and its stderr.
+pub fn run_splitinv(env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitinv"))
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
