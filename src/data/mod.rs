@@ -459,7 +459,7 @@ pub fn load(
             )))
         }
     };
-    match name {
+    let ds = match name {
         DatasetName::Mnist => load_idx_pair(&root, "mnist", split, limit, digit_classes()),
         DatasetName::FashionMnist => load_idx_pair(
             &root,
@@ -476,7 +476,15 @@ pub fn load(
         DatasetName::SyntheticDigits | DatasetName::Folder(_) => Err(Error::Msg(format!(
             "internal: dataset '{name}' reached the file loaders"
         ))),
+    }?;
+    if ds.is_empty() {
+        // An IDX header may declare 0 images; every use of a split needs one.
+        return Err(Error::invalid(
+            "load",
+            format!("{} holds no samples; expected at least 1", ds.source),
+        ));
     }
+    Ok(ds)
 }
 
 /// The CIFAR-10 test images of the JPEG archive (`<root>/cifar10/cifar10-jpeg.tar.gz`,
@@ -924,6 +932,17 @@ mod tests {
         assert!(
             e.contains("t10k-images-idx3-ubyte.gz holds 3 images")
                 && e.contains("t10k-labels-idx1-ubyte holds 2 labels"),
+            "{e}"
+        );
+        // A header of 0 images (and 0 labels) is consistent but useless:
+        // refused naming the file, not later as "the evaluation set is empty".
+        idx::write_idx(&dir.join("t10k-images-idx3-ubyte.gz"), &[0, 4, 4], &[]).unwrap();
+        idx::write_idx(&dir.join("t10k-labels-idx1-ubyte"), &[0], &[]).unwrap();
+        let e = load(&DatasetName::Mnist, Split::Test, Some(&root), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t10k-images-idx3-ubyte.gz) holds no samples"),
             "{e}"
         );
     }
