@@ -180,7 +180,7 @@ pub fn train_classifier(
         Ok(())
     };
     fit_with(
-        &params,
+        &net.named_params(),
         train.len(),
         cfg,
         &mut opt,

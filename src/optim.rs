@@ -927,7 +927,20 @@ impl StepLr {
             "a finite value >= 0",
         )?;
         let k = (epoch / self.step_size) as f64;
-        Ok((base_lr as f64 * (self.gamma as f64).powf(k)) as f32)
+        let lr = (base_lr as f64 * (self.gamma as f64).powf(k)) as f32;
+        // A gamma above 1 grows the rate; past f32's range every update
+        // would be infinite.
+        if !lr.is_finite() {
+            return Err(Error::invalid(
+                "step_lr",
+                format!(
+                    "the learning rate of epoch {epoch} would be {base_lr} · {}^{k} = {lr}; \
+                     expected a finite rate (lower the gamma)",
+                    self.gamma
+                ),
+            ));
+        }
+        Ok(lr)
     }
 
     /// Sets `opt`'s learning rate for `epoch`.

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{Adam, Optimizer, StepLr};
-use crate::step_monitor::{Reading, StepMonitor};
+use crate::step_monitor::{Reading, Source, StepMonitor};
 use crate::tensor::Tensor;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -134,6 +134,17 @@ impl TrainConfig {
                 ));
             }
         }
+        if self.lr_gamma > 1.0 {
+            // A growing schedule peaks at its last epoch, or at the last
+            // one before the averaging rate takes over.
+            let last = self.swa_from.unwrap_or(self.epochs).min(self.epochs);
+            StepLr {
+                step_size: self.lr_step,
+                gamma: self.lr_gamma,
+            }
+            .lr_at(self.lr, last.saturating_sub(1))
+            .map_err(|e| Error::invalid("train", format!("--lr-gamma {}: {e}", self.lr_gamma)))?;
+        }
         Ok(())
     }
 
@@ -205,7 +216,7 @@ pub fn finish_bar(pb: &ProgressBar) {
 /// Runs `epochs` passes over `n` samples in shuffled mini-batches with a
 /// fresh optimiser; see [`fit_with`].
 pub fn fit(
-    params: &[Tensor],
+    params: &[(String, Tensor)],
     n: usize,
     cfg: &TrainConfig,
     start_epoch: usize,
@@ -227,9 +238,11 @@ pub fn fit(
 }
 
 /// Runs epochs `start_epoch..cfg.epochs` over `n` samples in shuffled
-/// mini-batches. `step` gets the indices of a batch and returns (loss
-/// tensor, optional one-element metric for the batch); the loop does
-/// backward and the optimiser step, watches for NaN on the device (see
+/// mini-batches, training the `named` parameters (named as in a
+/// checkpoint, so that a NaN gradient is reported by its layer). `step`
+/// gets the indices of a batch and returns (loss tensor, optional
+/// one-element metric for the batch); the loop does backward and the
+/// optimiser step, watches for NaN on the device (see
 /// [`crate::step_monitor`]: a NaN or infinite loss or gradient fails the
 /// run at the next look, [`READ_EVERY`] steps or the epoch's end at the
 /// latest, with the step it happened in, and no parameter changes from that
@@ -240,7 +253,7 @@ pub fn fit(
 /// checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn fit_with(
-    params: &[Tensor],
+    named: &[(String, Tensor)],
     n: usize,
     cfg: &TrainConfig,
     opt: &mut Adam,
@@ -253,6 +266,8 @@ pub fn fit_with(
     if n == 0 {
         return Err(Error::invalid("train", "the training set is empty"));
     }
+    let params: Vec<Tensor> = named.iter().map(|(_, t)| t.clone()).collect();
+    let names: Vec<&str> = named.iter().map(|(s, _)| s.as_str()).collect();
     // The loop's bookkeeping lives where the parameters do.
     let device = params
         .first()
@@ -261,6 +276,13 @@ pub fn fit_with(
     for epoch in start_epoch..cfg.epochs {
         let lr = cfg.lr_at(epoch)?;
         opt.set_lr(lr);
+        let at = Where {
+            label,
+            epoch,
+            lr,
+            lr_flag: lr_flag(cfg, epoch, label),
+            names: &names,
+        };
         // Seeded per epoch so a resumed run shuffles exactly as an uninterrupted one.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
             cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
@@ -286,20 +308,20 @@ pub fn fit_with(
                 }
                 let grads = loss.backward()?;
                 drop(loss);
-                opt.step_watched(params, &grads, &mut monitor)
+                opt.step_watched(&params, &grads, &mut monitor)
             })();
             if let Err(e) = taken {
-                return Err(recorded_or(e, &monitor, label, epoch));
+                return Err(recorded_or(e, &monitor, &at));
             }
             seen += idx.len();
             pb.inc(idx.len() as u64);
             // (The epoch's last step is looked at below.)
             if (k + 1).is_multiple_of(READ_EVERY) && k + 1 < steps {
-                let r = checked(monitor.read()?, label, epoch)?;
+                let r = checked(monitor.read()?, &at)?;
                 pb.set_message(format!("loss {:.4}", r.loss_sum / seen as f64));
             }
         }
-        let r = checked(monitor.read()?, label, epoch)?;
+        let r = checked(monitor.read()?, &at)?;
         finish_bar(&pb);
         let stats = EpochStats {
             epoch,
@@ -314,31 +336,62 @@ pub fn fit_with(
     Ok(all)
 }
 
+/// Where in a loop a NaN or infinity was met, to word its error.
+struct Where<'a> {
+    label: &'a str,
+    epoch: usize,
+    lr: f32,
+    lr_flag: &'static str,
+    names: &'a [&'a str],
+}
+
+/// The flag that set the learning rate of `epoch`: the target's training
+/// takes `train --lr` (or `--swa-lr` once averaging has begun); the
+/// attacks' inverse networks and shadows take `attack --train-lr`.
+fn lr_flag(cfg: &TrainConfig, epoch: usize, label: &str) -> &'static str {
+    if label != "train" {
+        return "--train-lr";
+    }
+    match (cfg.swa_from, cfg.swa_lr) {
+        (Some(from), Some(_)) if epoch >= from => "--swa-lr",
+        // A learning rate grown past the set one came from the schedule.
+        _ if cfg.lr_gamma > 1.0 && epoch >= cfg.lr_step => "--lr or --lr-gamma",
+        _ => "--lr",
+    }
+}
+
 /// The error a loop met, unless its monitor has recorded a NaN or infinity
 /// before it: then that, the likelier cause (and the error the loop would
 /// have raised at its next look).
-fn recorded_or(e: Error, monitor: &StepMonitor, label: &str, epoch: usize) -> Error {
+fn recorded_or(e: Error, monitor: &StepMonitor, at: &Where) -> Error {
     match monitor.read() {
-        Ok(r) if r.failure.is_some() => checked(r, label, epoch).err().unwrap_or(e),
+        Ok(r) if r.failure.is_some() => checked(r, at).err().unwrap_or(e),
         _ => e,
     }
 }
 
 /// A monitor's reading, or the loop's error for the NaN or infinity it saw.
-fn checked(r: Reading, label: &str, epoch: usize) -> Result<Reading> {
-    match r.failure {
-        None => Ok(r),
-        Some(f) => Err(Error::NonFinite(format!(
-            "{label}: {f} of epoch {epoch}; no parameter was updated from that step on; lower {}",
-            // The target's training takes `train --lr`; the attacks' inverse
-            // networks and shadows take `attack --train-lr`.
-            if label == "train" {
-                "--lr"
-            } else {
-                "--train-lr"
-            }
-        ))),
-    }
+fn checked(r: Reading, at: &Where) -> Result<Reading> {
+    let Some(f) = r.failure else {
+        return Ok(r);
+    };
+    // The monitor counts parameters; the user knows layers.
+    let name = match f.source {
+        Source::Gradient(i) => at.names.get(i).map(|n| (i, n)),
+        Source::Loss => None,
+    };
+    let what = match name {
+        Some((i, n)) => format!(
+            "the gradient of {n} (parameter {i}) is not finite ({}) at step {}",
+            f.value, f.step
+        ),
+        None => f.to_string(),
+    };
+    Err(Error::NonFinite(format!(
+        "{}: {what} of epoch {}, at learning rate {:e}; no parameter was updated from that \
+         step on; lower {}",
+        at.label, at.epoch, at.lr, at.lr_flag
+    )))
 }
 
 /// Index of the largest logit in each row (the first of equal maxima, as
@@ -525,7 +578,7 @@ mod tests {
         // 50 batches of 4 an epoch: more than READ_EVERY steps.
         let mut ended = 0;
         let r = fit(
-            std::slice::from_ref(&p),
+            &[("p".to_string(), p.clone())],
             200,
             &cfg,
             0,
@@ -595,6 +648,86 @@ mod tests {
         assert!(e.contains("t: loss is NaN at step 40 of epoch 0"), "{e}");
         assert_eq!((seen.len(), ended), (50, 0));
         assert_eq!(last, seen[39]);
+    }
+
+    /// A gradient's NaN or infinity is reported by its parameter's name,
+    /// with the epoch's learning rate and the flag that set it.
+    #[test]
+    fn a_non_finite_gradient_names_its_parameter_and_learning_rate() {
+        let a = Tensor::scalar(1.0).requires_grad();
+        let b = Tensor::scalar(0.0).requires_grad();
+        let cfg = TrainConfig {
+            epochs: 1,
+            batch: 4,
+            lr: 0.01,
+            ..TrainConfig::default()
+        };
+        let (qa, qb) = (a.clone(), b.clone());
+        // d sqrt(b)/db = 1/(2·sqrt(b)) is +inf at b = 0; the loss is finite.
+        let mut step = |_: &[usize], _: &mut TrainRng| -> Result<(Tensor, Option<Tensor>)> {
+            let loss = crate::ops::add(&crate::ops::scale(&qa, 2.0)?, &crate::ops::sqrt(&qb)?)?;
+            Ok((loss, None))
+        };
+        let named = [
+            ("a.weight".to_string(), a.clone()),
+            ("b.bias".to_string(), b.clone()),
+        ];
+        let e = fit(&named, 8, &cfg, 0, "shadow", &mut step, &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the gradient of b.bias (parameter 1) is not finite (inf) at step 1 of epoch 0, at learning rate 1e-2"),
+            "{e}"
+        );
+        assert!(e.ends_with("lower --train-lr"), "{e}");
+        assert_eq!((a.item().unwrap(), b.item().unwrap()), (1.0, 0.0));
+    }
+
+    #[test]
+    fn the_advice_names_the_flag_that_set_the_rate() {
+        let cfg = TrainConfig {
+            lr_step: 2,
+            ..TrainConfig::default()
+        };
+        assert_eq!(lr_flag(&cfg, 5, "train"), "--lr");
+        assert_eq!(lr_flag(&cfg, 5, "inverse"), "--train-lr");
+        let grows = TrainConfig {
+            lr_gamma: 10.0,
+            ..cfg.clone()
+        };
+        assert_eq!(lr_flag(&grows, 1, "train"), "--lr");
+        assert_eq!(lr_flag(&grows, 2, "train"), "--lr or --lr-gamma");
+        let swa = TrainConfig {
+            swa_from: Some(3),
+            swa_lr: Some(0.05),
+            ..cfg.clone()
+        };
+        assert_eq!(lr_flag(&swa, 2, "train"), "--lr");
+        assert_eq!(lr_flag(&swa, 3, "train"), "--swa-lr");
+        // A schedule that overflows f32 is refused before any step.
+        let huge = TrainConfig {
+            lr_gamma: 1e30,
+            lr_step: 1,
+            ..TrainConfig::default()
+        };
+        let e = huge.lr_at(2).unwrap_err().to_string();
+        assert!(
+            e.contains("learning rate of epoch 2 would be") && e.contains("inf"),
+            "{e}"
+        );
+        // ...and by validate, for the run's last epoch, before any work.
+        let e = TrainConfig {
+            epochs: 3,
+            ..huge.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--lr-gamma 1000000000000000000000000000000") && e.contains("epoch 2"),
+            "{e}"
+        );
+        assert!(TrainConfig { epochs: 2, ..huge }.validate().is_ok());
     }
 
     /// An error after a recorded NaN (here a batch that fails to load)

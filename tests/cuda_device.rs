@@ -753,7 +753,7 @@ fn loops_wait_only_when_they_look(dev: &Arc<GpuDevice>) {
         .unwrap();
     clf.to_device(gpu).unwrap();
     clf.set_trainable(true);
-    let params = clf.params();
+    let params = clf.named_params();
     let xs: Vec<f32> = (0..8)
         .flat_map(|i| {
             let s = if i % 2 == 0 { 1.0 } else { -1.0 };

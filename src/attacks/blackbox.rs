@@ -108,7 +108,6 @@ pub fn train_inverse(
     cfg: &TrainConfig,
 ) -> Result<Vec<EpochStats>> {
     g.set_trainable(true);
-    let params = g.params();
     let gg = g.clone();
     let mut step =
         |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, Option<Tensor>)> {
@@ -124,7 +123,15 @@ pub fn train_inverse(
             }
             Ok((ops::mse_loss(&recon, &x)?, None))
         };
-    let stats = fit(&params, n, cfg, 0, "inverse", &mut step, &mut |_| Ok(()))?;
+    let stats = fit(
+        &g.named_params(),
+        n,
+        cfg,
+        0,
+        "inverse",
+        &mut step,
+        &mut |_| Ok(()),
+    )?;
     g.set_trainable(false);
     Ok(stats)
 }

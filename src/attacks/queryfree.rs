@@ -74,7 +74,6 @@ pub fn train_shadow(
     let mut f2 = f2.clone();
     f2.set_trainable(false);
     shadow.set_trainable(true);
-    let params = shadow.params();
     let s = shadow.clone();
     let mut step =
         |idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| -> Result<(Tensor, Option<Tensor>)> {
@@ -87,7 +86,15 @@ pub fn train_shadow(
             }
             Ok((loss, Some(correct)))
         };
-    let stats = fit(&params, n, cfg, 0, "shadow", &mut step, &mut |_| Ok(()))?;
+    let stats = fit(
+        &shadow.named_params(),
+        n,
+        cfg,
+        0,
+        "shadow",
+        &mut step,
+        &mut |_| Ok(()),
+    )?;
     shadow.set_trainable(false);
     Ok(stats)
 }
