@@ -371,3 +371,82 @@ fn a_spec_whose_batch_cannot_fit_in_memory_is_refused_before_training() {
     ]);
     assert!(ok, "{err}");
 }
+
+/// Writes a tiny MNIST (IDX files of 28×28 images, labels cycling 0..10)
+/// into `<root>/mnist/`: `train` and `test` images.
+fn tiny_mnist(root: &Path, train: usize, test: usize) {
+    let dir = root.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let pixels: Vec<u8> = (0..n * 28 * 28).map(|i| (i * 7 % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let images = dir.join(format!("{prefix}-images-idx3-ubyte"));
+        splitinv::data::idx::write_idx(&images, &[n, 28, 28], &pixels).unwrap();
+        let labels_file = dir.join(format!("{prefix}-labels-idx1-ubyte"));
+        splitinv::data::idx::write_idx(&labels_file, &[n], &labels).unwrap();
+    }
+}
+
+/// More images than the test set holds: an error naming the count and the
+/// file, before a missing target is trained; every test image attacked
+/// leaves a same-distribution attacker nothing to train on: an error
+/// naming the setting, not "the training set is empty".
+#[test]
+fn attacking_more_test_images_than_there_are_is_refused() {
+    let dir = ScratchDir::new("cli-images-count");
+    tiny_mnist(&dir, 20, 12);
+    let data = dir.to_str().unwrap();
+    let new = dir.join("w.safetensors");
+    let (ok, _, err) = splitinv(&[
+        "--data",
+        data,
+        "attack",
+        "whitebox",
+        "--dataset",
+        "mnist",
+        "--split",
+        "conv1",
+        "--images",
+        "13",
+        "--weights",
+        new.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--images: 13 images asked for")
+            && err.contains("t10k-images-idx3-ubyte) holds 12 images; expected at most 12"),
+        "{err}"
+    );
+    assert!(!err.contains("training") && !new.exists(), "{err}");
+    for (attack, setting) in [
+        ("blackbox", "same-dist"),
+        ("queryfree", "diff-set-same-net"),
+    ] {
+        let (ok, _, err) = splitinv(&[
+            "--data",
+            data,
+            "attack",
+            attack,
+            "--dataset",
+            "mnist",
+            "--split",
+            "conv1",
+            "--setting",
+            setting,
+            "--images",
+            "12",
+            "--weights",
+            "models/lenet_mnist.safetensors",
+            "--out",
+            dir.join("out").to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!(
+                "the {setting} setting trains on the test images that are not attacked, \
+                 and attacking 12 leaves none"
+            )),
+            "{attack} {setting}: {err}"
+        );
+    }
+}

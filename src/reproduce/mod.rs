@@ -300,7 +300,9 @@ pub fn model_for(dataset: &str) -> Option<ModelKind> {
 }
 
 /// Loads data and the target for `dataset` (`mnist` or `cifar10`), with the
-/// first test image of each class (n = None) or the first `n` test images.
+/// first test image of each class (n = None) or the first `n` test images
+/// (more than the test set holds is an error, raised before a missing
+/// target is trained).
 pub fn setup(
     dataset: &str,
     weights: Option<&Path>,
@@ -333,20 +335,39 @@ pub fn setup(
             ),
         ));
     }
+    let name: DatasetName = dataset.parse()?;
+    let root = data::data_root(data_dir);
+    // The test set first: an impossible image count is an error before a
+    // missing target is trained.
+    let test = data::load(&name, Split::Test, root.as_deref(), None)?;
+    let attacked: Vec<usize> = match n {
+        None => test.first_of_each_class(),
+        Some(n) if n > test.len() => {
+            return Err(Error::invalid(
+                "--images",
+                format!(
+                    "{n} images asked for, but {} holds {} images; expected at most {}",
+                    test.source,
+                    test.len(),
+                    test.len()
+                ),
+            ))
+        }
+        Some(n) => (0..n).collect(),
+    };
     if !weights.is_file() {
         train_missing_target(kind, dataset, &weights, data_dir)?;
     }
     let target = Target::load(kind, &weights)?;
-    let name: DatasetName = dataset.parse()?;
-    let root = data::data_root(data_dir);
     let train = data::load(&name, Split::Train, root.as_deref(), train_limit)?;
-    let test = data::load(&name, Split::Test, root.as_deref(), None)?;
-    let attacked: Vec<usize> = match n {
-        None => test.first_of_each_class(),
-        Some(n) => (0..n.min(test.len())).collect(),
-    };
     let (originals, _) = test.batch(&attacked)?;
-    let rest: Vec<usize> = (0..test.len()).filter(|i| !attacked.contains(i)).collect();
+    let mut is_attacked = vec![false; test.len()];
+    for &i in &attacked {
+        if let Some(a) = is_attacked.get_mut(i) {
+            *a = true;
+        }
+    }
+    let rest: Vec<usize> = (0..test.len()).filter(|&i| !is_attacked[i]).collect();
     let mut disjoint = test.subset(&rest)?;
     // CIFAR-10's exact test file holds only 1000 images; the JPEG copies of
     // the other 9000 test images are from the same distribution and disjoint
@@ -695,6 +716,22 @@ pub fn run_cell(
         "random" | "random-white" => random_n,
         _ => s.disjoint.len(),
     };
+    if data_n == 0 && attack != "white-box" {
+        return Err(Error::invalid(
+            "attack",
+            match setting {
+                "random" | "random-white" => "no noise images to train on".to_string(),
+                _ if setting.starts_with("same-set") => {
+                    "the target's training set is empty; nothing to train on".to_string()
+                }
+                _ => format!(
+                    "the {setting} setting trains on the test images that are not attacked, \
+                     and attacking {} leaves none; attack fewer images (--images)",
+                    s.originals.dims().first().copied().unwrap_or(0)
+                ),
+            },
+        ));
+    }
     let mut tc = if attack == "query-free" {
         queryfree_train_config(kind, split, data_n, seed, setting.ends_with("diff-net"))
     } else {
