@@ -113,6 +113,14 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             seed: seed + 2,
             ..TrainConfig::default()
         };
+        // The inversion of a shadow takes the query-free attack's tuned
+        // priors (a shadow is only an approximation of f1: a white-box
+        // prior lets the image fit the shadow's errors), at the demo's
+        // iteration budget, and the tuned shadow count.
+        let qf_wb = WhiteBoxConfig {
+            iterations: wb.iterations,
+            ..crate::reproduce::queryfree_defaults(kind, split)
+        };
         let query_free = experiment::run_queryfree(
             &target,
             split,
@@ -123,8 +131,8 @@ pub fn run(out: &Path, seed: u64) -> Result<Vec<DemoRow>> {
             &attacker,
             &originals,
             &qf_cfg,
-            &wb,
-            1,
+            &qf_wb,
+            crate::reproduce::queryfree_shadows(kind),
             queryfree::MomentMatching::OFF,
             None,
         )?;

@@ -440,7 +440,7 @@ pub fn load(
             Split::Test => (10_000, synthetic::TEST_SEED),
         };
         let mut ds = synthetic_digits(limit.unwrap_or(n), seed);
-        ds.source = format!("synthetic-digits {split} ({} samples)", ds.n);
+        ds.source = format!("synthetic-digits {split} (generated)");
         return Ok(ds);
     }
     if let DatasetName::Folder(p) = name {
