@@ -58,6 +58,17 @@ impl ModelKind {
             ModelKind::Cifar10Cnn => (&CIFAR_MEAN, &CIFAR_STD),
         }
     }
+    /// The split point in [`ModelKind::splits`] whose features `split`'s
+    /// are: `flatten` only reshapes the last pooling's output (the same
+    /// numbers in one row), so it is tuned as that split. Any other name
+    /// comes back as it is.
+    pub fn same_features_as(self, split: &str) -> &str {
+        match (self, split) {
+            (ModelKind::Lenet, "flatten") => "pool2",
+            (ModelKind::Cifar10Cnn, "flatten") => "pool3",
+            _ => split,
+        }
+    }
     /// Every split point, in order.
     pub fn splits(self) -> &'static [&'static str] {
         match self {
@@ -105,6 +116,13 @@ mod tests {
         assert_eq!(dims[0], [2, 8, 24, 24]); // conv1, the paper's split
         assert_eq!(dims[4], [2, 16, 8, 8]); // ReLU2, the paper's split
         assert_eq!(dims[6], [2, 256]);
+        // flatten holds pool2's numbers (tuned as pool2: same_features_as).
+        assert_eq!(outs[6].to_vec().unwrap(), outs[5].to_vec().unwrap());
+        assert_eq!(ModelKind::Lenet.same_features_as("flatten"), "pool2");
+        assert_eq!(
+            net.index_of("pool2").unwrap() + 1,
+            net.index_of("flatten").unwrap()
+        );
         assert_eq!(dims[11], [2, 10]);
         let (f1, f2) = net.split("ReLU2").unwrap();
         assert_eq!(f1.len() + f2.len(), net.len());
@@ -125,5 +143,10 @@ mod tests {
         for s in CIFAR_SPLITS {
             net.index_of(s).unwrap();
         }
+        let pool = ModelKind::Cifar10Cnn.same_features_as("flatten");
+        assert_eq!(
+            net.index_of(pool).unwrap() + 1,
+            net.index_of("flatten").unwrap()
+        );
     }
 }
