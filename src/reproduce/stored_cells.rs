@@ -143,6 +143,18 @@ impl CellStore {
                 s.originals.dims()
             )));
         }
+        // Reconstructions are stored as pixels, clamped to [0, 1]; anything
+        // else (NaN included) is a damaged or foreign file, and would score
+        // as something no attack produced.
+        if let Some((i, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(0.0..=1.0).contains(*v))
+        {
+            return Err(bad(format!(
+                "'recon' holds {v} at element {i}; expected pixels in [0, 1]"
+            )));
+        }
         let recon = Tensor::from_vec(values, dims)?;
         let scores = metrics::score(&recon, &s.originals)?;
         let outcome = AttackOutcome {
@@ -334,6 +346,27 @@ mod tests {
         let e = store.load(&s, "white-box", "-", "conv1").err().unwrap();
         assert!(e.to_string().contains("holds cell"), "{e}");
         assert!(e.to_string().contains("white-box_conv1"), "{e}");
+
+        // Pixels out of range (a NaN, a value past 1): not an attack's.
+        for (v, want) in [
+            (f32::NAN, "contains NaN or infinite values"),
+            (
+                1.5,
+                "'recon' holds 1.5 at element 4; expected pixels in [0, 1]",
+            ),
+        ] {
+            let mut o = outcome(&s, 0.8, 3.0);
+            let mut px = o.recon.to_vec().unwrap();
+            px[4] = v;
+            o.recon = Tensor::from_vec(px, o.recon.dims().to_vec()).unwrap();
+            let cell = Cell::from_outcome(&s.dataset, "black-box", "random", "conv1", &o);
+            store.save(&cell, &o).unwrap();
+            let e = store
+                .load(&s, "black-box", "random", "conv1")
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains(want), "{e}");
+        }
 
         // Cut short.
         std::fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
