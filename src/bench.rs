@@ -130,10 +130,7 @@ pub fn activation_bytes(w: &Workload) -> Result<usize> {
         Some(split) => net.split(split)?.0,
         None => net,
     };
-    let [c, h, wd] = w.model.input_chw();
-    let x = Tensor::zeros([1, c, h, wd]);
-    let outs = no_grad(|| net.forward_all(&x))?;
-    let per_image: usize = c * h * wd + outs.iter().map(|t| t.numel()).sum::<usize>();
+    let per_image = net.activation_elements(&w.model.input_chw())?;
     Ok(per_image * w.batch * std::mem::size_of::<f32>())
 }
 

@@ -203,7 +203,13 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
         train.len(),
         test.len()
     );
-    check_training_memory(&args.model, args.cfg.batch, available_memory())?;
+    // On a GPU the pool's budget reports an allocation it cannot serve.
+    let on_cpu = crate::device::default_device() == crate::device::Device::Cpu;
+    check_training_memory(
+        &args.model,
+        args.cfg.batch,
+        on_cpu.then(available_memory).flatten(),
+    )?;
     let norm = args.model.normalization();
     let mut net = args.model.build(args.cfg.seed)?;
     let ckpt = checkpoint_path(&args.out);
@@ -331,29 +337,37 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     Ok(summary)
 }
 
-/// Refuses to train a spec model on the CPU when one batch's activations
-/// and their gradients (4 bytes each, kept for the backward pass) would
-/// need more than `available` bytes: the allocation would abort the
-/// process mid-run instead of failing. The spec's size limit is per image;
-/// this is the same per batch. Built-in nets are far below any machine's
-/// memory, and on a GPU the pool's budget reports an allocation it cannot
-/// serve as an error of its own.
+/// Refuses to train on the CPU when one batch's activations and their
+/// gradients (4 bytes each, kept for the backward pass) would need more
+/// than `available` bytes: the allocation would abort the process mid-run
+/// instead of failing. A spec's size limit is per image; this is the same
+/// per batch, and the built-in nets get it too (the CIFAR CNN needs 3.5
+/// MiB per image, so `--batch 50000` would need 171 GiB). `available` is
+/// `None` where there is nothing to check against (on a GPU, whose pool
+/// reports an allocation it cannot serve as an error of its own).
 fn check_training_memory(model: &ModelChoice, batch: usize, available: Option<u64>) -> Result<()> {
-    let (ModelChoice::Spec(spec), Some(available)) = (model, available) else {
+    let Some(available) = available else {
         return Ok(());
     };
-    if crate::device::default_device() != crate::device::Device::Cpu {
-        return Ok(());
-    }
-    let need = spec.activation_elements()? as u128 * batch as u128 * 4 * 2;
+    let (name, per_image) = match model {
+        ModelChoice::Spec(spec) => (spec.name.clone(), spec.activation_elements()?),
+        ModelChoice::Builtin(k) => (
+            match k {
+                crate::models::ModelKind::Lenet => "lenet",
+                crate::models::ModelKind::Cifar10Cnn => "cifar10cnn",
+            }
+            .to_string(),
+            k.build(0)?.activation_elements(&k.input_chw())?,
+        ),
+    };
+    let need = per_image as u128 * batch as u128 * 4 * 2;
     if need > u128::from(available) {
         let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
         return Err(Error::invalid(
             "train",
             format!(
-                "{} at --batch {batch} needs about {:.1} GiB for its activations and their \
+                "{name} at --batch {batch} needs about {:.1} GiB for its activations and their \
                  gradients, more than the {:.1} GiB of memory available; lower --batch",
-                spec.name,
                 gib(need),
                 gib(u128::from(available))
             ),
@@ -456,4 +470,41 @@ pub fn eval(
     Ok(
         serde_json::json!({ "weights": weights_path.display().to_string(), "dataset": dataset, "split": split.as_str(), "images": ds.len(), "accuracy": acc }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ModelKind;
+
+    /// A built-in net's batch is checked against the memory as a spec's
+    /// is: LeNet keeps 14,130 floats per image (784 input pixels; conv1
+    /// and its ReLU 4,608 each, pool1 1,152; conv2 and its ReLU 1,024
+    /// each; pool2 and flatten 256 each; fc1 and its ReLU 120 each, fc2
+    /// and its ReLU 84 each, fc3 10), twice over with the gradients, 4
+    /// bytes each.
+    #[test]
+    fn a_built_in_net_batch_that_cannot_fit_is_refused() {
+        let lenet = ModelChoice::Builtin(ModelKind::Lenet);
+        let per_image = ModelKind::Lenet
+            .build(0)
+            .unwrap()
+            .activation_elements(&[1, 28, 28])
+            .unwrap();
+        assert_eq!(
+            per_image,
+            784 + 4608 + 4608 + 1152 + 1024 + 1024 + 256 + 256 + 120 * 2 + 84 * 2 + 10
+        );
+        let need = (per_image * 1000 * 8) as u64;
+        let e = check_training_memory(&lenet, 1000, Some(need - 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lenet at --batch 1000 needs about 0.1 GiB") && e.contains("lower --batch"),
+            "{e}"
+        );
+        assert!(check_training_memory(&lenet, 1000, Some(need)).is_ok());
+        // Nothing to check against (a GPU, or no /proc/meminfo).
+        assert!(check_training_memory(&lenet, usize::MAX / 8, None).is_ok());
+    }
 }

@@ -185,4 +185,15 @@ impl Sequential {
         let out = crate::autograd::no_grad(|| self.forward(&Tensor::zeros(input.to_vec())))?;
         Ok(out.dims().to_vec())
     }
+
+    /// The elements one image of shape `chw` (`[C, H, W]`) and every layer
+    /// output it makes hold together: what a training step keeps per image
+    /// for its backward pass. From a forward pass of one zero image.
+    pub fn activation_elements(&self, chw: &[usize]) -> Result<usize> {
+        let mut shape = vec![1];
+        shape.extend_from_slice(chw);
+        let x = Tensor::zeros(shape);
+        let outs = crate::autograd::no_grad(|| self.forward_all(&x))?;
+        Ok(x.numel() + outs.iter().map(Tensor::numel).sum::<usize>())
+    }
 }
