@@ -586,12 +586,13 @@ fn is_linear_layer(layer: &crate::nn::Layer) -> bool {
 }
 
 /// Whether the query-free attack rescales each shadow's feature channels to
-/// the observed features' size ([`shadow_scale`]): on CIFAR10CNN, unless
-/// the shadow is linear (the same-net shadow of conv11, which the rescaling
-/// costs 0.9 dB: 23.95 → 23.00 dB). A shadow trained through f2 only by cross-entropy is free to
-/// give its features another size than f1's (larger features make larger
-/// logits and a lower loss); the sizes were not measured, but the symptom
-/// fits: inverting a deep CIFAR shadow drove every image to the same input,
+/// the observed features' size (`shadow_scale`, below): on CIFAR10CNN,
+/// unless the shadow is linear (the same-net shadow of conv11, which the
+/// rescaling costs 0.9 dB: 23.95 → 23.00 dB). A shadow trained through f2
+/// only by cross-entropy is free to give its features another size than
+/// f1's (larger features make larger logits and a lower loss); the sizes
+/// were not measured, but the symptom fits:
+/// inverting a deep CIFAR shadow drove every image to the same input,
 /// as if the observed features were far smaller than anything the shadow
 /// produces on images, and the rescaling removed it. ReLU22 same-set, one
 /// shadow, 50k presentations: all ten reconstructions one identical green

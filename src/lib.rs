@@ -17,7 +17,7 @@
 //! 4. the TV term adds its own gradient to dL/dx.
 //!
 //! Every op documents its rule next to its code (`ops/<op>/mod.rs`) and is
-//! checked against finite differences ([`autograd::gradcheck`]).
+//! checked against finite differences ([`autograd::gradcheck()`]).
 
 #![warn(missing_docs)]
 

@@ -70,7 +70,7 @@ fn clip01(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.clamp(0.0, 1.0)).collect()
 }
 
-/// PSNR of one image pair (slices of equal length, [0,1] range; `recon` is clipped).
+/// PSNR of one image pair (slices of equal length, range 0 to 1; `recon` is clipped).
 pub fn psnr(recon: &[f32], orig: &[f32]) -> f64 {
     let mse = recon
         .iter()

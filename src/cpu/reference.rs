@@ -384,7 +384,7 @@ fn tap_index(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Optio
 }
 
 /// Direct 2-D convolution, straight from the definition:
-/// y[n,co,oy,ox] = b[co] + Σ w[co,ci,ky,kx]·x[n,ci,oy·s+ky−p,ox·s+kx−p].
+/// `y[n,co,oy,ox] = b[co] + Σ w[co,ci,ky,kx]·x[n,ci,oy·s+ky−p,ox·s+kx−p]`.
 /// `xd` = [N, Cin, H, W], `wd` = [Cout, Cin, kh, kw]; returns y and its dims.
 pub fn conv2d(
     x: &[f32],
@@ -427,8 +427,8 @@ pub fn conv2d(
     (y, [n, cout, oh, ow])
 }
 
-/// conv2d's input-gradient by scattering: every g[n,co,oy,ox] adds
-/// g·w[co,ci,ky,kx] to the input pixel under each tap. `gd` = [N, Cout, OH,
+/// conv2d's input-gradient by scattering: every `g[n,co,oy,ox]` adds
+/// `g·w[co,ci,ky,kx]` to the input pixel under each tap. `gd` = [N, Cout, OH,
 /// OW], `wd` = [Cout, Cin, kh, kw], `in_hw` = [H, W]. Returns [N, Cin, H, W].
 pub fn conv2d_input_grad(
     g: &[f32],
@@ -470,7 +470,7 @@ pub fn conv2d_input_grad(
 }
 
 /// conv2d's weight-gradient from the definition:
-/// dw[co,ci,ky,kx] = Σ_{n,oy,ox} g[n,co,oy,ox]·x[n,ci,oy·s+ky−p,ox·s+kx−p].
+/// `dw[co,ci,ky,kx] = Σ_{n,oy,ox} g[n,co,oy,ox]·x[n,ci,oy·s+ky−p,ox·s+kx−p]`.
 /// Returns [Cout, Cin, kh, kw].
 pub fn conv2d_weight_grad(
     x: &[f32],
@@ -513,7 +513,7 @@ pub fn conv2d_weight_grad(
 }
 
 /// Transposed convolution from its own definition (scatter): input pixel
-/// x[n,ci,iy,ix] adds x·w[ci,co,ky,kx] to output (iy·s+ky−p, ix·s+kx−p).
+/// `x[n,ci,iy,ix]` adds `x·w[ci,co,ky,kx]` to output (iy·s+ky−p, ix·s+kx−p).
 /// `xd` = [N, Cin, H, W], `wd` = [Cin, Cout, kh, kw]. Returns y and its dims
 /// [N, Cout, (H−1)s−2p+kh+op, ...].
 #[allow(clippy::too_many_arguments)]

@@ -565,7 +565,7 @@ fn in_third_block_or_later(kind: ModelKind, split: &str) -> bool {
 ///   ReLU22, 200k presentations, same inversion (TV 0.3): without the loss
 ///   10.81 dB / SSIM 0.0641 (feature-statistics distance 0.955, nearly flat
 ///   reconstructions), with it 13.36 / 0.2811 (distance 0.081; the paper
-///   has 12.74 / 0.1752). Also (without → with [paper], TV 0.3):
+///   has 12.74 / 0.1752). Also (without → with \[paper\], TV 0.3):
 ///   diff-set-same-net ReLU22 10.98 / 0.0151 → 13.11 / 0.2458 [11.51 /
 ///   0.1723]; same-set-diff-net ReLU22 12.29 / 0.0916 → 13.38 / 0.3294
 ///   [12.46 / 0.2714]; diff-set-diff-net ReLU22 11.90 / 0.0645 → 13.14 /
@@ -577,7 +577,7 @@ fn in_third_block_or_later(kind: ModelKind, split: &str) -> bool {
 ///   channel: f1 there is one linear map, and the feature covariance the
 ///   mixtures pin down fixes most of it (the colours above all), where f2
 ///   alone leaves it loose. Without the loss → per-channel only → with the
-///   mixtures [paper]: diff-set-same-net 20.55 / 0.8344 → 21.77 / 0.8859 →
+///   mixtures \[paper\]: diff-set-same-net 20.55 / 0.8344 → 21.77 / 0.8859 →
 ///   25.22 / 0.9446 [21.45 / 0.9145]; same-set-same-net 23.95 / 0.9112 →
 ///   (not run) → 27.52 / 0.9623 [21.16 / 0.9104]; same-set-diff-net
 ///   18.53 / 0.7301 → (not run) → 21.94 / 0.8333 [17.55 / 0.6344];
@@ -647,7 +647,7 @@ pub fn queryfree_train_config(
 /// are far below 1e-3 moves by about lr·g/eps, plain gradient descent, and
 /// a deep shadow's first layers, many layers away from the cross-entropy,
 /// get such gradients. ReLU32, the same inversion, eps 1e-3 at lr 3e-3 →
-/// eps 1e-8 at lr 1e-3 [paper]: same-set-same-net 12.00 / 0.0472 → 12.56 /
+/// eps 1e-8 at lr 1e-3 \[paper\]: same-set-same-net 12.00 / 0.0472 → 12.56 /
 /// 0.1087 [11.09 / 0.0419]; diff-set-same-net 12.42 / 0.0619 → 12.60 /
 /// 0.0793 [11.98 / 0.0102]; same-set-diff-net 12.17 / 0.0491 → 12.32 /
 /// 0.0783 [10.68 / 0.0247]; diff-set-diff-net 12.25 / 0.0587 → 12.27 /

@@ -10,22 +10,22 @@
 //!
 //! (pixels outside the input read as 0). Given g = dL/dy:
 //!
-//! - **input-gradient**: an input pixel x[n,ci,iy,ix] appears in every
+//! - **input-gradient**: an input pixel `x[n,ci,iy,ix]` appears in every
 //!   output whose window covers it, multiplied by the weight tap that lands
-//!   on it. So dL/dx[n,ci,iy,ix] = Σ g[n,co,oy,ox]·w[co,ci,ky,kx] over all
+//!   on it. So `dL/dx[n,ci,iy,ix] = Σ g[n,co,oy,ox]·w[co,ci,ky,kx]` over all
 //!   (co, oy, ox, ky, kx) with oy·s+ky−p = iy and ox·s+kx−p = ix: each g
 //!   value is spread back over its window, weighted by w. That is a
 //!   *transposed* convolution of g with the same weights. In matrix form
 //!   with the column matrix col(x) ([Cin·kh·kw, OH·OW], one column per
 //!   window): y = W·col(x), so d col = Wᵀ·g, and col2im adds each column
 //!   back onto the pixels it was read from.
-//! - **weight-gradient**: a weight tap w[co,ci,ky,kx] multiplies, for every
+//! - **weight-gradient**: a weight tap `w[co,ci,ky,kx]` multiplies, for every
 //!   output of channel co, the input pixel under that tap. So
-//!   dL/dw[co,ci,ky,kx] = Σ_{n,oy,ox} g[n,co,oy,ox]·x[n,ci,oy·s+ky−p,ox·s+kx−p],
+//!   `dL/dw[co,ci,ky,kx] = Σ_{n,oy,ox} g[n,co,oy,ox]·x[n,ci,oy·s+ky−p,ox·s+kx−p]`,
 //!   i.e. dW = Σ_n g_n·col(x_n)ᵀ: a correlation of the input with the
 //!   output gradient.
-//! - **bias-gradient**: b[co] is added to every output of channel co, so
-//!   dL/db[co] = Σ_{n,oy,ox} g[n,co,oy,ox].
+//! - **bias-gradient**: `b[co]` is added to every output of channel co, so
+//!   `dL/db[co] = Σ_{n,oy,ox} g[n,co,oy,ox]`.
 //!
 //! The two big gradients are separate kernels and each runs only when its
 //! input needs it: in the white-box attack the weights are frozen and only
@@ -304,7 +304,7 @@ fn check_dims(op: &'static str, t: &Tensor, want: [usize; 4], what: &str) -> Res
 
 /// 2-D convolution (cross-correlation, as in PyTorch).
 ///
-/// `x`: [N, Cin, H, W]; `w`: [Cout, Cin, kh, kw]; `b`: [Cout]. Returns
+/// `x`: `[N, Cin, H, W]`; `w`: `[Cout, Cin, kh, kw]`; `b`: `[Cout]`. Returns
 /// [N, Cout, OH, OW] with OH = (H + 2·padding − kh)/stride + 1.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
     let g = conv2d_geom("conv2d", x.shape(), w.shape(), p)?;
@@ -501,7 +501,7 @@ impl BackwardOp for Conv2dBackward {
 /// input-gradient of conv2d used as a layer, which upsamples when
 /// stride > 1.
 ///
-/// `x`: [N, Cin, H, W]; `w`: [Cin, Cout, kh, kw]; `b`: [Cout]. Returns
+/// `x`: `[N, Cin, H, W]`; `w`: `[Cin, Cout, kh, kw]`; `b`: `[Cout]`. Returns
 /// [N, Cout, Hout, Wout] with Hout = (H − 1)·stride − 2·padding + kh +
 /// output_padding; output_padding must be smaller than the stride.
 pub fn conv_transpose2d(

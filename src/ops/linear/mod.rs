@@ -95,7 +95,7 @@ impl BackwardOp for MatmulBackward {
     }
 }
 
-/// y = x·Wᵀ + b; x: [N, in], W: [out, in], b: [out].
+/// y = x·Wᵀ + b; x: `[N, in]`, W: `[out, in]`, b: `[out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (n, fin) = x.shape().matrix("linear input")?;
     let (fout, fin2) = w.shape().matrix("linear weight")?;

@@ -2,10 +2,10 @@
 //!
 //! Backward rules, with g = dL/dy:
 //!
-//! - **max**: y[n,c,oy,ox] = x at the window's largest pixel (its argmax).
+//! - **max**: `y[n,c,oy,ox]` = x at the window's largest pixel (its argmax).
 //!   Nudging any other pixel of the window a little does not change y, and
 //!   nudging the argmax changes y one for one, so the whole of g goes to the
-//!   argmax: dL/dx[i] = Σ g over the windows whose argmax is i. When windows
+//!   argmax: `dL/dx[i]` = Σ g over the windows whose argmax is i. When windows
 //!   overlap (kernel > stride) one pixel can be the argmax of several
 //!   windows, and then their gradients add. The forward saves the argmax
 //!   positions (u32, one per output) so the backward does not search again.
