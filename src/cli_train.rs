@@ -208,6 +208,7 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
     check_training_memory(
         &args.model,
         args.cfg.batch,
+        train.len(),
         on_cpu.then(available_memory).flatten(),
     )?;
     let norm = args.model.normalization();
@@ -345,10 +346,17 @@ pub fn train(args: &TrainArgs) -> Result<serde_json::Value> {
 /// MiB per image, so `--batch 50000` would need 171 GiB). `available` is
 /// `None` where there is nothing to check against (on a GPU, whose pool
 /// reports an allocation it cannot serve as an error of its own).
-fn check_training_memory(model: &ModelChoice, batch: usize, available: Option<u64>) -> Result<()> {
+fn check_training_memory(
+    model: &ModelChoice,
+    batch: usize,
+    train_len: usize,
+    available: Option<u64>,
+) -> Result<()> {
     let Some(available) = available else {
         return Ok(());
     };
+    // A batch never holds more than the training set.
+    let images = batch.min(train_len);
     let (name, per_image) = match model {
         ModelChoice::Spec(spec) => (spec.name.clone(), spec.activation_elements()?),
         ModelChoice::Builtin(k) => (
@@ -360,14 +368,19 @@ fn check_training_memory(model: &ModelChoice, batch: usize, available: Option<u6
             k.build(0)?.activation_elements(&k.input_chw())?,
         ),
     };
-    let need = per_image as u128 * batch as u128 * 4 * 2;
+    let need = per_image as u128 * images as u128 * 4 * 2;
     if need > u128::from(available) {
         let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        let images = if images < batch {
+            format!(" ({images} images, the whole training set)")
+        } else {
+            String::new()
+        };
         return Err(Error::invalid(
             "train",
             format!(
-                "{name} at --batch {batch} needs about {:.1} GiB for its activations and their \
-                 gradients, more than the {:.1} GiB of memory available; lower --batch",
+                "{name} at --batch {batch}{images} needs about {:.1} GiB for its activations and \
+                 their gradients, more than the {:.1} GiB of memory available; lower --batch",
                 gib(need),
                 gib(u128::from(available))
             ),
@@ -496,15 +509,24 @@ mod tests {
             784 + 4608 + 4608 + 1152 + 1024 + 1024 + 256 + 256 + 120 * 2 + 84 * 2 + 10
         );
         let need = (per_image * 1000 * 8) as u64;
-        let e = check_training_memory(&lenet, 1000, Some(need - 1))
+        let e = check_training_memory(&lenet, 1000, 60_000, Some(need - 1))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("lenet at --batch 1000 needs about 0.1 GiB") && e.contains("lower --batch"),
             "{e}"
         );
-        assert!(check_training_memory(&lenet, 1000, Some(need)).is_ok());
+        assert!(check_training_memory(&lenet, 1000, 60_000, Some(need)).is_ok());
+        // A batch larger than the training set holds the training set.
+        assert!(check_training_memory(&lenet, 1_000_000, 1000, Some(need)).is_ok());
+        let e = check_training_memory(&lenet, 1_000_000, 1000, Some(need - 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lenet at --batch 1000000 (1000 images, the whole training set) needs"),
+            "{e}"
+        );
         // Nothing to check against (a GPU, or no /proc/meminfo).
-        assert!(check_training_memory(&lenet, usize::MAX / 8, None).is_ok());
+        assert!(check_training_memory(&lenet, usize::MAX / 8, usize::MAX, None).is_ok());
     }
 }

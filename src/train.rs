@@ -136,14 +136,27 @@ impl TrainConfig {
         }
         if self.lr_gamma > 1.0 {
             // A growing schedule peaks at its last epoch, or at the last
-            // one before the averaging rate takes over.
-            let last = self.swa_from.unwrap_or(self.epochs).min(self.epochs);
-            StepLr {
-                step_size: self.lr_step,
-                gamma: self.lr_gamma,
+            // one before a constant averaging rate (--swa-lr) takes over;
+            // without one the schedule goes on through the averaging.
+            let end = match (self.swa_from, self.swa_lr) {
+                (Some(from), Some(_)) => from.min(self.epochs),
+                _ => self.epochs,
+            };
+            if let Some(peak) = end.checked_sub(1) {
+                let k = (peak / self.lr_step.max(1)) as f64;
+                let lr = self.lr as f64 * (self.lr_gamma as f64).powf(k);
+                if !(lr as f32).is_finite() {
+                    return Err(Error::invalid(
+                        "train",
+                        format!(
+                            "--lr {} grown by --lr-gamma {} every --lr-step {} epochs reaches \
+                             {lr:.3e} by epoch {peak}, past f32's range; lower --lr-gamma, raise \
+                             --lr-step or train fewer --epochs",
+                            self.lr, self.lr_gamma, self.lr_step
+                        ),
+                    ));
+                }
             }
-            .lr_at(self.lr, last.saturating_sub(1))
-            .map_err(|e| Error::invalid("train", format!("--lr-gamma {}: {e}", self.lr_gamma)))?;
         }
         Ok(())
     }
@@ -724,10 +737,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("--lr-gamma 1000000000000000000000000000000") && e.contains("epoch 2"),
+            e.contains("--lr 0.001 grown by --lr-gamma 1000000000000000000000000000000 every --lr-step 1 epochs reaches 1.000e57 by epoch 2")
+                && e.contains("lower --lr-gamma, raise --lr-step or train fewer --epochs"),
             "{e}"
         );
-        assert!(TrainConfig { epochs: 2, ..huge }.validate().is_ok());
+        assert!(TrainConfig {
+            epochs: 2,
+            ..huge.clone()
+        }
+        .validate()
+        .is_ok());
+        // A constant averaging rate stops the growth at --swa-from...
+        let averaged = TrainConfig {
+            epochs: 60,
+            swa_from: Some(2),
+            swa_lr: Some(1e-3),
+            ..huge.clone()
+        };
+        assert!(averaged.validate().is_ok());
+        // ...without one, the schedule grows through the averaging.
+        let e = TrainConfig {
+            swa_lr: None,
+            ..averaged
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("by epoch 59"), "{e}");
     }
 
     /// An error after a recorded NaN (here a batch that fails to load)

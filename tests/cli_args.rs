@@ -332,13 +332,14 @@ fn a_spec_whose_batch_cannot_fit_in_memory_is_refused_before_training() {
         r#"{"name": "wide", "input": [1, 28, 28],
             "normalization": {"mean": [0.5], "std": [0.5]},
             "layers": [
-              {"name": "conv", "type": "conv2d", "in": 1, "out": 64, "kernel": 3, "padding": 1},
+              {"name": "conv", "type": "conv2d", "in": 1, "out": 1024, "kernel": 3, "padding": 1},
               {"name": "flat", "type": "flatten"},
-              {"name": "fc", "type": "linear", "in": 50176, "out": 10}]}"#,
+              {"name": "fc", "type": "linear", "in": 802816, "out": 10}]}"#,
     )
     .unwrap();
     let out = dir.join("w.safetensors");
-    // 101,146 floats per image, ×10⁸ images, ×8 bytes: about 75 TiB.
+    // 784 + 2 · 802,816 + 10 = 1,606,426 floats per image; a batch holds
+    // at most the 60,000 training images: ×8 bytes, about 718 GiB.
     let (ok, _, err) = splitinv(&[
         "train",
         "--model",
@@ -350,26 +351,31 @@ fn a_spec_whose_batch_cannot_fit_in_memory_is_refused_before_training() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(!ok, "a 75 TiB batch was accepted");
+    assert!(!ok, "a 718 GiB batch was accepted");
     assert!(
-        err.contains("wide at --batch 100000000 needs about 75") && err.contains("lower --batch"),
+        err.contains(
+            "wide at --batch 100000000 (60000 images, the whole training set) needs about 718.1 GiB"
+        ) && err.contains("lower --batch"),
         "{err}"
     );
-    // The same spec at a batch that fits trains.
+    // The same spec at a batch that fits trains (on a tiny MNIST: its
+    // evaluation would take a while on the 10,000 synthetic test images).
+    tiny_mnist(&dir, 20, 12);
     let (ok, _, err) = splitinv(&[
+        "--data",
+        dir.to_str().unwrap(),
         "train",
         "--model",
         spec.to_str().unwrap(),
         "--dataset",
-        "synthetic-digits",
-        "--limit",
-        "64",
+        "mnist",
         "--epochs",
         "1",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+    assert!(out.is_file());
 }
 
 /// Writes a tiny MNIST (IDX files of 28×28 images, labels cycling 0..10)

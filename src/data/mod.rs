@@ -439,7 +439,9 @@ pub fn load(
             Split::Train => (60_000, synthetic::TRAIN_SEED),
             Split::Test => (10_000, synthetic::TEST_SEED),
         };
-        let mut ds = synthetic_digits(limit.unwrap_or(n), seed);
+        // The split holds n images, as a file would: --limit takes the
+        // first of them and never draws more (1e8 would be 313 GB).
+        let mut ds = synthetic_digits(limit.map_or(n, |l| l.min(n)), seed);
         ds.source = format!("synthetic-digits {split} (generated)");
         return Ok(ds);
     }
@@ -909,6 +911,15 @@ mod tests {
         let ds = load(&DatasetName::SyntheticDigits, Split::Test, None, Some(20)).unwrap();
         assert_eq!(ds.len(), 20);
         assert!(load(&DatasetName::SyntheticDigits, Split::Test, None, Some(0)).is_err());
+        // A limit takes the first images of the split, never more than it has.
+        let all = load(
+            &DatasetName::SyntheticDigits,
+            Split::Test,
+            None,
+            Some(10_001),
+        )
+        .unwrap();
+        assert_eq!(all.len(), 10_000);
     }
 
     #[test]

@@ -1105,8 +1105,9 @@ mod tests {
 
     /// `flatten` is not in the split lists but is a layer an attack may
     /// name: it gets the settings of the pooling whose output it reshapes
-    /// (it fell to the first conv's before: LeNet white-box 6.4 dB at
-    /// flatten against 11.2 at pool2, on the same numbers).
+    /// (it fell to the shallowest split's before, λ_TV 0.02: LeNet
+    /// white-box 6.4 dB at flatten against 11.2 at pool2, on the same
+    /// numbers).
     #[test]
     fn flatten_is_tuned_as_the_pooling_it_reshapes() {
         use ModelKind::*;

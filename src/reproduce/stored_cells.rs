@@ -143,9 +143,10 @@ impl CellStore {
                 s.originals.dims()
             )));
         }
-        // Reconstructions are stored as pixels, clamped to [0, 1]; anything
-        // else (NaN included) is a damaged or foreign file, and would score
-        // as something no attack produced.
+        // Reconstructions are stored as pixels, clamped to [0, 1] (the
+        // reader has refused NaN and infinities already); anything else is
+        // a damaged or foreign file, and would score as something no attack
+        // produced.
         if let Some((i, v)) = values
             .iter()
             .enumerate()
@@ -347,12 +348,16 @@ mod tests {
         assert!(e.to_string().contains("holds cell"), "{e}");
         assert!(e.to_string().contains("white-box_conv1"), "{e}");
 
-        // Pixels out of range (a NaN, a value past 1): not an attack's.
+        // Pixels out of range (a NaN, past 1, below 0): not an attack's.
         for (v, want) in [
             (f32::NAN, "contains NaN or infinite values"),
             (
                 1.5,
                 "'recon' holds 1.5 at element 4; expected pixels in [0, 1]",
+            ),
+            (
+                -0.25,
+                "'recon' holds -0.25 at element 4; expected pixels in [0, 1]",
             ),
         ] {
             let mut o = outcome(&s, 0.8, 3.0);
