@@ -566,15 +566,19 @@ fn run(cli: Cli) -> Result<()> {
                     shadows,
                 )?
             };
-            let file = out.join(format!("{name}_{setting}_{split}.png"));
+            let stem = format!("{name}_{setting}_{split}");
+            let file = out.join(format!("{stem}.png"));
             report::save_grid(&file, &[&s.originals, &o.recon], 3)?;
+            let [json_file, csv_file] = cell.save_files(&out, &stem, &o.scores, &s.attacked)?;
             if json {
                 println!("{}", cell.json_line());
             } else {
                 println!("{name} {setting} at {split}: PSNR {:.2} ± {:.2} dB, SSIM (paper protocol) {:.4}, SSIM (standard) {:.4}; paper: {} / {} ; {:.1} s", cell.psnr, cell.summary.psnr.ci95, cell.ssim_paper, cell.ssim_standard, cell.paper_psnr.map(|v| format!("{v:.2}")).unwrap_or("—".into()), cell.paper_ssim.map(|v| format!("{v:.4}")).unwrap_or("—".into()), cell.seconds);
                 println!(
-                    "wrote {} (top: originals, bottom: reconstructions)",
-                    file.display()
+                    "wrote {} (top: originals, bottom: reconstructions), {} and {} (per-image scores)",
+                    file.display(),
+                    json_file.display(),
+                    csv_file.display()
                 );
             }
             Ok(())

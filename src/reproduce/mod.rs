@@ -3,7 +3,7 @@
 //! numbers, plus the per-layer white-box figure.
 
 use crate::attacks::blackbox::DataSetting;
-use crate::attacks::metrics::{summarize, Summary};
+use crate::attacks::metrics::{summarize, ImageScores, Summary};
 use crate::attacks::queryfree::{MomentMatching, ShadowSetting};
 use crate::attacks::whitebox::{AttackOptimizer, Init, WhiteBoxConfig};
 use crate::data::{self, Dataset, DatasetName, Split};
@@ -192,6 +192,48 @@ impl Cell {
         Some(self.psnr >= self.paper_psnr? && self.ssim_paper >= self.paper_ssim?)
     }
 
+    /// Writes `<dir>/<name>.json` (this cell, its confidence intervals,
+    /// seconds and every image's scores) and `<dir>/<name>.csv` (one row
+    /// per attacked image): what `attack` leaves next to its PNG grid.
+    /// `test_index` says where each image sits in the test set.
+    pub fn save_files(
+        &self,
+        dir: &Path,
+        name: &str,
+        scores: &[ImageScores],
+        test_index: &[usize],
+    ) -> Result<[PathBuf; 2]> {
+        let json_path = dir.join(format!("{name}.json"));
+        let mut v = self.json_line();
+        v["seconds"] = self.seconds.into();
+        v["summary"] =
+            serde_json::to_value(&self.summary).map_err(|e| Error::Msg(e.to_string()))?;
+        v["test_index"] =
+            serde_json::to_value(test_index).map_err(|e| Error::Msg(e.to_string()))?;
+        v["images"] = serde_json::to_value(scores).map_err(|e| Error::Msg(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Msg(e.to_string()))?;
+        crate::util::write_atomic(&json_path, text.as_bytes())?;
+        let mut t = Table::new(&[
+            "image",
+            "test_index",
+            "psnr_db",
+            "ssim_paper",
+            "ssim_standard",
+        ]);
+        for (i, s) in scores.iter().enumerate() {
+            t.push(vec![
+                i.to_string(),
+                test_index.get(i).map(|t| t.to_string()).unwrap_or_default(),
+                format!("{:.4}", s.psnr),
+                format!("{:.6}", s.ssim_paper),
+                format!("{:.6}", s.ssim_standard),
+            ]);
+        }
+        let csv_path = dir.join(format!("{name}.csv"));
+        crate::util::write_atomic(&csv_path, t.to_csv().as_bytes())?;
+        Ok([json_path, csv_path])
+    }
+
     /// The JSON line of `reproduce --json`.
     pub fn json_line(&self) -> serde_json::Value {
         serde_json::json!({
@@ -215,6 +257,8 @@ pub struct Setup {
     pub disjoint: Dataset,
     /// The attacked images (pixels).
     pub originals: Tensor,
+    /// Where each attacked image sits in the test set.
+    pub attacked: Vec<usize>,
     /// Folder where query-free shadows are kept once trained and reused by
     /// later runs with the same settings (`None`: train every time).
     pub shadow_cache: Option<std::path::PathBuf>,
@@ -391,6 +435,7 @@ pub fn setup(
         train,
         disjoint,
         originals,
+        attacked,
         shadow_cache: None,
     })
 }
@@ -1044,6 +1089,48 @@ pub fn write_tables(cells: &[Cell], out: &Path, seconds: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `attack`'s files: the cell with its confidence intervals and every
+    /// image's scores in JSON, and one CSV row per image, each naming the
+    /// image's place in the test set.
+    #[test]
+    fn a_cell_saves_its_per_image_scores() {
+        let dir = crate::data::test_util::temp_dir("cell-files");
+        let test = crate::data::synthetic_digits(6, 3);
+        let (originals, _) = test.batch(&[4, 1, 5]).unwrap();
+        let recon = crate::ops::scale(&originals, 0.5).unwrap();
+        let scores = crate::attacks::metrics::score(&recon, &originals).unwrap();
+        let o = AttackOutcome {
+            recon,
+            scores: scores.clone(),
+            seconds: 2.5,
+        };
+        let cell = Cell::from_outcome("mnist", "white-box", "-", "ReLU2", &o);
+        let [json, csv] = cell.save_files(&dir, "wb", &o.scores, &[4, 1, 5]).unwrap();
+        assert_eq!(
+            (json, csv.clone()),
+            (dir.join("wb.json"), dir.join("wb.csv"))
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("wb.json")).unwrap()).unwrap();
+        assert_eq!(v["split"], "ReLU2");
+        assert_eq!(v["seconds"], 2.5);
+        assert_eq!(v["paper_psnr"], 15.10);
+        assert_eq!(v["test_index"], serde_json::json!([4, 1, 5]));
+        assert_eq!(v["images"][2]["psnr"].as_f64(), Some(scores[2].psnr));
+        assert_eq!(v["summary"]["psnr"]["mean"].as_f64(), Some(cell.psnr));
+        let text = std::fs::read_to_string(csv).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[0],
+            "image,test_index,psnr_db,ssim_paper,ssim_standard"
+        );
+        assert!(
+            lines[3].starts_with(&format!("2,5,{:.4},", scores[2].psnr)),
+            "{text}"
+        );
+    }
 
     fn tv_and_lr(kind: ModelKind, split: &str) -> (f32, f32) {
         let wb = queryfree_defaults(kind, split);

@@ -232,6 +232,7 @@ mod tests {
             train: synthetic_digits(30, 8),
             disjoint: test.subset(&(3..20).collect::<Vec<_>>()).unwrap(),
             originals,
+            attacked: vec![0, 1, 2],
             shadow_cache: None,
         }
     }
