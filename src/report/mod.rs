@@ -12,7 +12,12 @@ fn grid_rgb(rows: &[&Tensor], scale: usize) -> Result<(Vec<u8>, u32, u32)> {
         .first()
         .ok_or_else(|| Error::invalid("image grid", "no rows to draw"))?;
     let (_, c, h, w) = first.shape().nchw("image grid")?;
-    let cols = rows.iter().map(|t| t.dims()[0]).max().unwrap_or(0);
+    // (Every row is checked to be [N, C, H, W] below.)
+    let cols = rows
+        .iter()
+        .map(|t| t.dims().first().copied().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
     let pad = 2;
     let s = scale.max(1);
     let (tw, th) = (w * s + pad, h * s + pad);
@@ -218,5 +223,8 @@ mod tests {
         assert_eq!(img.get_pixel(2, 2).0, [255, 255, 255]);
         assert_eq!(img.get_pixel(2, 7).0, [0, 0, 0]);
         assert!(save_grid(&p, &[], 1).is_err());
+        // A later row that is not a batch of images: an error, not a panic.
+        let e = save_grid(&p, &[&a, &Tensor::scalar(0.5)], 1).unwrap_err();
+        assert!(e.to_string().contains("image grid"), "{e}");
     }
 }
