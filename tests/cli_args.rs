@@ -455,4 +455,24 @@ fn attacking_more_test_images_than_there_are_is_refused() {
             "{attack} {setting}: {err}"
         );
     }
+    // reproduce says so before its first cell.
+    let (ok, stdout, err) = splitinv(&[
+        "--data",
+        data,
+        "reproduce",
+        "--dataset",
+        "mnist",
+        "--images",
+        "12",
+        "--weights",
+        "models/lenet_mnist.safetensors",
+        "--out",
+        dir.join("repro").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("the same-dist and diff-set cells train on the test images that are not attacked, and attacking 12 leaves none"),
+        "{err}"
+    );
+    assert!(!stdout.contains("white-box"), "{stdout}");
 }

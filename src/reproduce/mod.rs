@@ -885,6 +885,18 @@ pub const ROWS: [(&str, &str); 8] = [
 /// same key left there are read back instead of run again
 /// ([`stored_cells`]).
 pub fn reproduce(s: &Setup, out: &Path, json: bool, seed: u64, resume: bool) -> Result<Vec<Cell>> {
+    // The same-dist and diff-set cells train on the test images that are
+    // not attacked: refused now rather than after the white-box row.
+    if s.disjoint.is_empty() {
+        return Err(Error::invalid(
+            "reproduce",
+            format!(
+                "the same-dist and diff-set cells train on the test images that are not \
+                 attacked, and attacking {} leaves none; attack fewer images (--images)",
+                s.attacked.len()
+            ),
+        ));
+    }
     let t0 = std::time::Instant::now();
     let store = CellStore::new(out, s, seed, resume)?;
     let kind = s.target.kind;
