@@ -206,6 +206,11 @@ fn scan_tar(archive: &Path, keep: impl Fn(&[String]) -> bool) -> Result<Vec<TarI
             });
         }
     }
+    // The tar reader stops at the end-of-archive marker, before the gzip
+    // trailer: read the stream to its end so that its CRC and length are
+    // checked (a flipped byte can leave a JPEG that still decodes).
+    std::io::copy(&mut tar.into_inner(), &mut std::io::sink())
+        .map_err(|e| bad(format!("reading to the end of the gzip stream: {e}")))?;
     Ok(out)
 }
 
@@ -558,5 +563,23 @@ mod tests {
             e.contains("no .png/.jpg/.jpeg images under prefix 'val/'"),
             "{e}"
         );
+        // A damaged gzip trailer (its CRC, then its length) lies past the
+        // tar's end-of-archive marker: still found, naming the archive.
+        let good = std::fs::read(&archive).unwrap();
+        for at in [8, 4] {
+            let mut bad = good.clone();
+            let i = bad.len() - at;
+            bad[i] ^= 0xff;
+            let damaged = root.join(format!("damaged{at}.tar.gz"));
+            std::fs::write(&damaged, &bad).unwrap();
+            let e = load_image_tar_gz(&damaged, "train/", Some(3), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("damaged{at}.tar.gz"))
+                    && e.contains("reading to the end of the gzip stream"),
+                "{e}"
+            );
+        }
     }
 }
