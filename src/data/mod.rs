@@ -615,12 +615,21 @@ fn load_idx_pair(
     }
     let keep = limit.unwrap_or(n).min(n);
     labels.truncate(keep);
-    let images = bytes
-        .get(..keep * h * w)
-        .unwrap_or_default()
-        .iter()
-        .map(|&b| b as f32 / 255.0)
-        .collect();
+    let kept = bytes.get(..keep * h * w).unwrap_or_default();
+    // Four bytes a pixel from one: a small .gz can declare (and hold)
+    // millions of images, and an allocation that fails would abort.
+    let mut images = Vec::new();
+    images
+        .try_reserve_exact(kept.len())
+        .map_err(|_| Error::BadData {
+            path: img.clone(),
+            msg: format!(
+                "{keep} images of {h}×{w} need {:.1} GiB as 32-bit floats, more memory than \
+             can be allocated",
+                kept.len() as f64 * 4.0 / (1u64 << 30) as f64
+            ),
+        })?;
+    images.extend(kept.iter().map(|&b| b as f32 / 255.0));
     Ok(Dataset {
         images,
         labels,
