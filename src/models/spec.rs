@@ -578,6 +578,14 @@ mod tests {
                 r#"{"name": "drop1", "type": "dropout", "p": 1.0}"#,
                 "dropout `p` must lie in [0, 1)",
             ),
+            // Names a checkpoint could not read back: parameters are saved
+            // as <layer>.weight, the optimiser state under __adam_m__.<...>.
+            (
+                r#"{"name": "__adam_m__.x", "type": "relu"}"#,
+                "layer name '__adam_m__.x': expected a non-empty name without '.'",
+            ),
+            (r#"{"name": "a.b", "type": "relu"}"#, "layer name 'a.b'"),
+            (r#"{"name": "", "type": "relu"}"#, "layer name ''"),
         ] {
             let e = refused(&spec(layers));
             assert!(e.contains(want), "{layers}: {e}");

@@ -19,6 +19,18 @@ impl Sequential {
     /// Appends a layer; names must be unique.
     pub fn push(&mut self, name: impl Into<String>, layer: Layer) -> Result<&mut Self> {
         let name = name.into();
+        // Parameters are saved as `<layer>.<weight|bias>`, and a checkpoint
+        // keeps the optimiser's state under `__adam_m__.<parameter>`: a
+        // name with a dot, or one starting with `__`, could not be read back.
+        if name.is_empty() || name.contains('.') || name.starts_with("__") {
+            return Err(Error::invalid(
+                "Sequential::push",
+                format!(
+                    "layer name '{name}': expected a non-empty name without '.' that does not \
+                     start with '__' (parameters are saved as <layer>.weight)"
+                ),
+            ));
+        }
         if self.layers.iter().any(|(n, _)| *n == name) {
             return Err(Error::invalid(
                 "Sequential::push",
