@@ -143,6 +143,15 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
             let m = take(format!("{ADAM_M}{n}"), dims)?;
             let v = take(format!("{ADAM_V}{n}"), dims)?;
             let vmax = take(format!("{ADAM_VMAX}{n}"), dims)?;
+            // Second moments are running means of squares: never negative.
+            for (key, t) in [(ADAM_V, &v), (ADAM_VMAX, &vmax)] {
+                if let Some((i, x)) = t.iter().flatten().enumerate().find(|(_, x)| **x < 0.0) {
+                    return Err(bad(format!(
+                        "tensor '{key}{n}' holds {x} at element {i}; a second moment is never \
+                         negative"
+                    )));
+                }
+            }
             let step = meta.get(&format!("adam_step.{n}"));
             match (m, v, step) {
                 (Some(m), Some(v), Some(step)) => {
@@ -155,10 +164,10 @@ pub fn load(net: &mut Sequential, path: &Path) -> Result<TrainState> {
                         })?;
                     out.push(Some(AdamMoments { step, m, v, vmax }));
                 }
-                (None, None, None) => out.push(None),
+                (None, None, None) if vmax.is_none() => out.push(None),
                 _ => {
                     return Err(bad(format!(
-                        "the optimiser state of '{n}' is incomplete (expected {ADAM_M}{n}, {ADAM_V}{n} and metadata adam_step.{n})"
+                        "the optimiser state of '{n}' is incomplete (expected {ADAM_M}{n}, {ADAM_V}{n} and metadata adam_step.{n}, with or without {ADAM_VMAX}{n})"
                     )))
                 }
             }

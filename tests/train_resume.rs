@@ -215,6 +215,36 @@ fn checkpoint_with_incomplete_optimizer_state_is_rejected() {
         err.contains("epochs_done") && err.contains("nometa.ckpt"),
         "{err}"
     );
+    // AMSGrad's maximum left behind for a parameter whose m and v are gone.
+    let (mut stray, mut meta3) = weights::read_tensors(&path).unwrap();
+    stray.retain(|(n, _, _)| n != "__adam_m__.conv2.bias" && n != "__adam_v__.conv2.bias");
+    meta3.remove("adam_step.conv2.bias");
+    let stray_path = dir.join("stray.ckpt");
+    weights::write_tensors(&stray_path, &stray, Some(meta3)).unwrap();
+    let err = checkpoint::load(&mut net2, &stray_path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("optimiser state of 'conv2.bias' is incomplete"),
+        "{err}"
+    );
+    // A negative second moment: a damaged file, not a training problem.
+    let (mut negative, meta4) = weights::read_tensors(&path).unwrap();
+    for (n, _, v) in negative.iter_mut() {
+        if n == "__adam_v__.fc1.bias" {
+            v[3] = -0.5;
+        }
+    }
+    let neg_path = dir.join("negative.ckpt");
+    weights::write_tensors(&neg_path, &negative, Some(meta4)).unwrap();
+    let err = checkpoint::load(&mut net2, &neg_path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("negative.ckpt")
+            && err.contains("tensor '__adam_v__.fc1.bias' holds -0.5 at element 3"),
+        "{err}"
+    );
 }
 
 #[test]
