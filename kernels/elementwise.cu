@@ -103,7 +103,7 @@ extern "C" __global__ void ew_unary_fwd(UnaryParams p) {
             case UN_ADD_SCALAR: y = x + p.p0; break;
             case UN_SQUARE: y = x * x; break;
             case UN_SQRT: y = sqrtf(x); break;
-            case UN_RELU: y = fmaxf(x, 0.0f); break;
+            case UN_RELU: y = x <= 0.0f ? 0.0f : x; break;  // NaN stays NaN (fmaxf would give 0)
             case UN_SIGMOID: y = si_sigmoid(x); break;
             case UN_TANH: y = tanhf(x); break;
             case UN_EXP: y = expf(x); break;

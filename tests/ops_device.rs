@@ -214,6 +214,23 @@ device_tests! {
         check(dev, "clamp", |v| ops::clamp(&v[0], -0.5, 0.45), &[xc], EW, FD);
         check(dev, "abs_pow", |v| ops::abs_pow(&v[0], 1.5), std::slice::from_ref(&x), EW, FD);
     };
+    relu_passes_nan_on => |dev: Device| {
+        // As PyTorch's: a NaN upstream must still show downstream (a
+        // max(x, 0) turned it into 0 and hid it). 40 values: a SIMD body
+        // and a tail.
+        let mut v: Vec<f32> = (0..40).map(|i| i as f32 - 20.5).collect();
+        v[3] = f32::NAN;
+        v[37] = f32::NAN;
+        let x = Tensor::from_vec(v.clone(), [40]).unwrap().to_device(dev).unwrap();
+        let y = ops::relu(&x).unwrap().to_vec().unwrap();
+        for (i, (&a, &b)) in v.iter().zip(&y).enumerate() {
+            if a.is_nan() {
+                assert!(b.is_nan(), "relu(NaN) at {i} gave {b}");
+            } else {
+                assert_eq!(b, a.max(0.0), "at {i}");
+            }
+        }
+    };
     clamp_channels_in_place => |dev: Device| {
         // Projection outside autograd: the same bits as the CPU, in place,
         // and the tensor stays a leaf. [N=4, C=3, 9×11]: more than one

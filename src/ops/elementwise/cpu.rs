@@ -23,7 +23,9 @@ pub(crate) fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
         UnaryOp::AddScalar(s) => simd::map1(x, |v| v + s),
         UnaryOp::Square => simd::map1(x, |v| v * v),
         UnaryOp::Sqrt => simd::map1(x, f32::sqrt),
-        UnaryOp::Relu => simd::map1(x, |v| v.max(0.0)),
+        // Not `v.max(0.0)`: that maps NaN to 0 and hides it; PyTorch's
+        // relu (and this one) passes NaN on, so a NaN upstream still shows.
+        UnaryOp::Relu => simd::map1(x, |v| if v <= 0.0 { 0.0 } else { v }),
         UnaryOp::Sigmoid => simd::map1(x, sigmoid),
         UnaryOp::Tanh => simd::map1(x, f32::tanh),
         UnaryOp::Exp => simd::map1(x, f32::exp),
