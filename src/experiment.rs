@@ -18,7 +18,7 @@ use crate::nn::Sequential;
 use crate::ops;
 use crate::optim::Adam;
 use crate::tensor::Tensor;
-use crate::train::{argmax_rows, fit_with, EpochStats, SwaAverage, TrainConfig, TrainRng};
+use crate::train::{fit_with, EpochStats, SwaAverage, TrainConfig, TrainRng};
 use crate::util::Fnv64;
 use std::path::Path;
 
@@ -78,10 +78,26 @@ pub fn evaluate(net: &Sequential, ds: &Dataset, norm: &Normalization, batch: usi
     for idx in all.chunks(batch.max(1)) {
         let (x, labels) = prepare_batch(ds, idx, norm, None)?;
         let logits = no_grad(|| net.forward(&x))?;
-        correct += argmax_rows(&logits)?
-            .iter()
+        let (_, c) = logits.shape().matrix("evaluate")?;
+        let v = logits.to_vec()?;
+        // An infinite or NaN output has no argmax: an accuracy counted over
+        // it would be a number about nothing (weights of 3e38 load, as
+        // finite numbers, and gave "9.74%").
+        if let Some(j) = crate::optim::first_non_finite(&v) {
+            let image = idx.get(j / c.max(1)).copied().unwrap_or(0);
+            return Err(Error::NonFinite(format!(
+                "evaluate: the net's output {} for image {image} of {} is {}; its weights (or \
+                 inputs) are out of range",
+                j % c.max(1),
+                ds.source,
+                v.get(j).copied().unwrap_or(f32::NAN)
+            )));
+        }
+        correct += v
+            .chunks_exact(c.max(1))
+            .map(crate::ops::loss::row_argmax)
             .zip(&labels)
-            .filter(|(a, b)| a == b)
+            .filter(|(a, b)| a == *b)
             .count();
     }
     Ok(correct as f64 / ds.len() as f64)
@@ -1003,6 +1019,25 @@ pub fn run_queryfree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weights that overflow the outputs (finite, so they load) make
+    /// `evaluate` fail naming the image, not count argmaxes of infinities.
+    #[test]
+    fn an_accuracy_over_non_finite_outputs_is_refused() {
+        let net = ModelKind::Lenet.build(0).unwrap();
+        let ds = crate::data::synthetic_digits(8, 1);
+        let norm = Target::new(ModelKind::Lenet, net.clone()).norm;
+        let acc = evaluate(&net, &ds, &norm, 4).unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        let (_, w) = &net.named_params()[0];
+        w.assign(&Tensor::full(w.dims().to_vec(), 3e38)).unwrap();
+        let e = evaluate(&net, &ds, &norm, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("the net's output") && e.contains("for image 0 of synthetic-digits"),
+            "{e}"
+        );
+        assert!(e.contains("out of range"), "{e}");
+    }
 
     #[test]
     fn shadow_cache_key_changes_with_the_moments_asked_for_and_only_then() {
