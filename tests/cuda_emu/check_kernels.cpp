@@ -189,6 +189,18 @@ static void test_elementwise() {
         emu::launch(ew_fill, dim3{2}, 256, FillParams{y.data(), g.data(), 300, 0.5f});
         check("ew_fill scaled by a device scalar", y, D(300, -0.75));
     }
+    // relu passes NaN on (as PyTorch's, and the CPU's); fmaxf gave 0.
+    {
+        V x{NAN, -1.0f, 2.0f}, y(3);
+        emu::launch(ew_unary_fwd, dim3{1}, 256, UnaryParams{x.data(), y.data(), 3, UN_RELU, 0.0f, 0.0f});
+        ++checks;
+        if (std::isnan(y[0]) && y[1] == 0.0f && y[2] == 2.0f) {
+            printf("ok   relu keeps a NaN\n");
+        } else {
+            ++failures;
+            printf("FAIL relu of (NaN, -1, 2) gave (%g, %g, %g)\n", y[0], y[1], y[2]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- reduce
