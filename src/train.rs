@@ -292,6 +292,7 @@ pub fn fit_with(
         let at = Where {
             label,
             epoch,
+            epochs: cfg.epochs,
             lr,
             lr_flag: lr_flag(cfg, epoch, label),
             names: &names,
@@ -352,7 +353,9 @@ pub fn fit_with(
 /// Where in a loop a NaN or infinity was met, to word its error.
 struct Where<'a> {
     label: &'a str,
+    /// 0-based; messages count from 1, as the progress lines do.
     epoch: usize,
+    epochs: usize,
     lr: f32,
     lr_flag: &'static str,
     names: &'a [&'a str],
@@ -401,9 +404,13 @@ fn checked(r: Reading, at: &Where) -> Result<Reading> {
         None => f.to_string(),
     };
     Err(Error::NonFinite(format!(
-        "{}: {what} of epoch {}, at learning rate {:e}; no parameter was updated from that \
-         step on; lower {}",
-        at.label, at.epoch, at.lr, at.lr_flag
+        "{}: {what} of epoch {}/{}, at learning rate {:e}; no \
+         parameter was updated from that step on; lower {}",
+        at.label,
+        at.epoch + 1,
+        at.epochs,
+        at.lr,
+        at.lr_flag
     )))
 }
 
@@ -635,7 +642,7 @@ mod tests {
     fn a_nan_loss_fails_at_the_next_look_with_its_step_and_updates_nothing_after() {
         let (seen, r, last) = run(Some(3));
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("t: loss is NaN at step 3 of epoch 0"), "{e}");
+        assert!(e.contains("t: loss is NaN at step 3 of epoch 1/"), "{e}");
         // Not the target's training ("train"): the attacks' flag.
         assert!(e.ends_with("lower --train-lr"), "{e}");
         assert!(
@@ -658,7 +665,7 @@ mod tests {
     fn a_nan_after_the_last_look_fails_the_epoch_before_it_ends() {
         let (seen, r, last, ended) = run_with(Some(40), None);
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("t: loss is NaN at step 40 of epoch 0"), "{e}");
+        assert!(e.contains("t: loss is NaN at step 40 of epoch 1/"), "{e}");
         assert_eq!((seen.len(), ended), (50, 0));
         assert_eq!(last, seen[39]);
     }
@@ -689,7 +696,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("the gradient of b.bias (parameter 1) is not finite (inf) at step 1 of epoch 0, at learning rate 1e-2"),
+            e.contains("the gradient of b.bias (parameter 1) is not finite (inf) at step 1 of epoch 1/1, at learning rate 1e-2"),
             "{e}"
         );
         assert!(e.ends_with("lower --train-lr"), "{e}");
@@ -773,7 +780,7 @@ mod tests {
     fn an_error_after_a_nan_reports_the_nan() {
         let (_, r, _, _) = run_with(Some(3), Some(5));
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("loss is NaN at step 3 of epoch 0"), "{e}");
+        assert!(e.contains("loss is NaN at step 3 of epoch 1/"), "{e}");
         let (_, r, _, _) = run_with(None, Some(5));
         let e = r.unwrap_err().to_string();
         assert!(e.contains("a corrupt image"), "{e}");
