@@ -250,7 +250,13 @@ fn from_tar_items(
             ),
         });
     }
+    // The sort is stable, so a path the archive holds twice (an appended
+    // replacement) keeps its entries in archive order; the later one wins,
+    // as `tar -x` leaves it, instead of both counting as images.
     found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    found.reverse();
+    found.dedup_by(|dup, kept| dup.0 == kept.0 && dup.1 == kept.1);
+    found.reverse();
     let shown = prefix_str(prefix);
     let mut pending = Vec::with_capacity(found.len());
     for (class, file, bytes) in found {
@@ -514,6 +520,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("broken.png"), "{e}");
+    }
+
+    /// A path the archive holds twice (tar's way to replace a file by
+    /// appending) is one image, the later one, as `tar -x` would leave it.
+    #[test]
+    fn a_tar_path_held_twice_is_one_image_the_later() {
+        let root = temp_dir("imgfolder_tar_dup");
+        let png = |v: u8| {
+            let p = root.join(format!("v{v}.png"));
+            GrayImage::from_pixel(3, 2, Luma([v])).save(&p).unwrap();
+            p
+        };
+        let (old, new, other) = (png(10), png(200), png(50));
+        let archive = root.join("dup.tar.gz");
+        {
+            let f = std::fs::File::create(&archive).unwrap();
+            let enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+            let mut b = tar::Builder::new(enc);
+            b.append_path_with_name(&old, "cat/a.png").unwrap();
+            b.append_path_with_name(&other, "dog/b.png").unwrap();
+            b.append_path_with_name(&new, "cat/a.png").unwrap();
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let ds = load_image_tar_gz(&archive, "", Some(1), None).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.labels, vec![0, 1]);
+        assert_eq!(ds.image(0)[0], 200.0 / 255.0);
+        assert_eq!(ds.image(1)[0], 50.0 / 255.0);
     }
 
     #[test]
