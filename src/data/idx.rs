@@ -145,11 +145,20 @@ pub fn read_idx(path: &Path, expected_dims: usize) -> Result<IdxArray> {
     // than it promises, so an oversized file is detected without reading it all.
     let cap = expected.saturating_add(1);
     let mut data = Vec::new();
-    reader
+    (&mut reader)
         .take(cap)
         .read_to_end(&mut data)
         .map_err(|e| Error::io(path, e))?;
     let found = data.len() as u64;
+    if gz && found > expected {
+        // A damaged deflate stream can inflate to more bytes than were
+        // packed: read on (up to 64 MiB) to its checksum, so that such a
+        // file is called corrupt rather than too long.
+        let mut rest = (&mut reader).take(64 << 20);
+        if let Err(e) = std::io::copy(&mut rest, &mut std::io::sink()) {
+            return Err(bad(path, format!("corrupt gzip stream: {e}")));
+        }
+    }
     if found != expected {
         return Err(size_mismatch(path, &dims, expected, found));
     }
@@ -369,6 +378,24 @@ mod tests {
         bytes.pop();
         std::fs::write(&p, &bytes).unwrap();
         assert_eq!(read_idx_labels(&p, 10).unwrap(), vec![1, 2]);
+        // Gzipped and too long: "too long" while the stream is sound, but
+        // "corrupt" when its checksum says the bytes are not what was packed.
+        bytes.push(3);
+        let gz = dir.join("long.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &bytes).unwrap();
+        let mut packed = enc.finish().unwrap();
+        std::fs::write(&gz, &packed).unwrap();
+        let e = read_idx_labels(&gz, 10).unwrap_err().to_string();
+        assert!(e.contains("too long"), "{e}");
+        let crc_at = packed.len() - 8;
+        packed[crc_at] ^= 0xff;
+        std::fs::write(&gz, &packed).unwrap();
+        let e = read_idx_labels(&gz, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("long.gz") && e.contains("corrupt gzip stream"),
+            "{e}"
+        );
     }
 
     #[test]
