@@ -360,11 +360,7 @@ fn check_training_memory(
     let (name, per_image) = match model {
         ModelChoice::Spec(spec) => (spec.name.clone(), spec.activation_elements()?),
         ModelChoice::Builtin(k) => (
-            match k {
-                crate::models::ModelKind::Lenet => "lenet",
-                crate::models::ModelKind::Cifar10Cnn => "cifar10cnn",
-            }
-            .to_string(),
+            k.name().to_string(),
             k.build(0)?.activation_elements(&k.input_chw())?,
         ),
     };

@@ -625,7 +625,7 @@ fn load_idx_pair(
             path: img.clone(),
             msg: format!(
                 "{keep} images of {h}×{w} need {:.1} GiB as 32-bit floats, more memory than \
-             can be allocated",
+                 can be allocated",
                 kept.len() as f64 * 4.0 / (1u64 << 30) as f64
             ),
         })?;

@@ -37,6 +37,13 @@ impl std::str::FromStr for ModelKind {
 }
 
 impl ModelKind {
+    /// The name `--model` takes (`lenet`, `cifar10cnn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Lenet => "lenet",
+            ModelKind::Cifar10Cnn => "cifar10cnn",
+        }
+    }
     /// Builds the architecture with seeded PyTorch-default initialisation.
     pub fn build(self, seed: u64) -> Result<Sequential> {
         match self {

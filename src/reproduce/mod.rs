@@ -293,10 +293,7 @@ fn train_missing_target(
     weights: &Path,
     data_dir: Option<&Path>,
 ) -> Result<()> {
-    let model = match kind {
-        ModelKind::Lenet => "lenet",
-        ModelKind::Cifar10Cnn => "cifar10cnn",
-    };
+    let model = kind.name();
     eprintln!(
         "no weights at {}: training them with the zoo's recipe (the command in models/manifest.json){}",
         weights.display(),
@@ -765,20 +762,16 @@ pub fn run_cell(
         "random" | "random-white" => random_n,
         _ => s.disjoint.len(),
     };
+    // (Loaded splits are never empty; only the test images left over by
+    // the attacked ones can run out.)
     if data_n == 0 && attack != "white-box" {
         return Err(Error::invalid(
             "attack",
-            match setting {
-                "random" | "random-white" => "no noise images to train on".to_string(),
-                _ if setting.starts_with("same-set") => {
-                    "the target's training set is empty; nothing to train on".to_string()
-                }
-                _ => format!(
-                    "the {setting} setting trains on the test images that are not attacked, \
-                     and attacking {} leaves none; attack fewer images (--images)",
-                    s.originals.dims().first().copied().unwrap_or(0)
-                ),
-            },
+            format!(
+                "the {setting} setting trains on the test images that are not attacked, and \
+                 attacking {} leaves none; attack fewer images (--images)",
+                s.attacked.len()
+            ),
         ));
     }
     let mut tc = if attack == "query-free" {
